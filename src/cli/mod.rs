@@ -1,0 +1,228 @@
+//! The `pipeline` command line.
+//!
+//! Exit codes: 0 success; 1 a stage failed, `status` found stages that
+//! would run, or `verify` found different bytes; 2 bad usage or an invalid
+//! pipeline file; 130 interrupted.
+
+mod gc;
+mod inspect;
+mod run;
+mod verify;
+mod why;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand};
+
+use crate::dag::Graph;
+use crate::spec::{Pipeline, SpecError};
+use crate::stage::Registry;
+use crate::store::Store;
+
+/// Exit code: a stage failed, stages are stale, or outputs differ.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad usage or an invalid pipeline file.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: interrupted by Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Declarative, cached experiment pipelines for text classification.
+#[derive(Parser, Debug)]
+#[command(name = "pipeline", version, about, after_help = "Exit codes: 0 success; 1 a stage failed, `status` found stages that would run, or `verify` found different bytes; 2 bad usage or an invalid pipeline file; 130 interrupted.\nLogs: set RUST_LOG (e.g. RUST_LOG=pipeline=debug).")]
+pub struct Cli {
+    /// The cache store directory.
+    #[arg(long, global = true, env = "PIPELINE_STORE", default_value = "artifacts")]
+    store: PathBuf,
+    /// Print results as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// A pipeline file and `--set` overrides, shared by most commands.
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// The pipeline file.
+    file: PathBuf,
+    /// Override a key, e.g. `--set stages.train.optimizer.lr=0.01` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline, reusing every cached stage, and update its lock file.
+    Run {
+        #[command(flatten)]
+        target: Target,
+        /// CPU threads that running stages may use together (default: all cores).
+        #[arg(long, short)]
+        jobs: Option<usize>,
+    },
+    /// Show the stage graph with key prefixes and what would run.
+    Plan {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the fully resolved pipeline (defaults filled in, overrides applied).
+    Show {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Compare the pipeline with its lock file; exit 1 when anything would run.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Explain why a stage would run.
+    Why {
+        #[command(flatten)]
+        target: Target,
+        /// The stage.
+        stage: String,
+    },
+    /// Re-run stages in a scratch store and compare their bytes with the lock file.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        /// Only these stages (comma-separated); upstream stages come from the cache.
+        #[arg(long, value_delimiter = ',')]
+        stages: Vec<String>,
+        /// CPU threads that running stages may use together (default: all cores).
+        #[arg(long, short)]
+        jobs: Option<usize>,
+    },
+    /// Drop the cache entries of a pipeline's current stages.
+    Clean {
+        #[command(flatten)]
+        target: Target,
+        /// Only these stages (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        stages: Vec<String>,
+    },
+    /// Drop every cache entry that no lock file refers to.
+    Gc {
+        /// Lock files or directories to search for them (default: pipelines/ and sweeps/).
+        locks: Vec<PathBuf>,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// An error that is the user's to fix (exit code 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error: {}", self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// What every command gets.
+struct Env<'a> {
+    registry: &'a Registry,
+    store: Store,
+    json: bool,
+}
+
+impl Env<'_> {
+    fn load(&self, target: &Target) -> Result<Pipeline, SpecError> {
+        Pipeline::load(&target.file, &target.sets, self.registry)
+    }
+
+    fn graph(&self, pipeline: &Pipeline) -> anyhow::Result<(Graph, Vec<usize>)> {
+        let mut graph = Graph::new();
+        let nodes = graph.add_pipeline(pipeline, None, self.store.stat_cache())?;
+        Ok((graph, nodes))
+    }
+
+    /// Prints a JSON result on stdout.
+    fn print_json(&self, value: &serde_json::Value) {
+        println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+    }
+}
+
+/// Runs the command line with the given stage kinds; `main` passes the built-in ones.
+pub fn main(registry: &Registry) -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let env = Env {
+        registry,
+        store: Store::open(&cli.store),
+        json: cli.json,
+    };
+    let result = match &cli.command {
+        Command::Run { target, jobs } => run::run(&env, target, *jobs),
+        Command::Plan { target } => inspect::plan(&env, target),
+        Command::Show { target } => inspect::show(&env, target),
+        Command::Status { target } => inspect::status(&env, target),
+        Command::Why { target, stage } => why::why(&env, target, stage),
+        Command::Verify { target, stages, jobs } => verify::verify(&env, target, stages, *jobs),
+        Command::Clean { target, stages } => gc::clean(&env, target, stages),
+        Command::Gc { locks, dry_run } => gc::gc(&env, locks, *dry_run),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let code = if err.is::<SpecError>() || err.is::<UsageError>() { EXIT_USAGE } else { EXIT_FAILED };
+            if err.is::<SpecError>() || err.is::<UsageError>() {
+                eprintln!("{err}");
+            } else {
+                eprintln!("error: {err:#}");
+            }
+            if cli.json {
+                env.print_json(&serde_json::json!({ "error": format!("{err:#}") }));
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The flag that Ctrl-C sets; a second Ctrl-C exits at once.
+fn interrupt_flag() -> &'static AtomicBool {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!("interrupted: waiting for running stages to stop (Ctrl-C again to quit at once)");
+    });
+    &INTERRUPTED
+}
+
+/// The stage names of `--stages`, checked against the pipeline.
+fn select_stages(pipeline: &Pipeline, names: &[String]) -> anyhow::Result<Vec<usize>> {
+    if names.is_empty() {
+        return Ok((0..pipeline.stages.len()).collect());
+    }
+    names
+        .iter()
+        .map(|name| {
+            pipeline.stages.iter().position(|s| &s.name == name).ok_or_else(|| {
+                let all: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
+                let hint = crate::spec::did_you_mean(name, &all)
+                    .map_or_else(|| format!("the stages are {}", all.join(", ")), |b| format!("did you mean `{b}`?"));
+                UsageError(format!("no stage `{name}` in {}; {hint}", pipeline.source.path.display())).into()
+            })
+        })
+        .collect()
+}
+
+/// Default `--jobs`: every core.
+fn default_jobs(jobs: Option<usize>) -> usize {
+    jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

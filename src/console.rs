@@ -1,0 +1,166 @@
+//! Progress output: live bars with rate and ETA on a terminal, plain log
+//! lines otherwise. Everything goes to stderr; stdout is for results.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::dag::{GraphNode, NodeState, Reporter};
+use crate::stage::Progress;
+
+/// How often plain output repeats a stage's progress.
+const PLAIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Shows what the executor does.
+pub struct Console {
+    bars: Option<MultiProgress>,
+    quiet: bool,
+}
+
+impl Console {
+    /// Bars when stderr is a terminal, plain lines otherwise, nothing when `quiet`.
+    pub fn new(quiet: bool) -> Self {
+        let bars = (!quiet && std::io::stderr().is_terminal())
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Console { bars, quiet }
+    }
+
+    /// Prints a line above any bars.
+    pub fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+}
+
+fn key_prefix(node: &GraphNode) -> &str {
+    &node.key[..12]
+}
+
+impl Reporter for Console {
+    fn cached(&self, node: &GraphNode) {
+        self.line(&format!("  cached   {} ({})", node.label, key_prefix(node)));
+    }
+
+    fn damaged(&self, node: &GraphNode, why: &str) {
+        self.line(&format!("  damaged  {}: the cache entry {} is damaged ({why}); recomputing", node.label, key_prefix(node)));
+    }
+
+    fn started<'a>(&'a self, node: &'a GraphNode) -> Box<dyn Progress + 'a> {
+        match &self.bars {
+            Some(bars) => {
+                let bar = bars.add(ProgressBar::new_spinner());
+                bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {msg} {elapsed}").expect("valid template"));
+                bar.set_prefix(node.label.clone());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                Box::new(BarProgress { bar })
+            }
+            None => {
+                self.line(&format!("  running  {} ({})", node.label, key_prefix(node)));
+                Box::new(PlainProgress {
+                    label: &node.label,
+                    quiet: self.quiet,
+                    state: Mutex::new(PlainState {
+                        total: 0,
+                        done: 0,
+                        unit: String::new(),
+                        started: Instant::now(),
+                        last_print: Instant::now(),
+                    }),
+                })
+            }
+        }
+    }
+
+    fn waiting(&self, node: &GraphNode) {
+        self.line(&format!("  waiting  {}: another process is computing {}", node.label, key_prefix(node)));
+    }
+
+    fn finished(&self, node: &GraphNode, state: &NodeState, seconds: f64) {
+        let text = match state {
+            NodeState::Failed(error) => format!("  FAILED   {}: {error}", node.label),
+            NodeState::Skipped => format!("  skipped  {}: a stage it needs did not succeed", node.label),
+            other => format!("  {:<8} {} in {seconds:.2}s", other.word(), node.label),
+        };
+        self.line(&text);
+    }
+}
+
+/// A stage's bar on a terminal.
+struct BarProgress {
+    bar: ProgressBar,
+}
+
+impl Progress for BarProgress {
+    fn set_total(&self, total: u64, unit: &str) {
+        let template = format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}");
+        self.bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+        self.bar.set_length(total);
+    }
+
+    fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    fn message(&self, text: &str) {
+        self.bar.set_message(text.to_string());
+    }
+}
+
+impl Drop for BarProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// A stage's progress as occasional log lines.
+struct PlainProgress<'a> {
+    label: &'a str,
+    quiet: bool,
+    state: Mutex<PlainState>,
+}
+
+struct PlainState {
+    total: u64,
+    done: u64,
+    unit: String,
+    started: Instant,
+    last_print: Instant,
+}
+
+impl Progress for PlainProgress<'_> {
+    fn set_total(&self, total: u64, unit: &str) {
+        let mut state = self.state.lock().expect("progress lock");
+        state.total = total;
+        state.unit = unit.to_string();
+    }
+
+    fn advance(&self, n: u64) {
+        let mut state = self.state.lock().expect("progress lock");
+        state.done += n;
+        if self.quiet || state.last_print.elapsed() < PLAIN_INTERVAL {
+            return;
+        }
+        state.last_print = Instant::now();
+        let rate = state.done as f64 / state.started.elapsed().as_secs_f64().max(1e-9);
+        let eta = state.total.saturating_sub(state.done) as f64 / rate.max(1e-9);
+        eprintln!(
+            "  progress {}: {}/{} {} ({rate:.1}/s, ETA {eta:.0}s)",
+            self.label, state.done, state.total, state.unit
+        );
+    }
+
+    fn message(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("  progress {}: {text}", self.label);
+        }
+    }
+}

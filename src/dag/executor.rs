@@ -1,0 +1,280 @@
+//! Runs a [`Graph`]: cached nodes are reused, the rest run concurrently in
+//! topological order within a CPU budget.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::graph::{Graph, GraphNode};
+use crate::stage::{Cancelled, Progress, Registry, StageContext, StageInput};
+use crate::store::{Built, Lookup, Manifest, Store};
+
+/// How a node ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeState {
+    /// Its entry was already in the store.
+    Cached,
+    /// It ran and its entry was stored.
+    Ran,
+    /// Another process computed it while this one waited for the key's lock.
+    RanElsewhere,
+    /// It failed with this error.
+    Failed(String),
+    /// A stage it needs failed or was interrupted.
+    Skipped,
+    /// The run was interrupted before or while it ran.
+    Interrupted,
+}
+
+impl NodeState {
+    /// True when the node's entry is available.
+    pub fn succeeded(&self) -> bool {
+        matches!(self, NodeState::Cached | NodeState::Ran | NodeState::RanElsewhere)
+    }
+
+    /// A short word for tables and JSON.
+    pub fn word(&self) -> &'static str {
+        match self {
+            NodeState::Cached => "cached",
+            NodeState::Ran => "ran",
+            NodeState::RanElsewhere => "ran-elsewhere",
+            NodeState::Failed(_) => "failed",
+            NodeState::Skipped => "skipped",
+            NodeState::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The outcome of one node.
+#[derive(Debug, Clone)]
+pub struct NodeResult {
+    /// How it ended.
+    pub state: NodeState,
+    /// Its manifest, when it succeeded.
+    pub manifest: Option<Manifest>,
+    /// Its output directory, when it succeeded.
+    pub out_dir: Option<PathBuf>,
+    /// Seconds spent running it (0 when cached).
+    pub seconds: f64,
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct Execution {
+    /// One result per graph node.
+    pub results: Vec<NodeResult>,
+    /// Whether the run was interrupted.
+    pub interrupted: bool,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl Execution {
+    /// True when every node succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.results.iter().all(|r| r.state.succeeded())
+    }
+}
+
+/// Options of [`execute`].
+pub struct ExecOptions<'a> {
+    /// CPU threads the running stages may use together.
+    pub jobs: usize,
+    /// Nodes to recompute even when cached (`pipeline verify`); `None` = none.
+    pub recompute: Option<&'a [bool]>,
+    /// A second store to take cached entries from (read-only).
+    pub fallback: Option<&'a Store>,
+}
+
+/// Receives what the executor does, to show progress.
+pub trait Reporter: Sync {
+    /// A node's entry was found in the store.
+    fn cached(&self, node: &GraphNode);
+    /// A node's entry was damaged and will be recomputed.
+    fn damaged(&self, node: &GraphNode, why: &str);
+    /// A node started; the returned handle receives the stage's progress.
+    fn started<'a>(&'a self, node: &'a GraphNode) -> Box<dyn Progress + 'a>;
+    /// A node waits for another process that computes the same key.
+    fn waiting(&self, node: &GraphNode);
+    /// A node ended.
+    fn finished(&self, node: &GraphNode, state: &NodeState, seconds: f64);
+}
+
+/// Runs every node of `graph` that is not cached, stopping dependents of
+/// failed nodes and starting nothing new once `cancel` is set.
+pub fn execute(
+    graph: &Graph,
+    registry: &Registry,
+    store: &Store,
+    options: &ExecOptions,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+) -> Execution {
+    let clock = Instant::now();
+    let count = graph.nodes.len();
+    let mut results: Vec<Option<NodeResult>> = vec![None; count];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if options.recompute.is_some_and(|r| r[i]) {
+            continue;
+        }
+        if let Some(found) = find_cached(node, store, options.fallback, reporter) {
+            reporter.cached(node);
+            results[i] = Some(found);
+        }
+    }
+    let jobs = options.jobs.max(1);
+    let mut launched = vec![false; count];
+    let mut threads_in_use = 0;
+    let mut active = 0;
+    let (done_tx, done_rx) = mpsc::channel::<(usize, anyhow::Result<Built>, f64)>();
+    std::thread::scope(|scope| {
+        loop {
+            for i in 0..count {
+                if results[i].is_some() || launched[i] {
+                    continue;
+                }
+                let node = &graph.nodes[i];
+                let dep_states: Vec<Option<&NodeState>> =
+                    node.deps.iter().map(|&d| results[d].as_ref().map(|r| &r.state)).collect();
+                if dep_states.iter().any(|s| s.is_some_and(|s| !s.succeeded())) {
+                    let state = NodeState::Skipped;
+                    reporter.finished(node, &state, 0.0);
+                    results[i] = Some(NodeResult { state, manifest: None, out_dir: None, seconds: 0.0 });
+                    continue;
+                }
+                if cancel.load(Ordering::SeqCst) || dep_states.iter().any(Option::is_none) {
+                    continue;
+                }
+                let threads = node.threads.min(jobs);
+                if active > 0 && threads_in_use + threads > jobs {
+                    continue;
+                }
+                let inputs: Vec<StageInput> = node
+                    .material
+                    .needs
+                    .iter()
+                    .zip(&node.deps)
+                    .map(|(need, &d)| StageInput {
+                        name: need.stage.clone(),
+                        kind: graph.nodes[d].material.kind.clone(),
+                        dir: results[d].as_ref().and_then(|r| r.out_dir.clone()).expect("succeeded deps have outputs"),
+                    })
+                    .collect();
+                launched[i] = true;
+                active += 1;
+                threads_in_use += threads;
+                let done_tx = done_tx.clone();
+                scope.spawn(move || {
+                    let start = Instant::now();
+                    let result = run_node(node, registry, store, &inputs, threads, reporter, cancel);
+                    let _ = done_tx.send((i, result, start.elapsed().as_secs_f64()));
+                });
+            }
+            if active == 0 {
+                break;
+            }
+            let (i, result, seconds) = done_rx.recv().expect("workers report before exiting");
+            active -= 1;
+            threads_in_use -= graph.nodes[i].threads.min(jobs);
+            let node = &graph.nodes[i];
+            let done = match result {
+                Ok(built) => NodeResult {
+                    state: if built.by_other_process { NodeState::RanElsewhere } else { NodeState::Ran },
+                    out_dir: Some(store.out_dir(&node.material.kind, &node.key)),
+                    manifest: Some(built.manifest),
+                    seconds,
+                },
+                Err(err) => {
+                    let state = if err.downcast_ref::<Cancelled>().is_some() || cancel.load(Ordering::SeqCst) {
+                        NodeState::Interrupted
+                    } else {
+                        NodeState::Failed(format!("{err:#}"))
+                    };
+                    NodeResult { state, manifest: None, out_dir: None, seconds }
+                }
+            };
+            reporter.finished(node, &done.state, seconds);
+            results[i] = Some(done);
+        }
+    });
+    let results: Vec<NodeResult> = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(NodeResult {
+                state: NodeState::Interrupted,
+                manifest: None,
+                out_dir: None,
+                seconds: 0.0,
+            })
+        })
+        .collect();
+    Execution {
+        results,
+        interrupted: cancel.load(Ordering::SeqCst),
+        elapsed: clock.elapsed(),
+    }
+}
+
+/// The node's valid entry in the store or the fallback store, if any.
+fn find_cached(node: &GraphNode, store: &Store, fallback: Option<&Store>, reporter: &dyn Reporter) -> Option<NodeResult> {
+    for candidate in std::iter::once(store).chain(fallback) {
+        match candidate.lookup(&node.material.kind, &node.key) {
+            Lookup::Valid(manifest) => {
+                return Some(NodeResult {
+                    state: NodeState::Cached,
+                    manifest: Some(*manifest),
+                    out_dir: Some(candidate.out_dir(&node.material.kind, &node.key)),
+                    seconds: 0.0,
+                });
+            }
+            Lookup::Corrupt(why) => reporter.damaged(node, &why),
+            Lookup::Missing => {}
+        }
+    }
+    None
+}
+
+/// Builds one node's entry, turning a panicking stage into an error.
+fn run_node(
+    node: &GraphNode,
+    registry: &Registry,
+    store: &Store,
+    inputs: &[StageInput],
+    threads: usize,
+    reporter: &dyn Reporter,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Built> {
+    let stage = registry
+        .get(&node.material.kind)
+        .ok_or_else(|| anyhow::anyhow!("unknown stage kind `{}`", node.material.kind))?;
+    let progress = reporter.started(node);
+    store.build(
+        &node.material,
+        || reporter.waiting(node),
+        |out_dir| {
+            let ctx = StageContext {
+                out_dir,
+                inputs,
+                pipeline_dir: &node.pipeline_dir,
+                seed: node.seed,
+                device: &node.device,
+                threads,
+                progress: progress.as_ref(),
+                cancel,
+            };
+            match catch_unwind(AssertUnwindSafe(|| stage.run(&node.material.config, &ctx))) {
+                Ok(result) => result,
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown panic");
+                    Err(anyhow::anyhow!("the stage panicked: {message}"))
+                }
+            }
+        },
+    )
+}

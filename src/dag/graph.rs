@@ -1,0 +1,136 @@
+//! Builds the graph of stage nodes from one or more pipeline instances.
+//! Nodes are identified by their cache key, so equal stages of several
+//! instances (the trials of a sweep) become one node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use super::key::{KeyMaterial, Need};
+use crate::spec::Pipeline;
+use crate::store::StatCache;
+
+/// One unit of work: a stage with a given key.
+#[derive(Debug, Clone)]
+pub struct GraphNode {
+    /// The cache key.
+    pub key: String,
+    /// What the key is made of (kind, config, upstream keys, ...).
+    pub material: KeyMaterial,
+    /// Nodes this one needs, in `needs` order.
+    pub deps: Vec<usize>,
+    /// CPU threads the stage keeps busy.
+    pub threads: usize,
+    /// Directory of the (first) pipeline file that uses the node.
+    pub pipeline_dir: PathBuf,
+    /// The pipeline seed and device the stage runs with.
+    pub seed: u64,
+    /// See [`crate::spec::Pipeline::device`].
+    pub device: String,
+    /// How the node is shown: its stage name, prefixed by the instance label when there are several.
+    pub label: String,
+}
+
+/// Stage nodes in topological order (every node comes after the nodes it needs).
+#[derive(Debug, Default)]
+pub struct Graph {
+    /// The nodes.
+    pub nodes: Vec<GraphNode>,
+    by_key: HashMap<String, usize>,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a pipeline instance and returns the node of each of its stages
+    /// (in stage order). `label` prefixes node labels, for sweeps.
+    pub fn add_pipeline(&mut self, pipeline: &Pipeline, label: Option<&str>, stat: &StatCache) -> anyhow::Result<Vec<usize>> {
+        let mut nodes: Vec<Option<usize>> = vec![None; pipeline.stages.len()];
+        for i in 0..pipeline.stages.len() {
+            self.add_stage(pipeline, i, label, stat, &mut nodes)?;
+        }
+        Ok(nodes.into_iter().map(|n| n.expect("every stage was added")).collect())
+    }
+
+    fn add_stage(
+        &mut self,
+        pipeline: &Pipeline,
+        index: usize,
+        label: Option<&str>,
+        stat: &StatCache,
+        nodes: &mut [Option<usize>],
+    ) -> anyhow::Result<usize> {
+        if let Some(node) = nodes[index] {
+            return Ok(node);
+        }
+        let stage = &pipeline.stages[index];
+        let mut deps = Vec::with_capacity(stage.needs.len());
+        for &need in &stage.needs {
+            deps.push(self.add_stage(pipeline, need, label, stat, nodes)?);
+        }
+        let mut inputs = BTreeMap::new();
+        for file in &stage.resolved.input_files {
+            let path = pipeline.dir.join(file);
+            let digest = stat.digest(&path).with_context(|| {
+                format!("stage `{}` reads {}, which cannot be read", stage.name, path.display())
+            })?;
+            inputs.insert(file.clone(), digest.blake3);
+        }
+        let material = KeyMaterial {
+            kind: stage.kind.clone(),
+            version: stage.resolved.version,
+            config: stage.resolved.config.clone(),
+            needs: stage
+                .needs
+                .iter()
+                .zip(&deps)
+                .map(|(&n, &d)| Need {
+                    stage: pipeline.stages[n].name.clone(),
+                    key: self.nodes[d].key.clone(),
+                })
+                .collect(),
+            seed: stage.resolved.uses_seed.then_some(pipeline.seed),
+            device: stage.resolved.uses_device.then(|| pipeline.device.clone()),
+            inputs,
+        };
+        let key = material.key();
+        let node = match self.by_key.get(&key) {
+            Some(&existing) => existing,
+            None => {
+                self.nodes.push(GraphNode {
+                    key: key.clone(),
+                    material,
+                    deps,
+                    threads: stage.resolved.threads,
+                    pipeline_dir: pipeline.dir.clone(),
+                    seed: pipeline.seed,
+                    device: pipeline.device.clone(),
+                    label: match label {
+                        Some(prefix) => format!("{prefix}/{}", stage.name),
+                        None => stage.name.clone(),
+                    },
+                });
+                self.by_key.insert(key, self.nodes.len() - 1);
+                self.nodes.len() - 1
+            }
+        };
+        nodes[index] = Some(node);
+        Ok(node)
+    }
+
+    /// The node and every node that (transitively) needs it.
+    pub fn downstream_of(&self, node: usize) -> Vec<bool> {
+        let mut marked = vec![false; self.nodes.len()];
+        marked[node] = true;
+        for (i, n) in self.nodes.iter().enumerate().skip(node + 1) {
+            if n.deps.iter().any(|&d| marked[d]) {
+                marked[i] = true;
+            }
+        }
+        marked
+    }
+}

@@ -1,0 +1,203 @@
+//! The cache key: everything that determines a stage's output, in one struct.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// Bumped when the meaning of [`KeyMaterial`] changes, invalidating every key.
+const KEY_FORMAT: u32 = 1;
+
+/// Everything that determines a stage's output. Its hash is the stage's
+/// cache key, so two stages with equal material share one cache entry.
+///
+/// Nothing here depends on where the checkout lives: input files are named
+/// relative to the pipeline file and identified by their content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyMaterial {
+    /// The stage kind.
+    pub kind: String,
+    /// The kind's implementation version ([`crate::stage::Stage::VERSION`]).
+    pub version: u32,
+    /// The resolved config, defaults filled in (map order is irrelevant).
+    pub config: Json,
+    /// The stages this one needs, in `needs` order, with their keys.
+    pub needs: Vec<Need>,
+    /// The pipeline seed, for stages that use randomness.
+    pub seed: Option<u64>,
+    /// The pipeline device, for stages whose output depends on it.
+    pub device: Option<String>,
+    /// Files read from outside the store: path (relative to the pipeline file) -> content hash.
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// An upstream stage in [`KeyMaterial::needs`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Need {
+    /// The upstream stage's name.
+    pub stage: String,
+    /// Its cache key.
+    pub key: String,
+}
+
+impl KeyMaterial {
+    /// The cache key: 32 hex digits of the blake3 hash of the canonical JSON.
+    pub fn key(&self) -> String {
+        let mut text = format!("pipeline-key-v{KEY_FORMAT}\n");
+        let json = serde_json::to_value(self).expect("key material serializes");
+        write_canonical(&json, &mut text);
+        blake3::hash(text.as_bytes()).to_hex()[..32].to_string()
+    }
+
+    /// What differs from `old`, in words, one line per change (empty when equal).
+    pub fn changes_since(&self, old: &KeyMaterial) -> Vec<String> {
+        let mut changes = Vec::new();
+        if self.kind != old.kind {
+            changes.push(format!("kind changed: {} -> {}", old.kind, self.kind));
+        }
+        if self.version != old.version {
+            changes.push(format!(
+                "the `{}` implementation changed (version {} -> {})",
+                self.kind, old.version, self.version
+            ));
+        }
+        diff_json("config", &old.config, &self.config, &mut changes);
+        if self.seed != old.seed {
+            changes.push(format!("seed changed: {} -> {}", show(&old.seed), show(&self.seed)));
+        }
+        if self.device != old.device {
+            changes.push(format!("device changed: {} -> {}", show(&old.device), show(&self.device)));
+        }
+        for need in &self.needs {
+            match old.needs.iter().find(|n| n.stage == need.stage) {
+                None => changes.push(format!("now needs stage `{}`", need.stage)),
+                Some(o) if o.key != need.key => changes.push(format!(
+                    "upstream stage `{}` changed (key {} -> {})",
+                    need.stage,
+                    &o.key[..12.min(o.key.len())],
+                    &need.key[..12.min(need.key.len())]
+                )),
+                Some(_) => {}
+            }
+        }
+        for o in &old.needs {
+            if !self.needs.iter().any(|n| n.stage == o.stage) {
+                changes.push(format!("no longer needs stage `{}`", o.stage));
+            }
+        }
+        let names = |m: &KeyMaterial| m.needs.iter().map(|n| n.stage.clone()).collect::<Vec<_>>();
+        if changes.is_empty() && names(self) != names(old) {
+            changes.push(format!("`needs` order changed: {:?} -> {:?}", names(old), names(self)));
+        }
+        for (path, hash) in &self.inputs {
+            match old.inputs.get(path) {
+                None => changes.push(format!("now reads input file {path}")),
+                Some(h) if h != hash => changes.push(format!("input file {path} changed content")),
+                Some(_) => {}
+            }
+        }
+        for path in old.inputs.keys() {
+            if !self.inputs.contains_key(path) {
+                changes.push(format!("no longer reads input file {path}"));
+            }
+        }
+        if changes.is_empty() && self.key() != old.key() {
+            changes.push("the key format of this pipeline version changed".into());
+        }
+        changes
+    }
+}
+
+fn show<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value.as_ref().map_or("none".into(), |v| v.to_string())
+}
+
+/// Appends one line per differing leaf between two JSON values, by dotted path.
+fn diff_json(path: &str, old: &Json, new: &Json, out: &mut Vec<String>) {
+    match (old, new) {
+        (Json::Object(a), Json::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let sub = format!("{path}.{key}");
+                match (a.get(key), b.get(key)) {
+                    (Some(x), Some(y)) => diff_json(&sub, x, y, out),
+                    (None, Some(y)) => out.push(format!("{sub} added: {y}")),
+                    (Some(x), None) => out.push(format!("{sub} removed (was {x})")),
+                    (None, None) => {}
+                }
+            }
+        }
+        _ if old != new => out.push(format!("{path} changed: {old} -> {new}")),
+        _ => {}
+    }
+}
+
+/// Writes JSON with object keys sorted at every level, so that the bytes do
+/// not depend on map order or on serde_json's `preserve_order` feature.
+pub fn write_canonical(value: &Json, out: &mut String) {
+    match value {
+        Json::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = write!(out, "{}:", Json::String(key.clone()));
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => {
+            let _ = write!(out, "{scalar}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn material(config: Json) -> KeyMaterial {
+        KeyMaterial {
+            kind: "train".into(),
+            version: 1,
+            config,
+            needs: vec![Need { stage: "data".into(), key: "a".repeat(32) }],
+            seed: Some(1),
+            device: None,
+            inputs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn map_order_does_not_change_the_key() {
+        let a: Json = serde_json::from_str(r#"{"x": 1, "y": {"b": 2, "a": 3}}"#).unwrap();
+        let b: Json = serde_json::from_str(r#"{"y": {"a": 3, "b": 2}, "x": 1}"#).unwrap();
+        assert_eq!(material(a).key(), material(b).key());
+    }
+
+    #[test]
+    fn changes_name_the_config_path() {
+        let old = material(json!({"optimizer": {"lr": 0.001}}));
+        let new = material(json!({"optimizer": {"lr": 0.01}}));
+        assert_ne!(old.key(), new.key());
+        assert_eq!(new.changes_since(&old), vec!["config.optimizer.lr changed: 0.001 -> 0.01"]);
+        let mut seeded = old.clone();
+        seeded.seed = Some(2);
+        assert_eq!(seeded.changes_since(&old), vec!["seed changed: 1 -> 2"]);
+    }
+}

@@ -1,0 +1,9 @@
+//! The stage graph: cache keys, merged nodes, and the concurrent executor.
+
+mod executor;
+mod graph;
+mod key;
+
+pub use executor::{ExecOptions, Execution, NodeResult, NodeState, Reporter, execute};
+pub use graph::{Graph, GraphNode};
+pub use key::{KeyMaterial, Need, write_canonical};

@@ -1,0 +1,13 @@
+//! `pipeline`: declarative, content-cached experiment pipelines for text classification.
+//!
+//! A pipeline file ([`spec`]) lists stages; each stage kind implements
+//! [`stage::Stage`]; the [`dag`] executor runs them and caches every output in
+//! the [`store`] under a key made of everything that determines it.
+
+pub mod cli;
+pub mod console;
+pub mod dag;
+pub mod spec;
+pub mod stage;
+pub mod stages;
+pub mod store;

@@ -1,0 +1,9 @@
+//! Pipeline files: YAML with located errors, typed stage configs and `--set` overrides.
+
+mod error;
+mod pipeline;
+mod yaml;
+
+pub use error::{Source, SpecError, did_you_mean};
+pub use pipeline::{MlflowTracking, Pipeline, StageSpec, Tracking, lock_path};
+pub use yaml::{Entry, Node, Origin, Value};

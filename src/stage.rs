@@ -1,0 +1,248 @@
+//! The stage-kind interface. A stage kind is one type implementing [`Stage`];
+//! the executor reaches it only through the [`Registry`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
+
+use crate::spec::{Node, Source, SpecError};
+
+/// One kind of stage (download, tokenize, train, ...).
+///
+/// Its `Config` is the stage's YAML body without `kind` and `needs`; it should
+/// use `#[serde(deny_unknown_fields)]` and `#[serde(default)]` for optional
+/// keys, so that unknown keys and missing ones get located errors.
+pub trait Stage: Send + Sync + 'static {
+    /// The stage's typed configuration.
+    type Config: Serialize + DeserializeOwned;
+
+    /// The kind's name, as written after `kind:`.
+    const KIND: &'static str;
+
+    /// Bumped whenever a code change alters the kind's output; part of every key.
+    const VERSION: u32;
+
+    /// Checks values that types alone cannot (ranges, combinations).
+    fn validate(&self, _config: &Self::Config) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// Whether the pipeline seed affects the output (then it is part of the key).
+    fn uses_seed(&self, _config: &Self::Config) -> bool {
+        false
+    }
+
+    /// Whether the pipeline device affects the output (then it is part of the key).
+    fn uses_device(&self, _config: &Self::Config) -> bool {
+        false
+    }
+
+    /// Files outside the store that the stage reads, relative to the pipeline
+    /// file's directory; their content hashes are part of the key.
+    fn input_files(&self, _config: &Self::Config) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// How many CPU threads the stage keeps busy (its share of `--jobs`).
+    fn threads(&self, _config: &Self::Config) -> usize {
+        1
+    }
+
+    /// Produces the stage's outputs in `ctx.out_dir`.
+    fn run(&self, config: &Self::Config, ctx: &StageContext) -> anyhow::Result<StageOutcome>;
+}
+
+/// A value that failed [`Stage::validate`]: the key path inside the stage's
+/// config and what was expected.
+#[derive(Debug)]
+pub struct Invalid {
+    /// Path of the offending key, e.g. `["optimizer", "lr"]`.
+    pub path: Vec<String>,
+    /// What is wrong, e.g. "must be greater than 0".
+    pub message: String,
+}
+
+impl Invalid {
+    /// An invalid value at `path` (dot-separated).
+    pub fn at(path: &str, message: impl Into<String>) -> Self {
+        Invalid {
+            path: path.split('.').map(str::to_string).collect(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What a finished stage reports besides its files.
+#[derive(Debug, Default, Clone)]
+pub struct StageOutcome {
+    /// Headline metrics, recorded in the manifest and the lock file.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The output of an upstream stage, as seen by a stage that needs it.
+#[derive(Debug, Clone)]
+pub struct StageInput {
+    /// The upstream stage's name in the pipeline.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// The directory holding its output files.
+    pub dir: PathBuf,
+}
+
+/// Progress reporting for long stages: a bar on a terminal, log lines otherwise.
+pub trait Progress: Send + Sync {
+    /// Sets the amount of work, in `unit`s (e.g. "rows", "steps").
+    fn set_total(&self, total: u64, unit: &str);
+    /// Records `n` more units done.
+    fn advance(&self, n: u64);
+    /// Shows a short status message.
+    fn message(&self, text: &str);
+}
+
+/// Everything a stage's run may use.
+pub struct StageContext<'a> {
+    /// Directory to write outputs into; it becomes the cache entry.
+    pub out_dir: &'a Path,
+    /// Outputs of the stages this one needs, in `needs` order.
+    pub inputs: &'a [StageInput],
+    /// Directory of the pipeline file, for relative paths in the config.
+    pub pipeline_dir: &'a Path,
+    /// The pipeline seed.
+    pub seed: u64,
+    /// The pipeline device (`cpu`, `cuda:0`, ...).
+    pub device: &'a str,
+    /// Threads the stage may use.
+    pub threads: usize,
+    /// Where to report progress.
+    pub progress: &'a dyn Progress,
+    /// Set when the run is being interrupted.
+    pub cancel: &'a AtomicBool,
+}
+
+impl StageContext<'_> {
+    /// The output of the needed stage called `name`.
+    pub fn input(&self, name: &str) -> anyhow::Result<&StageInput> {
+        self.inputs
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| anyhow::anyhow!("this stage does not need a stage called `{name}`"))
+    }
+
+    /// Fails with [`Cancelled`] once the run is interrupted; long stages call
+    /// it regularly so that Ctrl-C stops them promptly.
+    pub fn check_cancelled(&self) -> anyhow::Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(Cancelled.into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The error a stage returns when it stops because the run was interrupted.
+#[derive(Debug)]
+pub struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// A stage's configuration after validation, with the facts the key needs.
+#[derive(Debug, Clone)]
+pub struct ResolvedConfig {
+    /// See [`Stage::VERSION`].
+    pub version: u32,
+    /// The config with every default filled in.
+    pub config: Json,
+    /// See [`Stage::uses_seed`].
+    pub uses_seed: bool,
+    /// See [`Stage::uses_device`].
+    pub uses_device: bool,
+    /// See [`Stage::input_files`].
+    pub input_files: Vec<String>,
+    /// See [`Stage::threads`].
+    pub threads: usize,
+}
+
+/// Object-safe face of [`Stage`], implemented for every stage kind.
+pub trait DynStage: Send + Sync {
+    /// See [`Stage::KIND`].
+    fn kind(&self) -> &'static str;
+    /// See [`Stage::VERSION`].
+    fn version(&self) -> u32;
+    /// Types and validates a stage body; `what` names the stage in errors.
+    fn resolve(&self, source: &Source, body: &Node, what: &str) -> Result<ResolvedConfig, SpecError>;
+    /// Runs the stage on a resolved config.
+    fn run(&self, config: &Json, ctx: &StageContext) -> anyhow::Result<StageOutcome>;
+}
+
+impl<S: Stage> DynStage for S {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+
+    fn version(&self) -> u32 {
+        S::VERSION
+    }
+
+    fn resolve(&self, source: &Source, body: &Node, what: &str) -> Result<ResolvedConfig, SpecError> {
+        let config: S::Config = source.deserialize(body, &[], what)?;
+        if let Err(invalid) = self.validate(&config) {
+            let origin = body.locate(invalid.path.iter().map(String::as_str));
+            let message = format!("`{}` of {what} {}", invalid.path.join("."), invalid.message);
+            return Err(source.error(origin, message));
+        }
+        Ok(ResolvedConfig {
+            version: S::VERSION,
+            config: serde_json::to_value(&config).expect("stage configs serialize to JSON"),
+            uses_seed: self.uses_seed(&config),
+            uses_device: self.uses_device(&config),
+            input_files: self.input_files(&config),
+            threads: self.threads(&config).max(1),
+        })
+    }
+
+    fn run(&self, config: &Json, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
+        let config: S::Config = serde_json::from_value(config.clone())?;
+        Stage::run(self, &config, ctx)
+    }
+}
+
+/// The stage kinds a pipeline may use, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn DynStage>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a stage kind.
+    pub fn with<S: Stage>(mut self, stage: S) -> Self {
+        self.kinds.insert(S::KIND, Arc::new(stage));
+        self
+    }
+
+    /// The kind called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynStage>> {
+        self.kinds.get(name)
+    }
+
+    /// All kind names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.kinds.keys().map(|k| k.to_string()).collect()
+    }
+}

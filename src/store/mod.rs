@@ -1,0 +1,271 @@
+//! The content-addressed cache: `<store>/<kind>/<key>/{manifest.json,out/}`.
+//!
+//! Entries are built in `<store>/.tmp/` and renamed into place only when
+//! complete, under a per-key file lock, so a killed stage leaves no entry and
+//! two processes never compute the same key at once.
+
+mod digest;
+mod lockfile;
+mod manifest;
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+
+pub use digest::{FileDigest, StatCache, hash_file, list_files};
+pub use lockfile::{LockFile, LockedStage};
+pub use manifest::{MANIFEST_FORMAT, Manifest};
+
+use crate::dag::KeyMaterial;
+use crate::stage::StageOutcome;
+
+/// The result of looking a key up.
+#[derive(Debug)]
+pub enum Lookup {
+    /// No entry.
+    Missing,
+    /// A complete entry whose files match its manifest.
+    Valid(Box<Manifest>),
+    /// An entry that is damaged: why.
+    Corrupt(String),
+}
+
+/// An entry that [`Store::build`] produced or found.
+#[derive(Debug)]
+pub struct Built {
+    /// The entry's manifest.
+    pub manifest: Manifest,
+    /// True when another process computed it while this one waited for the lock.
+    pub by_other_process: bool,
+}
+
+/// A cache store rooted at a directory.
+pub struct Store {
+    root: PathBuf,
+    stat: StatCache,
+}
+
+impl Store {
+    /// The store at `root` (created on demand).
+    pub fn open(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+            stat: StatCache::new(root.join(".state").join("stat-cache.json")),
+        }
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The entry directory of a key.
+    pub fn entry_dir(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(kind).join(key)
+    }
+
+    /// The output directory of a key.
+    pub fn out_dir(&self, kind: &str, key: &str) -> PathBuf {
+        self.entry_dir(kind, key).join("out")
+    }
+
+    /// Looks a key up and checks its files against its manifest (through the stat cache).
+    pub fn lookup(&self, kind: &str, key: &str) -> Lookup {
+        let dir = self.entry_dir(kind, key);
+        let bytes = match std::fs::read(dir.join("manifest.json")) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return if dir.exists() {
+                    Lookup::Corrupt("its manifest.json is missing".into())
+                } else {
+                    Lookup::Missing
+                };
+            }
+            Err(e) => return Lookup::Corrupt(format!("its manifest cannot be read: {e}")),
+        };
+        let manifest: Manifest = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => return Lookup::Corrupt(format!("its manifest does not parse: {e}")),
+        };
+        if manifest.key != key {
+            return Lookup::Corrupt(format!("its manifest is for key {}", manifest.key));
+        }
+        match self.check_files(&dir.join("out"), &manifest) {
+            Ok(()) => Lookup::Valid(Box::new(manifest)),
+            Err(why) => Lookup::Corrupt(why),
+        }
+    }
+
+    fn check_files(&self, out: &Path, manifest: &Manifest) -> Result<(), String> {
+        let files = list_files(out).map_err(|e| format!("its outputs cannot be listed: {e}"))?;
+        for name in &files {
+            let Some(expected) = manifest.files.get(name) else {
+                return Err(format!("it holds {name}, which its manifest does not list"));
+            };
+            let actual = self.stat.digest(&out.join(name)).map_err(|e| format!("{name}: {e}"))?;
+            if &actual != expected {
+                return Err(format!("{name} does not match its manifest"));
+            }
+        }
+        if let Some(missing) = manifest.files.keys().find(|name| !files.contains(name)) {
+            return Err(format!("{missing} is missing"));
+        }
+        Ok(())
+    }
+
+    /// Computes a key's entry with `run`, unless another process has it
+    /// already. Holds the key's lock throughout (calling `waiting` first if
+    /// another process holds it); `run` writes into the directory it is given,
+    /// which is renamed into the store only when `run` succeeds.
+    pub fn build(
+        &self,
+        material: &KeyMaterial,
+        waiting: impl FnOnce(),
+        run: impl FnOnce(&Path) -> anyhow::Result<StageOutcome>,
+    ) -> anyhow::Result<Built> {
+        let key = material.key();
+        let kind = material.kind.as_str();
+        let _lock = self.lock(&key, waiting)?;
+        match self.lookup(kind, &key) {
+            Lookup::Valid(manifest) => {
+                return Ok(Built {
+                    manifest: *manifest,
+                    by_other_process: true,
+                });
+            }
+            Lookup::Corrupt(why) => {
+                tracing::warn!("cache entry {kind}/{key} is damaged ({why}); recomputing it");
+                self.discard(&self.entry_dir(kind, &key))?;
+            }
+            Lookup::Missing => {}
+        }
+        let tmp_root = self.root.join(".tmp");
+        std::fs::create_dir_all(&tmp_root).with_context(|| format!("cannot create {}", tmp_root.display()))?;
+        // Leftovers of killed runs for this key: nobody else holds the lock, so they are dead.
+        for leftover in std::fs::read_dir(&tmp_root)?.flatten() {
+            if leftover.file_name().to_string_lossy().starts_with(&format!("{key}.")) {
+                self.discard(&leftover.path())?;
+            }
+        }
+        let tmp = TempDir(tmp_root.join(format!("{key}.{}", std::process::id())));
+        let out = tmp.0.join("out");
+        std::fs::create_dir_all(&out)?;
+        let started_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let clock = Instant::now();
+        let outcome = run(&out)?;
+        let duration_secs = clock.elapsed().as_secs_f64();
+        let mut files = std::collections::BTreeMap::new();
+        for name in list_files(&out)? {
+            files.insert(name.clone(), hash_file(&out.join(&name))?);
+        }
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            key: key.clone(),
+            material: material.clone(),
+            files,
+            metrics: outcome.metrics,
+            started_at,
+            duration_secs,
+        };
+        std::fs::write(tmp.0.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+        let dest = self.entry_dir(kind, &key);
+        std::fs::create_dir_all(dest.parent().expect("entries live in a kind directory"))?;
+        std::fs::rename(&tmp.0, &dest).with_context(|| format!("cannot move the new entry to {}", dest.display()))?;
+        std::mem::forget(tmp);
+        for (name, digest) in &manifest.files {
+            self.stat.insert(&dest.join("out").join(name), digest)?;
+        }
+        Ok(Built {
+            manifest,
+            by_other_process: false,
+        })
+    }
+
+    /// Takes the exclusive lock of a key, calling `waiting` if it must wait.
+    fn lock(&self, key: &str, waiting: impl FnOnce()) -> anyhow::Result<File> {
+        let dir = self.root.join(".locks");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{key}.lock"));
+        let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                waiting();
+                file.lock()?;
+            }
+            Err(TryLockError::Error(e)) => return Err(e).context(format!("cannot lock {}", path.display())),
+        }
+        Ok(file)
+    }
+
+    /// Removes a directory by first renaming it out of the way, so that no
+    /// reader ever sees it half deleted.
+    fn discard(&self, dir: &Path) -> anyhow::Result<()> {
+        let trash = self.root.join(".trash");
+        std::fs::create_dir_all(&trash)?;
+        let name = format!(
+            "{}.{}.{}",
+            dir.file_name().map_or("entry".into(), |n| n.to_string_lossy()),
+            std::process::id(),
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        );
+        let target = trash.join(name);
+        std::fs::rename(dir, &target).with_context(|| format!("cannot move {} aside", dir.display()))?;
+        std::fs::remove_dir_all(&target).with_context(|| format!("cannot remove {}", target.display()))?;
+        Ok(())
+    }
+
+    /// Removes the entry of a key, under its lock.
+    pub fn remove(&self, kind: &str, key: &str) -> anyhow::Result<bool> {
+        let dir = self.entry_dir(kind, key);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        let _lock = self.lock(key, || {})?;
+        self.discard(&dir)?;
+        Ok(true)
+    }
+
+    /// Every entry in the store, as (kind, key), sorted.
+    pub fn entries(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        let Ok(kinds) = std::fs::read_dir(&self.root) else {
+            return Ok(found);
+        };
+        for kind in kinds.flatten() {
+            let kind_name = kind.file_name().to_string_lossy().into_owned();
+            if kind_name.starts_with('.') || !kind.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(kind.path())?.flatten() {
+                found.push((kind_name.clone(), entry.file_name().to_string_lossy().into_owned()));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// The stat cache, shared with callers that hash input files.
+    pub fn stat_cache(&self) -> &StatCache {
+        &self.stat
+    }
+
+    /// Persists the stat cache.
+    pub fn save_state(&self) {
+        if let Err(e) = self.stat.save() {
+            tracing::warn!("cannot save the stat cache: {e}");
+        }
+    }
+}
+
+/// A build directory that is removed unless the build completes.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,334 @@
+//! End-to-end tests of the `pipeline` command line, run as real child
+//! processes with the test stage kinds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{SEVEN_STAGES, Workspace, in_state, states};
+
+fn all(names: &str) -> Vec<String> {
+    names.chars().map(|c| c.to_string()).collect()
+}
+
+#[test]
+fn a_cached_rerun_does_no_stage_work() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SEVEN_STAGES);
+    let (code, first) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(in_state(&first, "ran"), all("abcdefg"));
+    assert!(ws.path().join("p.lock").exists());
+    ws.clear_log();
+    let (code, second) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(in_state(&second, "cached"), all("abcdefg"));
+    assert!(ws.log().is_empty(), "no stage may run: {:?}", ws.log());
+}
+
+#[test]
+fn a_changed_parameter_reruns_the_stage_and_its_dependents_and_reverting_reuses_entries() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SEVEN_STAGES);
+    assert_eq!(ws.run_json(&["run", "p.yaml"]).0, 0);
+    let (code, changed) = ws.run_json(&["run", "p.yaml", "--set", "stages.d.text=D2"]);
+    assert_eq!(code, 0);
+    assert_eq!(in_state(&changed, "cached"), all("abc"));
+    assert_eq!(in_state(&changed, "ran"), all("defg"));
+    ws.clear_log();
+    let (code, reverted) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(in_state(&reverted, "cached"), all("abcdefg"));
+    assert!(ws.log().is_empty());
+    // The seed feeds only the stage that uses it, and so its dependents.
+    let (_, reseeded) = ws.run_json(&["run", "p.yaml", "--set", "seed=2"]);
+    assert_eq!(in_state(&reseeded, "ran"), all("abcdefg"));
+}
+
+#[test]
+fn a_failing_stage_stops_its_dependents_and_keeps_finished_work() {
+    let ws = Workspace::new();
+    let pipeline = "name: branchy
+seed: 0
+stages:
+  a: {kind: step, text: A}
+  b: {kind: step, text: B, fail: boom}
+  c: {kind: step, text: C}
+  d: {kind: step, text: D, needs: [a]}
+";
+    ws.write("p.yaml", pipeline);
+    let output = ws.run(&["--json", "run", "p.yaml"]);
+    assert_eq!(output.status.code(), Some(1));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        states(&result),
+        [("a", "ran"), ("b", "failed"), ("c", "skipped"), ("d", "ran")].map(|(n, s)| (n.to_string(), s.to_string()))
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stage `b` failed: boom"), "{stderr}");
+    assert!(!ws.path().join("p.lock").exists(), "a failed run writes no lock file");
+    ws.write("p.yaml", &pipeline.replace(", fail: boom", ""));
+    let (code, fixed) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(in_state(&fixed, "cached"), all("ad"));
+    assert_eq!(in_state(&fixed, "ran"), all("bc"));
+}
+
+#[test]
+fn independent_stages_share_the_jobs_budget() {
+    let fan = "name: fan
+seed: 0
+stages:
+  x: {kind: step, text: X, sleep_ms: 300}
+  y: {kind: step, text: Y, sleep_ms: 300, needs: []}
+";
+    let log_with_jobs = |jobs: &str| {
+        let ws = Workspace::new();
+        ws.write("p.yaml", fan);
+        assert_eq!(ws.run(&["run", "p.yaml", "--jobs", jobs]).status.code(), Some(0));
+        ws.log().into_iter().map(|l| l.split(' ').next().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(log_with_jobs("2"), ["start", "start", "done", "done"], "both run at once");
+    assert_eq!(log_with_jobs("1"), ["start", "done", "start", "done"], "one at a time");
+}
+
+fn wait_for_log(ws: &Workspace, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ws.log().iter().any(|l| l == line) {
+        assert!(Instant::now() < deadline, "timed out waiting for `{line}` in {:?}", ws.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn entries(ws: &Workspace) -> Vec<String> {
+    let dir = ws.store().join("step");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+const SLOW_MIDDLE: &str = "name: slow
+seed: 0
+stages:
+  a: {kind: step, text: A}
+  b: {kind: step, text: B, sleep_ms: 20000}
+  c: {kind: step, text: C}
+";
+
+#[test]
+fn kill_9_in_the_middle_of_a_stage_leaves_no_partial_entry() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SLOW_MIDDLE);
+    let mut child = ws.spawn(&["run", "p.yaml"]);
+    wait_for_log(&ws, "start B");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(entries(&ws).len(), 1, "only `a` finished");
+    let leftovers = std::fs::read_dir(ws.store().join(".tmp")).unwrap().count();
+    assert_eq!(leftovers, 1, "the killed stage's build directory is left in .tmp");
+    ws.write("p.yaml", &SLOW_MIDDLE.replace("sleep_ms: 20000", "sleep_ms: 0"));
+    ws.clear_log();
+    let (code, rerun) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(in_state(&rerun, "cached"), ["a"]);
+    assert_eq!(in_state(&rerun, "ran"), ["b", "c"]);
+    assert_eq!(entries(&ws).len(), 3);
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_leaves_no_partial_entry() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SLOW_MIDDLE);
+    let child = ws.spawn(&["run", "p.yaml"]);
+    wait_for_log(&ws, "start B");
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(entries(&ws).len(), 1);
+    assert_eq!(std::fs::read_dir(ws.store().join(".tmp")).unwrap().count(), 0, "the build directory is removed");
+    assert!(!ws.log().iter().any(|l| l == "done B"));
+}
+
+#[test]
+fn two_processes_on_one_store_compute_each_key_once() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        "name: shared
+seed: 0
+stages:
+  a: {kind: step, text: A, sleep_ms: 400}
+  b: {kind: step, text: B, sleep_ms: 400}
+  c: {kind: step, text: C, sleep_ms: 400}
+",
+    );
+    let first = ws.spawn(&["run", "p.yaml"]);
+    let second = ws.spawn(&["run", "p.yaml"]);
+    for child in [first, second] {
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut starts: Vec<String> = ws.log().into_iter().filter(|l| l.starts_with("start")).collect();
+    starts.sort();
+    assert_eq!(starts, ["start A", "start B", "start C"]);
+    assert_eq!(entries(&ws).len(), 3);
+}
+
+#[test]
+fn verify_passes_on_a_deterministic_pipeline_and_names_the_stage_whose_bytes_differ() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        "name: v
+seed: 3
+stages:
+  a: {kind: step, text: A, seeded: true}
+  b: {kind: step, text: B, env: TESTKIT_VALUE}
+  c: {kind: step, text: C, needs: [a]}
+",
+    );
+    let run = |args: &[&str], value: &str| ws.command(args).env("TESTKIT_VALUE", value).output().unwrap();
+    assert_eq!(run(&["run", "p.yaml"], "1").status.code(), Some(0));
+    let ok = run(&["verify", "p.yaml"], "1");
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("verified: a, b, c"));
+    let bad = run(&["verify", "p.yaml"], "2");
+    assert_eq!(bad.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert!(stdout.contains("verify failed"), "{stdout}");
+    let rows: Vec<&str> = stdout.lines().skip(2).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(rows[0].starts_with("b ") && rows[0].contains("out.txt"), "{stdout}");
+    // Only the chosen stages are re-executed; the verify scratch store is gone afterwards.
+    let (code, json) = ws.run_json(&["verify", "p.yaml", "--stages", "c"]);
+    assert_eq!(code, 0);
+    assert_eq!(json["verified"], serde_json::json!(["c"]));
+    assert_eq!(std::fs::read_dir(ws.store().join(".scratch")).unwrap().count(), 0);
+}
+
+#[test]
+fn status_and_why_explain_what_changed_since_the_lock() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SEVEN_STAGES);
+    let (code, _) = ws.run_json(&["status", "p.yaml"]);
+    assert_eq!(code, 1, "no lock yet");
+    assert_eq!(ws.run_json(&["run", "p.yaml"]).0, 0);
+    let (code, status) = ws.run_json(&["status", "p.yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(status["up_to_date"], true);
+    let (code, status) = ws.run_json(&["status", "p.yaml", "--set", "stages.f.text=F2"]);
+    assert_eq!(code, 1);
+    let stale: Vec<&str> = status["stages"].as_array().unwrap().iter().filter(|s| s["state"] == "stale").map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(stale, ["f", "g"]);
+    let why = ws.run(&["why", "p.yaml", "g", "--set", "stages.f.text=F2"]);
+    let text = String::from_utf8_lossy(&why.stdout);
+    assert!(text.starts_with("stage `g` will run:"), "{text}");
+    assert!(text.contains("upstream stage `f` changed"), "{text}");
+    assert!(text.contains("in `f`: config.text changed: \"F\" -> \"F2\""), "{text}");
+    let (_, why) = ws.run_json(&["why", "p.yaml", "a"]);
+    assert_eq!(why["will_run"], false);
+    // An entry removed from the store: the key is as locked but the stage must run.
+    assert_eq!(ws.run(&["clean", "p.yaml", "--stages", "b"]).status.code(), Some(0));
+    let (code, status) = ws.run_json(&["status", "p.yaml"]);
+    assert_eq!(code, 1);
+    assert_eq!(status["stages"][1]["state"], "missing");
+    let (_, why) = ws.run_json(&["why", "p.yaml", "b"]);
+    assert!(why["reasons"][0].as_str().unwrap().contains("is not in the store"), "{why}");
+}
+
+#[test]
+fn an_edited_input_file_invalidates_its_stage() {
+    let ws = Workspace::new();
+    ws.write("data/input.txt", "one");
+    ws.write(
+        "pipelines/p.yaml",
+        "name: files
+seed: 0
+stages:
+  read: {kind: step, file: ../data/input.txt}
+  after: {kind: step, text: after}
+",
+    );
+    assert_eq!(ws.run_json(&["run", "pipelines/p.yaml"]).0, 0);
+    ws.write("data/input.txt", "two");
+    let (_, why) = ws.run_json(&["why", "pipelines/p.yaml", "read"]);
+    assert_eq!(why["reasons"], serde_json::json!(["input file ../data/input.txt changed content"]));
+    let (_, rerun) = ws.run_json(&["run", "pipelines/p.yaml"]);
+    assert_eq!(in_state(&rerun, "ran"), ["read", "after"]);
+    let (_, third) = ws.run_json(&["run", "pipelines/p.yaml"]);
+    assert_eq!(in_state(&third, "cached"), ["read", "after"]);
+}
+
+#[test]
+fn a_damaged_entry_is_reported_and_recomputed() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SEVEN_STAGES);
+    let (_, first) = ws.run_json(&["run", "p.yaml"]);
+    let key = first["stages"][2]["key"].as_str().unwrap();
+    let file = ws.store().join("step").join(key).join("out/out.txt");
+    std::fs::write(&file, "tampered").unwrap();
+    let output = ws.run(&["--json", "run", "p.yaml"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("damaged"), "{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(in_state(&result, "ran"), ["c"]);
+    assert_ne!(std::fs::read_to_string(&file).unwrap(), "tampered");
+}
+
+#[test]
+fn keys_do_not_depend_on_where_the_checkout_lives() {
+    let keys = |ws: &Workspace| -> Vec<String> {
+        ws.write("data/input.txt", "same");
+        ws.write("pipelines/p.yaml", "name: k\nseed: 0\nstages:\n  a: {kind: step, file: ../data/input.txt}\n");
+        let (_, plan) = ws.run_json(&["plan", "pipelines/p.yaml"]);
+        plan["stages"].as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(keys(&Workspace::new()), keys(&Workspace::new()));
+}
+
+#[test]
+fn gc_drops_entries_that_no_lock_file_refers_to() {
+    let ws = Workspace::new();
+    ws.write("pipelines/p.yaml", SEVEN_STAGES);
+    assert_eq!(ws.run_json(&["run", "pipelines/p.yaml", "--set", "stages.g.text=old"]).0, 0);
+    assert_eq!(ws.run_json(&["run", "pipelines/p.yaml"]).0, 0);
+    assert_eq!(entries(&ws).len(), 8);
+    let (code, gc) = ws.run_json(&["gc"]);
+    assert_eq!(code, 0);
+    assert_eq!(gc["removed"].as_array().unwrap().len(), 1);
+    assert_eq!(entries(&ws).len(), 7);
+    let (_, rerun) = ws.run_json(&["run", "pipelines/p.yaml"]);
+    assert_eq!(in_state(&rerun, "cached"), all("abcdefg"));
+}
+
+#[test]
+fn plan_and_show_describe_the_pipeline() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SEVEN_STAGES);
+    let plan = ws.run(&["plan", "p.yaml"]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("STAGE"), "{text}");
+    assert!(lines[1].starts_with("a ") && lines[1].contains(" run "), "{text}");
+    assert!(lines[2].ends_with(" a"), "b needs a: {text}");
+    let show = ws.run(&["show", "p.yaml", "--set", "stages.b.sleep_ms=5"]);
+    let shown: serde_yaml::Value = serde_yaml::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["stages"]["b"]["sleep_ms"], serde_yaml::Value::from(5));
+    assert_eq!(shown["stages"]["b"]["fail"], serde_yaml::Value::Null);
+    assert_eq!(shown["stages"]["b"]["needs"][0], serde_yaml::Value::from("a"));
+}
+
+#[test]
+fn errors_in_pipeline_files_exit_2_with_a_located_message() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", "name: x\nseed: 1\nstages:\n  a: {kind: step, txt: A}\n");
+    let output = ws.run(&["run", "p.yaml"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("p.yaml:4:19"), "{stderr}");
+    assert!(stderr.contains("did you mean `text`?"), "{stderr}");
+    assert!(!ws.store().exists(), "nothing is written for an invalid pipeline");
+}
