@@ -51,14 +51,20 @@ impl Reporter for Console {
     }
 
     fn damaged(&self, node: &GraphNode, why: &str) {
-        self.line(&format!("  damaged  {}: the cache entry {} is damaged ({why}); recomputing", node.label, key_prefix(node)));
+        self.line(&format!(
+            "  damaged  {}: the cache entry {} is damaged ({why}); recomputing",
+            node.label,
+            key_prefix(node)
+        ));
     }
 
     fn started<'a>(&'a self, node: &'a GraphNode) -> Box<dyn Progress + 'a> {
         match &self.bars {
             Some(bars) => {
                 let bar = bars.add(ProgressBar::new_spinner());
-                bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {msg} {elapsed}").expect("valid template"));
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix} {msg} {elapsed}").expect("valid template"),
+                );
                 bar.set_prefix(node.label.clone());
                 bar.enable_steady_tick(Duration::from_millis(120));
                 Box::new(BarProgress { bar })
@@ -81,7 +87,11 @@ impl Reporter for Console {
     }
 
     fn waiting(&self, node: &GraphNode) {
-        self.line(&format!("  waiting  {}: another process is computing {}", node.label, key_prefix(node)));
+        self.line(&format!(
+            "  waiting  {}: another process is computing {}",
+            node.label,
+            key_prefix(node)
+        ));
     }
 
     fn finished(&self, node: &GraphNode, state: &NodeState, seconds: f64) {
@@ -102,7 +112,11 @@ struct BarProgress {
 impl Progress for BarProgress {
     fn set_total(&self, total: u64, unit: &str) {
         let template = format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}");
-        self.bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+        self.bar.set_style(
+            ProgressStyle::with_template(&template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
         self.bar.set_length(total);
     }
 

@@ -86,16 +86,27 @@ stages:
         let ws = Workspace::new();
         ws.write("p.yaml", fan);
         assert_eq!(ws.run(&["run", "p.yaml", "--jobs", jobs]).status.code(), Some(0));
-        ws.log().into_iter().map(|l| l.split(' ').next().unwrap().to_string()).collect::<Vec<_>>()
+        ws.log()
+            .into_iter()
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect::<Vec<_>>()
     };
-    assert_eq!(log_with_jobs("2"), ["start", "start", "done", "done"], "both run at once");
+    assert_eq!(
+        log_with_jobs("2"),
+        ["start", "start", "done", "done"],
+        "both run at once"
+    );
     assert_eq!(log_with_jobs("1"), ["start", "done", "start", "done"], "one at a time");
 }
 
 fn wait_for_log(ws: &Workspace, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ws.log().iter().any(|l| l == line) {
-        assert!(Instant::now() < deadline, "timed out waiting for `{line}` in {:?}", ws.log());
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for `{line}` in {:?}",
+            ws.log()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -103,7 +114,11 @@ fn wait_for_log(ws: &Workspace, line: &str) {
 fn entries(ws: &Workspace) -> Vec<String> {
     let dir = ws.store().join("step");
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -143,12 +158,24 @@ fn ctrl_c_stops_cleanly_and_leaves_no_partial_entry() {
     ws.write("p.yaml", SLOW_MIDDLE);
     let child = ws.spawn(&["run", "p.yaml"]);
     wait_for_log(&ws, "start B");
-    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(entries(&ws).len(), 1);
-    assert_eq!(std::fs::read_dir(ws.store().join(".tmp")).unwrap().count(), 0, "the build directory is removed");
+    assert_eq!(
+        std::fs::read_dir(ws.store().join(".tmp")).unwrap().count(),
+        0,
+        "the build directory is removed"
+    );
     assert!(!ws.log().iter().any(|l| l == "done B"));
 }
 
@@ -169,7 +196,12 @@ stages:
     let second = ws.spawn(&["run", "p.yaml"]);
     for child in [first, second] {
         let output = child.wait_with_output().unwrap();
-        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let mut starts: Vec<String> = ws.log().into_iter().filter(|l| l.starts_with("start")).collect();
     starts.sort();
@@ -221,7 +253,13 @@ fn status_and_why_explain_what_changed_since_the_lock() {
     assert_eq!(status["up_to_date"], true);
     let (code, status) = ws.run_json(&["status", "p.yaml", "--set", "stages.f.text=F2"]);
     assert_eq!(code, 1);
-    let stale: Vec<&str> = status["stages"].as_array().unwrap().iter().filter(|s| s["state"] == "stale").map(|s| s["name"].as_str().unwrap()).collect();
+    let stale: Vec<&str> = status["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "stale")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(stale, ["f", "g"]);
     let why = ws.run(&["why", "p.yaml", "g", "--set", "stages.f.text=F2"]);
     let text = String::from_utf8_lossy(&why.stdout);
@@ -236,7 +274,10 @@ fn status_and_why_explain_what_changed_since_the_lock() {
     assert_eq!(code, 1);
     assert_eq!(status["stages"][1]["state"], "missing");
     let (_, why) = ws.run_json(&["why", "p.yaml", "b"]);
-    assert!(why["reasons"][0].as_str().unwrap().contains("is not in the store"), "{why}");
+    assert!(
+        why["reasons"][0].as_str().unwrap().contains("is not in the store"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -255,7 +296,10 @@ stages:
     assert_eq!(ws.run_json(&["run", "pipelines/p.yaml"]).0, 0);
     ws.write("data/input.txt", "two");
     let (_, why) = ws.run_json(&["why", "pipelines/p.yaml", "read"]);
-    assert_eq!(why["reasons"], serde_json::json!(["input file ../data/input.txt changed content"]));
+    assert_eq!(
+        why["reasons"],
+        serde_json::json!(["input file ../data/input.txt changed content"])
+    );
     let (_, rerun) = ws.run_json(&["run", "pipelines/p.yaml"]);
     assert_eq!(in_state(&rerun, "ran"), ["read", "after"]);
     let (_, third) = ws.run_json(&["run", "pipelines/p.yaml"]);
@@ -282,9 +326,17 @@ fn a_damaged_entry_is_reported_and_recomputed() {
 fn keys_do_not_depend_on_where_the_checkout_lives() {
     let keys = |ws: &Workspace| -> Vec<String> {
         ws.write("data/input.txt", "same");
-        ws.write("pipelines/p.yaml", "name: k\nseed: 0\nstages:\n  a: {kind: step, file: ../data/input.txt}\n");
+        ws.write(
+            "pipelines/p.yaml",
+            "name: k\nseed: 0\nstages:\n  a: {kind: step, file: ../data/input.txt}\n",
+        );
         let (_, plan) = ws.run_json(&["plan", "pipelines/p.yaml"]);
-        plan["stages"].as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap().to_string()).collect()
+        plan["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
     };
     assert_eq!(keys(&Workspace::new()), keys(&Workspace::new()));
 }
@@ -293,7 +345,11 @@ fn keys_do_not_depend_on_where_the_checkout_lives() {
 fn gc_drops_entries_that_no_lock_file_refers_to() {
     let ws = Workspace::new();
     ws.write("pipelines/p.yaml", SEVEN_STAGES);
-    assert_eq!(ws.run_json(&["run", "pipelines/p.yaml", "--set", "stages.g.text=old"]).0, 0);
+    assert_eq!(
+        ws.run_json(&["run", "pipelines/p.yaml", "--set", "stages.g.text=old"])
+            .0,
+        0
+    );
     assert_eq!(ws.run_json(&["run", "pipelines/p.yaml"]).0, 0);
     assert_eq!(entries(&ws).len(), 8);
     let (code, gc) = ws.run_json(&["gc"]);

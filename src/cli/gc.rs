@@ -39,7 +39,13 @@ fn find_lock_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 fn dir_size(path: &Path) -> u64 {
     crate::store::list_files(path)
-        .map(|files| files.iter().filter_map(|f| std::fs::metadata(path.join(f)).ok()).map(|m| m.len()).sum())
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|f| std::fs::metadata(path.join(f)).ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -101,7 +107,11 @@ pub(super) fn clean(env: &Env, target: &Target, stage_names: &[String]) -> anyho
     if env.json {
         env.print_json(&json!({ "pipeline": pipeline.name, "removed": removed }));
     } else {
-        println!("removed the entries of {} stages: {}", removed.len(), removed.join(", "));
+        println!(
+            "removed the entries of {} stages: {}",
+            removed.len(),
+            removed.join(", ")
+        );
     }
     Ok(0)
 }

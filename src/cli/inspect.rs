@@ -36,7 +36,13 @@ pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
             Lookup::Corrupt(_) => "run (damaged entry)",
         };
         let needs: Vec<&str> = stage.needs.iter().map(|&n| pipeline.stages[n].name.as_str()).collect();
-        rows.push(vec![stage.name.clone(), stage.kind.clone(), node.key.clone(), state.to_string(), needs.join(",")]);
+        rows.push(vec![
+            stage.name.clone(),
+            stage.kind.clone(),
+            node.key.clone(),
+            state.to_string(),
+            needs.join(","),
+        ]);
     }
     env.store.save_state();
     if env.json {
@@ -88,13 +94,21 @@ pub(super) fn status(env: &Env, target: &Target) -> anyhow::Result<u8> {
     }
     for name in lock.stages.keys() {
         if pipeline.stage(name).is_none() {
-            rows.push(vec![name.clone(), "removed".into(), lock.stages[name].key.clone(), "no longer in the pipeline".into()]);
+            rows.push(vec![
+                name.clone(),
+                "removed".into(),
+                lock.stages[name].key.clone(),
+                "no longer in the pipeline".into(),
+            ]);
         }
     }
     env.store.save_state();
     let clean = rows.iter().all(|r| r[1] == "up-to-date");
     if env.json {
-        let stages: Vec<_> = rows.iter().map(|r| json!({"name": r[0], "state": r[1], "key": r[2], "detail": r[3]})).collect();
+        let stages: Vec<_> = rows
+            .iter()
+            .map(|r| json!({"name": r[0], "state": r[1], "key": r[2], "detail": r[3]}))
+            .collect();
         env.print_json(&json!({ "pipeline": pipeline.name, "up_to_date": clean, "stages": stages }));
     } else {
         for row in &mut rows {
@@ -102,7 +116,11 @@ pub(super) fn status(env: &Env, target: &Target) -> anyhow::Result<u8> {
         }
         print_table(&["STAGE", "STATE", "KEY", "DETAIL"], &rows);
         if !clean {
-            println!("\n{} is not up to date: run `pipeline run {}`", lock_file.display(), target.file.display());
+            println!(
+                "\n{} is not up to date: run `pipeline run {}`",
+                lock_file.display(),
+                target.file.display()
+            );
         }
     }
     Ok(if clean { 0 } else { EXIT_FAILED })

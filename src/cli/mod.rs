@@ -30,7 +30,12 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Declarative, cached experiment pipelines for text classification.
 #[derive(Parser, Debug)]
-#[command(name = "pipeline", version, about, after_help = "Exit codes: 0 success; 1 a stage failed, `status` found stages that would run, or `verify` found different bytes; 2 bad usage or an invalid pipeline file; 130 interrupted.\nLogs: set RUST_LOG (e.g. RUST_LOG=pipeline=debug).")]
+#[command(
+    name = "pipeline",
+    version,
+    about,
+    after_help = "Exit codes: 0 success; 1 a stage failed, `status` found stages that would run, or `verify` found different bytes; 2 bad usage or an invalid pipeline file; 130 interrupted.\nLogs: set RUST_LOG (e.g. RUST_LOG=pipeline=debug)."
+)]
 pub struct Cli {
     /// The cache store directory.
     #[arg(long, global = true, env = "PIPELINE_STORE", default_value = "artifacts")]
@@ -145,7 +150,10 @@ impl Env<'_> {
 
     /// Prints a JSON result on stdout.
     fn print_json(&self, value: &serde_json::Value) {
-        println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("JSON values serialize")
+        );
     }
 }
 
@@ -171,7 +179,11 @@ pub fn main(registry: &Registry) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            let code = if err.is::<SpecError>() || err.is::<UsageError>() { EXIT_USAGE } else { EXIT_FAILED };
+            let code = if err.is::<SpecError>() || err.is::<UsageError>() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            };
             if err.is::<SpecError>() || err.is::<UsageError>() {
                 eprintln!("{err}");
             } else {
@@ -188,7 +200,10 @@ pub fn main(registry: &Registry) -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -214,9 +229,15 @@ fn select_stages(pipeline: &Pipeline, names: &[String]) -> anyhow::Result<Vec<us
         .map(|name| {
             pipeline.stages.iter().position(|s| &s.name == name).ok_or_else(|| {
                 let all: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
-                let hint = crate::spec::did_you_mean(name, &all)
-                    .map_or_else(|| format!("the stages are {}", all.join(", ")), |b| format!("did you mean `{b}`?"));
-                UsageError(format!("no stage `{name}` in {}; {hint}", pipeline.source.path.display())).into()
+                let hint = crate::spec::did_you_mean(name, &all).map_or_else(
+                    || format!("the stages are {}", all.join(", ")),
+                    |b| format!("did you mean `{b}`?"),
+                );
+                UsageError(format!(
+                    "no stage `{name}` in {}; {hint}",
+                    pipeline.source.path.display()
+                ))
+                .into()
             })
         })
         .collect()

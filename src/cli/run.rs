@@ -64,7 +64,10 @@ pub(super) fn lock_file(pipeline: &Pipeline, graph: &Graph, nodes: &[usize], exe
         .iter()
         .zip(nodes)
         .map(|(stage, &node)| {
-            let manifest = execution.results[node].manifest.as_ref().expect("successful nodes have manifests");
+            let manifest = execution.results[node]
+                .manifest
+                .as_ref()
+                .expect("successful nodes have manifests");
             let locked = LockedStage {
                 key: graph.nodes[node].key.clone(),
                 material: graph.nodes[node].material.clone(),
@@ -81,7 +84,12 @@ pub(super) fn lock_file(pipeline: &Pipeline, graph: &Graph, nodes: &[usize], exe
 }
 
 /// Per stage: name, kind, key, state, seconds, metrics and error, for `--json`.
-pub(super) fn stage_report(pipeline: &Pipeline, graph: &Graph, nodes: &[usize], execution: &Execution) -> serde_json::Value {
+pub(super) fn stage_report(
+    pipeline: &Pipeline,
+    graph: &Graph,
+    nodes: &[usize],
+    execution: &Execution,
+) -> serde_json::Value {
     pipeline
         .stages
         .iter()

@@ -16,8 +16,12 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
     let pipeline = env.load(target)?;
     let selected = select_stages(&pipeline, stage_names)?;
     let lock_file = lock_path(&target.file);
-    let lock = LockFile::read(&lock_file)?
-        .ok_or_else(|| UsageError(format!("{} does not exist: run the pipeline first", lock_file.display())))?;
+    let lock = LockFile::read(&lock_file)?.ok_or_else(|| {
+        UsageError(format!(
+            "{} does not exist: run the pipeline first",
+            lock_file.display()
+        ))
+    })?;
     let (graph, nodes) = env.graph(&pipeline)?;
     let mut recompute = vec![false; graph.nodes.len()];
     for &i in &selected {
@@ -31,7 +35,14 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
         recompute: Some(&recompute),
         fallback: Some(&env.store),
     };
-    let execution = execute(&graph, env.registry, &scratch_store, &options, &console, interrupt_flag());
+    let execution = execute(
+        &graph,
+        env.registry,
+        &scratch_store,
+        &options,
+        &console,
+        interrupt_flag(),
+    );
     if execution.interrupted {
         return Ok(EXIT_INTERRUPTED);
     }
@@ -41,14 +52,23 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
         let stage = &pipeline.stages[i];
         let node = &graph.nodes[nodes[i]];
         let mut differ = |file: &str, locked: &str, now: &str| {
-            differences.push(vec![stage.name.clone(), file.to_string(), locked.to_string(), now.to_string()])
+            differences.push(vec![
+                stage.name.clone(),
+                file.to_string(),
+                locked.to_string(),
+                now.to_string(),
+            ])
         };
         let Some(locked) = lock.stages.get(&stage.name) else {
             differ("-", "not in the lock file", "-");
             continue;
         };
         if locked.key != node.key {
-            differ("-", &format!("key {}", &locked.key[..12]), &format!("key {} (the pipeline changed since the lock)", &node.key[..12]));
+            differ(
+                "-",
+                &format!("key {}", &locked.key[..12]),
+                &format!("key {} (the pipeline changed since the lock)", &node.key[..12]),
+            );
             continue;
         }
         let result = &execution.results[nodes[i]];
@@ -62,7 +82,8 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
         };
         let files: std::collections::BTreeSet<&String> = locked.outputs.keys().chain(manifest.files.keys()).collect();
         for file in files {
-            let short = |d: Option<&crate::store::FileDigest>| d.map_or("absent".to_string(), |d| d.blake3[..12].to_string());
+            let short =
+                |d: Option<&crate::store::FileDigest>| d.map_or("absent".to_string(), |d| d.blake3[..12].to_string());
             let (old, new) = (locked.outputs.get(file), manifest.files.get(file));
             if old != new {
                 differ(file, &short(old), &short(new));
@@ -71,10 +92,17 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
     }
     let names: Vec<&str> = selected.iter().map(|&i| pipeline.stages[i].name.as_str()).collect();
     if env.json {
-        let rows: Vec<_> = differences.iter().map(|r| json!({"stage": r[0], "file": r[1], "locked": r[2], "now": r[3]})).collect();
+        let rows: Vec<_> = differences
+            .iter()
+            .map(|r| json!({"stage": r[0], "file": r[1], "locked": r[2], "now": r[3]}))
+            .collect();
         env.print_json(&json!({ "pipeline": pipeline.name, "verified": names, "identical": differences.is_empty(), "differences": rows }));
     } else if differences.is_empty() {
-        println!("verified: {} reproduce the bytes in {}", names.join(", "), lock_file.display());
+        println!(
+            "verified: {} reproduce the bytes in {}",
+            names.join(", "),
+            lock_file.display()
+        );
     } else {
         println!("verify failed: these outputs differ from {}", lock_file.display());
         print_table(&["STAGE", "FILE", "LOCKED", "NOW"], &differences);
@@ -87,8 +115,12 @@ struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn new(store_root: &std::path::Path) -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let dir = store_root.join(".scratch").join(format!("{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = store_root
+            .join(".scratch")
+            .join(format!("{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(ScratchDir(dir))
     }

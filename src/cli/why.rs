@@ -23,7 +23,10 @@ pub(super) fn why(env: &Env, target: &Target, stage_name: &str) -> anyhow::Resul
                 reasons.push(format!("its entry {} is damaged: {why}", &node.key[..12]));
             }
             match &lock {
-                None => reasons.push(format!("there is no lock file {} (the pipeline never completed)", lock_file.display())),
+                None => reasons.push(format!(
+                    "there is no lock file {} (the pipeline never completed)",
+                    lock_file.display()
+                )),
                 Some(lock) => explain(&pipeline, &graph, &nodes, lock, index, 0, &mut reasons),
             }
             if reasons.is_empty() {
@@ -50,11 +53,22 @@ pub(super) fn why(env: &Env, target: &Target, stage_name: &str) -> anyhow::Resul
 }
 
 /// Adds why stage `index` differs from the lock, following changed upstream stages to their causes.
-fn explain(pipeline: &Pipeline, graph: &Graph, nodes: &[usize], lock: &LockFile, index: usize, depth: usize, out: &mut Vec<String>) {
+fn explain(
+    pipeline: &Pipeline,
+    graph: &Graph,
+    nodes: &[usize],
+    lock: &LockFile,
+    index: usize,
+    depth: usize,
+    out: &mut Vec<String>,
+) {
     let stage = &pipeline.stages[index];
     let indent = "    ".repeat(depth);
     let Some(locked) = lock.stages.get(&stage.name) else {
-        out.push(format!("{indent}stage `{}` is not in the lock file (it is new or never completed)", stage.name));
+        out.push(format!(
+            "{indent}stage `{}` is not in the lock file (it is new or never completed)",
+            stage.name
+        ));
         return;
     };
     let current = &graph.nodes[nodes[index]].material;
@@ -64,7 +78,11 @@ fn explain(pipeline: &Pipeline, graph: &Graph, nodes: &[usize], lock: &LockFile,
             .iter()
             .find(|n| change.starts_with(&format!("upstream stage `{}` changed", n.stage)))
             .and_then(|n| pipeline.stages.iter().position(|s| s.name == n.stage));
-        let scope = if depth > 0 { format!("in `{}`: ", stage.name) } else { String::new() };
+        let scope = if depth > 0 {
+            format!("in `{}`: ", stage.name)
+        } else {
+            String::new()
+        };
         out.push(format!("{indent}{scope}{change}"));
         if let Some(up) = upstream {
             explain(pipeline, graph, nodes, lock, up, depth + 1, out);

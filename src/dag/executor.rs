@@ -136,12 +136,20 @@ pub fn execute(
                     continue;
                 }
                 let node = &graph.nodes[i];
-                let dep_states: Vec<Option<&NodeState>> =
-                    node.deps.iter().map(|&d| results[d].as_ref().map(|r| &r.state)).collect();
+                let dep_states: Vec<Option<&NodeState>> = node
+                    .deps
+                    .iter()
+                    .map(|&d| results[d].as_ref().map(|r| &r.state))
+                    .collect();
                 if dep_states.iter().any(|s| s.is_some_and(|s| !s.succeeded())) {
                     let state = NodeState::Skipped;
                     reporter.finished(node, &state, 0.0);
-                    results[i] = Some(NodeResult { state, manifest: None, out_dir: None, seconds: 0.0 });
+                    results[i] = Some(NodeResult {
+                        state,
+                        manifest: None,
+                        out_dir: None,
+                        seconds: 0.0,
+                    });
                     continue;
                 }
                 if cancel.load(Ordering::SeqCst) || dep_states.iter().any(Option::is_none) {
@@ -159,7 +167,10 @@ pub fn execute(
                     .map(|(need, &d)| StageInput {
                         name: need.stage.clone(),
                         kind: graph.nodes[d].material.kind.clone(),
-                        dir: results[d].as_ref().and_then(|r| r.out_dir.clone()).expect("succeeded deps have outputs"),
+                        dir: results[d]
+                            .as_ref()
+                            .and_then(|r| r.out_dir.clone())
+                            .expect("succeeded deps have outputs"),
                     })
                     .collect();
                 launched[i] = true;
@@ -181,7 +192,11 @@ pub fn execute(
             let node = &graph.nodes[i];
             let done = match result {
                 Ok(built) => NodeResult {
-                    state: if built.by_other_process { NodeState::RanElsewhere } else { NodeState::Ran },
+                    state: if built.by_other_process {
+                        NodeState::RanElsewhere
+                    } else {
+                        NodeState::Ran
+                    },
                     out_dir: Some(store.out_dir(&node.material.kind, &node.key)),
                     manifest: Some(built.manifest),
                     seconds,
@@ -192,7 +207,12 @@ pub fn execute(
                     } else {
                         NodeState::Failed(format!("{err:#}"))
                     };
-                    NodeResult { state, manifest: None, out_dir: None, seconds }
+                    NodeResult {
+                        state,
+                        manifest: None,
+                        out_dir: None,
+                        seconds,
+                    }
                 }
             };
             reporter.finished(node, &done.state, seconds);
@@ -218,7 +238,12 @@ pub fn execute(
 }
 
 /// The node's valid entry in the store or the fallback store, if any.
-fn find_cached(node: &GraphNode, store: &Store, fallback: Option<&Store>, reporter: &dyn Reporter) -> Option<NodeResult> {
+fn find_cached(
+    node: &GraphNode,
+    store: &Store,
+    fallback: Option<&Store>,
+    reporter: &dyn Reporter,
+) -> Option<NodeResult> {
     for candidate in std::iter::once(store).chain(fallback) {
         match candidate.lookup(&node.material.kind, &node.key) {
             Lookup::Valid(manifest) => {

@@ -48,7 +48,12 @@ impl Graph {
 
     /// Adds a pipeline instance and returns the node of each of its stages
     /// (in stage order). `label` prefixes node labels, for sweeps.
-    pub fn add_pipeline(&mut self, pipeline: &Pipeline, label: Option<&str>, stat: &StatCache) -> anyhow::Result<Vec<usize>> {
+    pub fn add_pipeline(
+        &mut self,
+        pipeline: &Pipeline,
+        label: Option<&str>,
+        stat: &StatCache,
+    ) -> anyhow::Result<Vec<usize>> {
         let mut nodes: Vec<Option<usize>> = vec![None; pipeline.stages.len()];
         for i in 0..pipeline.stages.len() {
             self.add_stage(pipeline, i, label, stat, &mut nodes)?;
@@ -75,9 +80,9 @@ impl Graph {
         let mut inputs = BTreeMap::new();
         for file in &stage.resolved.input_files {
             let path = pipeline.dir.join(file);
-            let digest = stat.digest(&path).with_context(|| {
-                format!("stage `{}` reads {}, which cannot be read", stage.name, path.display())
-            })?;
+            let digest = stat
+                .digest(&path)
+                .with_context(|| format!("stage `{}` reads {}, which cannot be read", stage.name, path.display()))?;
             inputs.insert(file.clone(), digest.blake3);
         }
         let material = KeyMaterial {

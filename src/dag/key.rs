@@ -67,7 +67,11 @@ impl KeyMaterial {
             changes.push(format!("seed changed: {} -> {}", show(&old.seed), show(&self.seed)));
         }
         if self.device != old.device {
-            changes.push(format!("device changed: {} -> {}", show(&old.device), show(&self.device)));
+            changes.push(format!(
+                "device changed: {} -> {}",
+                show(&old.device),
+                show(&self.device)
+            ));
         }
         for need in &self.needs {
             match old.needs.iter().find(|n| n.stage == need.stage) {
@@ -176,7 +180,10 @@ mod tests {
             kind: "train".into(),
             version: 1,
             config,
-            needs: vec![Need { stage: "data".into(), key: "a".repeat(32) }],
+            needs: vec![Need {
+                stage: "data".into(),
+                key: "a".repeat(32),
+            }],
             seed: Some(1),
             device: None,
             inputs: BTreeMap::new(),
@@ -195,7 +202,10 @@ mod tests {
         let old = material(json!({"optimizer": {"lr": 0.001}}));
         let new = material(json!({"optimizer": {"lr": 0.01}}));
         assert_ne!(old.key(), new.key());
-        assert_eq!(new.changes_since(&old), vec!["config.optimizer.lr changed: 0.001 -> 0.01"]);
+        assert_eq!(
+            new.changes_since(&old),
+            vec!["config.optimizer.lr changed: 0.001 -> 0.01"]
+        );
         let mut seeded = old.clone();
         seeded.seed = Some(2);
         assert_eq!(seeded.changes_since(&old), vec!["seed changed: 1 -> 2"]);

@@ -106,12 +106,7 @@ impl Source {
     /// Deserializes `node` (found at `path` in the file) into `T`, turning
     /// serde's messages into located errors with suggestions. `what` names
     /// the thing being read, e.g. "stage `train`".
-    pub fn deserialize<T: DeserializeOwned>(
-        &self,
-        root: &Node,
-        path: &[&str],
-        what: &str,
-    ) -> Result<T, SpecError> {
+    pub fn deserialize<T: DeserializeOwned>(&self, root: &Node, path: &[&str], what: &str) -> Result<T, SpecError> {
         let node = path.iter().try_fold(root, |n, k| n.entry(k).map(|e| &e.node));
         let node = node.expect("deserialize is called on a path that exists");
         if let Some(origin) = node.find_non_finite() {
@@ -139,7 +134,11 @@ impl Source {
             }
             let origin = root.locate_key(at.iter().map(String::as_str), key);
             let candidates = backticked(expected);
-            let scope = if at.is_empty() { what.to_string() } else { format!("`{}` of {what}", dotted(&at)) };
+            let scope = if at.is_empty() {
+                what.to_string()
+            } else {
+                format!("`{}` of {what}", dotted(&at))
+            };
             let err = self.error(origin, format!("unknown key `{key}` in {scope}"));
             return match did_you_mean(key, &candidates) {
                 Some(best) => err.with_help(format!("did you mean `{best}`?")),
@@ -150,10 +149,7 @@ impl Source {
         if let Some(rest) = message.strip_prefix("unknown variant `") {
             let (value, expected) = rest.split_once('`').unwrap_or((rest, ""));
             let candidates = backticked(expected);
-            let err = self.error(
-                located(&at),
-                format!("`{}` of {what} cannot be `{value}`", dotted(&at)),
-            );
+            let err = self.error(located(&at), format!("`{}` of {what} cannot be `{value}`", dotted(&at)));
             return match did_you_mean(value, &candidates) {
                 Some(best) => err.with_help(format!("did you mean `{best}`?")),
                 None => err.with_help(format!("expected one of {}", quote_list(&candidates))),
@@ -161,8 +157,14 @@ impl Source {
         }
         if let Some(rest) = message.strip_prefix("missing field `") {
             let key = rest.trim_end_matches('`');
-            let scope = if at.is_empty() { what.to_string() } else { format!("`{}` of {what}", dotted(&at)) };
-            return self.error(located(&at), format!("missing required key `{key}` in {scope}"));
+            let (scope, origin) = match at.split_last() {
+                None => (what.to_string(), root.origin),
+                Some((last, parent)) => (
+                    format!("`{}` of {what}", dotted(&at)),
+                    root.locate_key(parent.iter().map(String::as_str), last),
+                ),
+            };
+            return self.error(origin, format!("missing required key `{key}` in {scope}"));
         }
         if let Some(rest) = message.strip_prefix("invalid type: ") {
             let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "?"));
@@ -186,7 +188,11 @@ impl Source {
                 ),
             );
         }
-        let subject = if at.is_empty() { what.to_string() } else { format!("`{}` of {what}", dotted(&at)) };
+        let subject = if at.is_empty() {
+            what.to_string()
+        } else {
+            format!("`{}` of {what}", dotted(&at))
+        };
         self.error(located(&at), format!("{subject}: {message}"))
     }
 }
@@ -242,7 +248,9 @@ mod tests {
             text: "a: 1\nbb: 2\n".into(),
             overrides: vec![],
         };
-        let err = source.error(Origin::File { line: 2, col: 1 }, "bad").with_help("fix it");
+        let err = source
+            .error(Origin::File { line: 2, col: 1 }, "bad")
+            .with_help("fix it");
         assert_eq!(
             err.to_string(),
             "error: bad\n  --> p.yaml:2:1\n  |\n2 | bb: 2\n  | ^\n  = help: fix it"

@@ -96,7 +96,10 @@ impl Pipeline {
         if root.entries().is_none() {
             return Err(source.error(
                 root.origin,
-                format!("a pipeline file must be a mapping with `name`, `seed` and `stages`, found {}", root.type_name()),
+                format!(
+                    "a pipeline file must be a mapping with `name`, `seed` and `stages`, found {}",
+                    root.type_name()
+                ),
             ));
         }
         apply_overrides(&source, &mut root)?;
@@ -104,7 +107,11 @@ impl Pipeline {
         let stages_node = &root.entry("stages").expect("`stages` was required by the header").node;
         let stages = read_stages(&source, stages_node, registry)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
         Ok(Pipeline {
             source,
             dir,
@@ -164,7 +171,10 @@ fn apply_overrides(source: &Source, root: &mut Node) -> Result<(), SpecError> {
         root.set_path(&segments, value).map_err(|(depth, type_name)| {
             source.error(
                 at,
-                format!("cannot set `{path}`: `{}` is {type_name}, not a mapping", segments[..depth].join(".")),
+                format!(
+                    "cannot set `{path}`: `{}` is {type_name}, not a mapping",
+                    segments[..depth].join(".")
+                ),
             )
         })?;
     }
@@ -176,7 +186,10 @@ fn read_stages(source: &Source, node: &Node, registry: &Registry) -> Result<Vec<
     let Some(entries) = node.entries() else {
         return Err(source.error(
             node.origin,
-            format!("`stages` must be a mapping from stage names to stages, found {}", node.type_name()),
+            format!(
+                "`stages` must be a mapping from stage names to stages, found {}",
+                node.type_name()
+            ),
         ));
     };
     if entries.is_empty() {
@@ -200,7 +213,7 @@ fn read_stages(source: &Source, node: &Node, registry: &Registry) -> Result<Vec<
         let body = &entry.node;
         let mut config = Node {
             value: Value::Map(Vec::new()),
-            origin: body.origin,
+            origin: entry.key_origin,
         };
         let mut kind = (name.clone(), entry.key_origin);
         let mut needs = None;
@@ -277,7 +290,10 @@ fn read_needs(
         _ => {
             return Err(source.error(
                 node.origin,
-                format!("`needs` of {what} must be a list of stage names, found {}", node.type_name()),
+                format!(
+                    "`needs` of {what} must be a list of stage names, found {}",
+                    node.type_name()
+                ),
             ));
         }
     };
@@ -291,7 +307,10 @@ fn read_needs(
             ));
         };
         let Some(&index) = index_of.get(need.as_str()) else {
-            let err = source.error(item.origin, format!("{what} needs `{need}`, which is not a stage of this pipeline"));
+            let err = source.error(
+                item.origin,
+                format!("{what} needs `{need}`, which is not a stage of this pipeline"),
+            );
             return Err(match did_you_mean(need, names) {
                 Some(best) => err.with_help(format!("did you mean `{best}`?")),
                 None => err.with_help(format!("the stages are {}", names.join(", "))),
@@ -314,12 +333,7 @@ fn check_acyclic(source: &Source, stages: &[StageSpec], origins: &[Vec<Origin>])
         Open,
         Done,
     }
-    fn visit(
-        i: usize,
-        stages: &[StageSpec],
-        marks: &mut [Mark],
-        path: &mut Vec<usize>,
-    ) -> Option<(Vec<usize>, usize)> {
+    fn visit(i: usize, stages: &[StageSpec], marks: &mut [Mark], path: &mut Vec<usize>) -> Option<(Vec<usize>, usize)> {
         marks[i] = Mark::Open;
         path.push(i);
         for (n, &dep) in stages[i].needs.iter().enumerate() {
@@ -344,14 +358,19 @@ fn check_acyclic(source: &Source, stages: &[StageSpec], origins: &[Vec<Origin>])
     }
     let mut marks = vec![Mark::New; stages.len()];
     for i in 0..stages.len() {
-        if marks[i] == Mark::New {
-            if let Some((cycle, edge)) = visit(i, stages, &mut marks, &mut Vec::new()) {
-                let closing = cycle[cycle.len() - 2];
-                let names: Vec<&str> = cycle.iter().map(|&c| stages[c].name.as_str()).collect();
-                return Err(source
-                    .error(origins[closing][edge], format!("stages form a cycle: {}", names.join(" -> ")))
-                    .with_help("`needs` must not lead back to the stage itself"));
-            }
+        if marks[i] == Mark::New
+            && let Some((cycle, edge)) = visit(i, stages, &mut marks, &mut Vec::new())
+        {
+            let closing = cycle[cycle.len() - 2];
+            let names: Vec<&str> = cycle.iter().map(|&c| stages[c].name.as_str()).collect();
+            return Err(source
+                .error(
+                    origins[closing][edge],
+                    format!("stages form a cycle: {}", names.join(" -> ")),
+                )
+                .with_help(
+                    "`needs` must not lead back to the stage itself; a stage without `needs` needs the stage before it",
+                ));
         }
     }
     Ok(())

@@ -201,12 +201,7 @@ impl Node {
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
             Value::Str(s) => Json::String(s.clone()),
             Value::Seq(items) => Json::Array(items.iter().map(Node::to_json).collect()),
-            Value::Map(entries) => Json::Object(
-                entries
-                    .iter()
-                    .map(|e| (e.key.clone(), e.node.to_json()))
-                    .collect(),
-            ),
+            Value::Map(entries) => Json::Object(entries.iter().map(|e| (e.key.clone(), e.node.to_json())).collect()),
         }
     }
 
@@ -218,6 +213,13 @@ impl Node {
             Value::Map(entries) => entries.iter().find_map(|e| e.node.find_non_finite()),
             _ => None,
         }
+    }
+}
+
+fn position(origin: Origin) -> (usize, usize) {
+    match origin {
+        Origin::File { line, col } => (line, col),
+        Origin::Override(_) => (0, 0),
     }
 }
 
@@ -235,30 +237,29 @@ fn resolve_plain(text: &str) -> Value {
         _ => {}
     }
     let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = text.parse::<i64>() {
-            return Value::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = text.parse::<i64>()
+    {
+        return Value::Int(i);
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Value::Int(i);
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Value::Int(i);
     }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return Value::Int(i);
-        }
+    if let Some(oct) = text.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Value::Int(i);
     }
     let looks_numeric = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
         && digits
             .bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
         && digits.bytes().any(|b| b.is_ascii_digit());
-    if looks_numeric {
-        if let Ok(f) = text.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if looks_numeric && let Ok(f) = text.parse::<f64>() {
+        return Value::Float(f);
     }
     Value::Str(text.to_string())
 }
@@ -382,6 +383,11 @@ impl<'a> TreeBuilder<'a> {
                         node,
                     });
                 }
+                // A block mapping's start marker sits after its first key: start at that key instead.
+                let origin = match entries.first().map(|e| e.key_origin) {
+                    Some(first @ Origin::File { line, col }) if (line, col) < position(origin) => first,
+                    _ => origin,
+                };
                 (
                     Node {
                         value: Value::Map(entries),

@@ -76,13 +76,13 @@ impl StatCache {
         {
             let mut records = self.records.lock().expect("stat cache lock");
             let records = records.get_or_insert_with(|| self.read_file());
-            if let Some(record) = records.get(path) {
-                if *record == stat(record.blake3.clone()) {
-                    return Ok(FileDigest {
-                        size: record.size,
-                        blake3: record.blake3.clone(),
-                    });
-                }
+            if let Some(record) = records.get(path)
+                && *record == stat(record.blake3.clone())
+            {
+                return Ok(FileDigest {
+                    size: record.size,
+                    blake3: record.blake3.clone(),
+                });
             }
         }
         let digest = hash_file(path)?;
@@ -146,7 +146,10 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<String>> {
                 walk(root, &path, out)?;
             } else if kind.is_file() {
                 let rel = path.strip_prefix(root).expect("walked path is under its root");
-                let parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
                 out.push(parts.join("/"));
             } else {
                 return Err(io::Error::other(format!(

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::digest::FileDigest;
 use crate::dag::KeyMaterial;
 
-const HEADER: &str = "# Written by `pipeline run`: commit it. `pipeline status` and `pipeline verify` check against it.\n";
+const HEADER: &str =
+    "# Written by `pipeline run`: commit it. `pipeline status` and `pipeline verify` check against it.\n";
 
 /// The lock file of a pipeline.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 /// Appends a line to `$TESTKIT_LOG`, so tests can count what ran across processes.
 fn log_run(line: &str) {
     if let Ok(path) = std::env::var("TESTKIT_LOG") {
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
         file.write_all(format!("{line}\n").as_bytes()).unwrap();
     }
 }
@@ -74,7 +78,11 @@ impl Stage for StepStage {
             out.push_str(&std::fs::read_to_string(ctx.pipeline_dir.join(file))?);
         }
         for input in ctx.inputs {
-            out.push_str(&format!(" <{}:{}>", input.name, std::fs::read_to_string(input.dir.join("out.txt"))?));
+            out.push_str(&format!(
+                " <{}:{}>",
+                input.name,
+                std::fs::read_to_string(input.dir.join("out.txt"))?
+            ));
         }
         std::fs::write(ctx.out_dir.join("out.txt"), &out)?;
         log_run(&format!("done {}", config.text));

@@ -13,7 +13,11 @@ pub fn testkit() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let path = profile_dir.join("examples").join("testkit");
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`",
+        path.display()
+    );
     path
 }
 
@@ -62,7 +66,11 @@ impl Workspace {
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Runs with `--json` and returns the exit code and parsed stdout.
@@ -100,13 +108,22 @@ pub fn states(result: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["name"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["state"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
 /// The names of stages in a given state.
 pub fn in_state(result: &serde_json::Value, state: &str) -> Vec<String> {
-    states(result).into_iter().filter(|(_, s)| s == state).map(|(n, _)| n).collect()
+    states(result)
+        .into_iter()
+        .filter(|(_, s)| s == state)
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// A chain of seven `step` stages, `a` to `g`.
