@@ -39,6 +39,9 @@ pub struct StepConfig {
     /// A file (relative to the pipeline) whose content goes into the output and the key.
     #[serde(default)]
     pub file: Option<String>,
+    /// Size of an extra output file `data.bin`, to test work proportional to output size.
+    #[serde(default)]
+    pub bytes: usize,
 }
 
 impl Stage for StepStage {
@@ -85,6 +88,10 @@ impl Stage for StepStage {
             ));
         }
         std::fs::write(ctx.out_dir.join("out.txt"), &out)?;
+        if config.bytes > 0 {
+            let data: Vec<u8> = (0..config.bytes).map(|i| (i % 251) as u8).collect();
+            std::fs::write(ctx.out_dir.join("data.bin"), data)?;
+        }
         log_run(&format!("done {}", config.text));
         let mut outcome = StageOutcome::default();
         outcome.metrics.insert("length".into(), out.len() as f64);
