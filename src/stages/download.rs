@@ -69,8 +69,7 @@ impl Stage for Download {
 
     fn run(&self, config: &DownloadConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
         let source = ctx.pipeline_dir.join(&config.source);
-        let mut reader =
-            std::fs::File::open(&source).with_context(|| format!("cannot open {}", source.display()))?;
+        let mut reader = std::fs::File::open(&source).with_context(|| format!("cannot open {}", source.display()))?;
         let size = reader.metadata()?.len();
         let target = ctx.out_dir.join(config.output_name());
         let mut writer = std::fs::File::create(&target)?;
