@@ -9,7 +9,7 @@ run:
 	$(CARGO) run --quiet -- run pipelines/imdb-sample.yaml
 
 test:
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 lint:
 	$(CARGO) fmt --check
