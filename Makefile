@@ -15,5 +15,11 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-bench:
+# Benchmarks run in release; the Python reference for tokenization gets its own venv.
+bench: .venv-bench/bin/python
 	$(CARGO) bench --bench noop_run
+	PYTHON=.venv-bench/bin/python $(CARGO) bench --bench data_stages
+
+.venv-bench/bin/python:
+	python3 -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet tokenizers==0.23.3 pyarrow

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod console;
 pub mod dag;
+pub mod data;
 pub mod spec;
 pub mod stage;
 pub mod stages;

@@ -1,14 +1,19 @@
-//! `download`: brings a file into the store, keyed by its content.
+//! `download`: brings files into the store from a local path, a Hugging Face
+//! Hub repository or a URL.
 //!
-//! Sources are paths relative to the pipeline file. An optional `sha256` pin
-//! fails the stage loudly when the content differs.
+//! Local files are keyed by their content, so an edited file invalidates every
+//! stage after it. Remote files are keyed by source, revision and file list;
+//! `sha256` pins make them exact and fail loudly on a mismatch.
 
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::data::fetch::{self, Source};
 use crate::stage::{Invalid, Stage, StageContext, StageOutcome};
 
 /// The `download` stage kind.
@@ -18,22 +23,71 @@ pub struct Download;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DownloadConfig {
-    /// The file to fetch: a path relative to the pipeline file.
+    /// A path relative to the pipeline file, `hf://OWNER/MODEL`,
+    /// `hf://datasets/OWNER/NAME` or an `https://` URL.
     pub source: String,
-    /// Expected sha256 of the content, in hex; a mismatch fails the stage.
+    /// Files to fetch from a Hub repository (default for models: `tokenizer.json`).
     #[serde(default)]
-    pub sha256: Option<String>,
-    /// The file's name in the stage output (default: the source's file name).
+    pub files: Vec<String>,
+    /// The Hub revision: a branch, tag or commit (default `main`).
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    /// Expected sha256 in hex: one value for a single file, or a map from file to value.
+    #[serde(default)]
+    pub sha256: Option<Pins>,
+    /// The output file name for a local or URL source (default: the source's last path segment).
     #[serde(default)]
     pub file: Option<String>,
 }
 
+/// `sha256:` pins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Pins {
+    /// The pin of the only file.
+    One(String),
+    /// Pins by output file name.
+    Many(BTreeMap<String, String>),
+}
+
+fn default_revision() -> String {
+    "main".into()
+}
+
 impl DownloadConfig {
-    fn output_name(&self) -> &str {
-        self.file
-            .as_deref()
-            .unwrap_or_else(|| self.source.rsplit('/').next().unwrap_or(&self.source))
+    fn source(&self) -> Source {
+        Source::parse(&self.source).expect("validated")
     }
+
+    /// Output file names in order, each with where it comes from.
+    fn outputs(&self) -> Vec<String> {
+        match self.source() {
+            Source::Hub { dataset, .. } if self.files.is_empty() && !dataset => vec!["tokenizer.json".into()],
+            Source::Hub { .. } => self.files.clone(),
+            Source::Local(path) | Source::Url(path) => {
+                let last = path
+                    .split(['?', '#'])
+                    .next()
+                    .unwrap_or(&path)
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("");
+                vec![self.file.clone().unwrap_or_else(|| last.to_string())]
+            }
+        }
+    }
+
+    fn pin(&self, file: &str) -> Option<&str> {
+        match &self.sha256 {
+            Some(Pins::One(pin)) => Some(pin),
+            Some(Pins::Many(pins)) => pins.get(file).map(String::as_str),
+            None => None,
+        }
+    }
+}
+
+fn is_hex_digest(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl Stage for Download {
@@ -42,63 +96,116 @@ impl Stage for Download {
     const VERSION: u32 = 1;
 
     fn validate(&self, config: &DownloadConfig) -> Result<(), Invalid> {
-        if config.source.trim().is_empty() {
-            return Err(Invalid::at("source", "must name a file"));
+        let source = Source::parse(&config.source).map_err(|e| Invalid::at("source", e))?;
+        match &source {
+            Source::Hub { dataset: true, .. } if config.files.is_empty() => {
+                return Err(Invalid::at(
+                    "files",
+                    "must list the files to fetch from a dataset repository",
+                ));
+            }
+            Source::Hub { .. } if config.file.is_some() => {
+                return Err(Invalid::at(
+                    "file",
+                    "does not apply to Hub sources; list them in `files`",
+                ));
+            }
+            Source::Local(_) | Source::Url(_) if !config.files.is_empty() => {
+                return Err(Invalid::at("files", "applies only to hf:// sources"));
+            }
+            _ => {}
         }
-        if config.source.contains("://") {
-            return Err(Invalid::at(
-                "source",
-                "must be a local path (relative to the pipeline file) in this version",
-            ));
+        let outputs = config.outputs();
+        for name in &outputs {
+            let bad = name.is_empty()
+                || name
+                    .split('/')
+                    .any(|part| part.is_empty() || part == "." || part == "..");
+            if bad {
+                let key = if config.files.is_empty() { "file" } else { "files" };
+                return Err(Invalid::at(key, format!("`{name}` is not a usable file name")));
+            }
         }
-        if let Some(pin) = &config.sha256
-            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Err(Invalid::at("sha256", "must be 64 hexadecimal digits"));
-        }
-        let name = config.output_name();
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(Invalid::at("file", "must be a plain file name"));
+        match &config.sha256 {
+            Some(Pins::One(_)) if outputs.len() > 1 => {
+                return Err(Invalid::at(
+                    "sha256",
+                    "must map each file to its hash when there are several files",
+                ));
+            }
+            Some(Pins::One(pin)) if !is_hex_digest(pin) => {
+                return Err(Invalid::at("sha256", "must be 64 hexadecimal digits"));
+            }
+            Some(Pins::Many(pins)) => {
+                for (file, pin) in pins {
+                    if !outputs.contains(file) {
+                        return Err(Invalid::at("sha256", format!("pins `{file}`, which is not downloaded")));
+                    }
+                    if !is_hex_digest(pin) {
+                        return Err(Invalid::at(
+                            "sha256",
+                            format!("pin of `{file}` must be 64 hexadecimal digits"),
+                        ));
+                    }
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
 
     fn input_files(&self, config: &DownloadConfig) -> Vec<String> {
-        vec![config.source.clone()]
+        match config.source() {
+            Source::Local(path) => vec![path],
+            _ => Vec::new(),
+        }
     }
 
     fn run(&self, config: &DownloadConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
-        let source = ctx.pipeline_dir.join(&config.source);
-        let mut reader = std::fs::File::open(&source).with_context(|| format!("cannot open {}", source.display()))?;
-        let size = reader.metadata()?.len();
-        let target = ctx.out_dir.join(config.output_name());
-        let mut writer = std::fs::File::create(&target)?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0; 1 << 20];
-        ctx.progress.set_total(size, "bytes");
-        loop {
+        let mut total = 0;
+        for name in config.outputs() {
             ctx.check_cancelled()?;
-            let n = reader.read(&mut buffer)?;
-            if n == 0 {
-                break;
+            let target = ctx.out_dir.join(&name);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
             }
-            hasher.update(&buffer[..n]);
-            writer.write_all(&buffer[..n])?;
-            ctx.progress.advance(n as u64);
-        }
-        writer.sync_all()?;
-        let actual: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        if let Some(expected) = &config.sha256
-            && !expected.eq_ignore_ascii_case(&actual)
-        {
-            anyhow::bail!(
-                "sha256 of {} is {actual}, but the pipeline pins {expected}; \
-                 update `sha256` if the new file is intended",
-                source.display()
-            );
+            total += match config.source() {
+                Source::Local(path) => {
+                    let source = ctx.pipeline_dir.join(path);
+                    std::fs::copy(&source, &target).with_context(|| format!("cannot copy {}", source.display()))?
+                }
+                Source::Url(url) => fetch::fetch_url(&url, &target, ctx)?,
+                Source::Hub { repo, dataset } => {
+                    fetch::fetch_hub(&repo, dataset, &config.revision, &name, &target, ctx)?
+                }
+            };
+            if let Some(expected) = config.pin(&name) {
+                let actual = sha256_file(&target)?;
+                anyhow::ensure!(
+                    expected.eq_ignore_ascii_case(&actual),
+                    "sha256 of {name} from {} is {actual}, but the pipeline pins {expected}; \
+                     update `sha256` if the new file is intended",
+                    config.source
+                );
+            }
         }
         let mut outcome = StageOutcome::default();
-        outcome.metrics.insert("bytes".into(), size as f64);
+        outcome.metrics.insert("bytes".into(), total as f64);
         Ok(outcome)
     }
+}
+
+/// The sha256 of a file, in hex.
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

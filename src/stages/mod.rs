@@ -1,12 +1,28 @@
 //! The built-in stage kinds, one file each.
 
 mod download;
+mod load;
+mod shuffle;
+mod split;
+mod tokenize;
+mod vectorize;
 
 pub use download::{Download, DownloadConfig};
+pub use load::{Load, LoadConfig};
+pub use shuffle::{Shuffle, ShuffleConfig};
+pub use split::{Split, SplitConfig};
+pub use tokenize::{Tokenize, TokenizeConfig, TokensMeta};
+pub use vectorize::{Vectorize, VectorizeConfig};
 
 use crate::stage::Registry;
 
 /// The stage kinds that ship with `pipeline`.
 pub fn builtin() -> Registry {
-    Registry::new().with(Download)
+    Registry::new()
+        .with(Download)
+        .with(Load)
+        .with(Shuffle)
+        .with(Split)
+        .with(Tokenize)
+        .with(Vectorize)
 }

@@ -1,0 +1,278 @@
+//! Model-ready batches: padded id matrices stored per split as safetensors,
+//! and a deterministic batch plan per seed and epoch with dynamic padding
+//! and optional length bucketing.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use super::rng;
+
+/// Which side padding goes on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Pads after the tokens (the default).
+    #[default]
+    Right,
+    /// Pads before the tokens, so the last real token is the last column.
+    Left,
+}
+
+/// One split as padded tensors: `ids` is `rows x width`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitTensors {
+    /// Token ids, padded to `width` on `side`.
+    pub ids: Vec<u32>,
+    /// Columns of `ids`.
+    pub width: usize,
+    /// The true length of each row.
+    pub lengths: Vec<u32>,
+    /// The label of each row.
+    pub labels: Vec<i64>,
+}
+
+impl SplitTensors {
+    /// Pads ragged rows into a matrix as wide as the longest row.
+    pub fn pad(rows: &[&[u32]], labels: Vec<i64>, side: Side, pad_id: u32) -> SplitTensors {
+        let width = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![pad_id; rows.len() * width];
+        for (i, row) in rows.iter().enumerate() {
+            let start = i * width + if side == Side::Left { width - row.len() } else { 0 };
+            ids[start..start + row.len()].copy_from_slice(row);
+        }
+        SplitTensors {
+            ids,
+            width,
+            lengths: rows.iter().map(|r| r.len() as u32).collect(),
+            labels,
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Writes `ids`, `lengths` and `labels` as a safetensors file.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let bytes = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let ids = bytes(&self.ids);
+        let lengths = bytes(&self.lengths);
+        let labels: Vec<u8> = self.labels.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let rows = self.rows();
+        let tensors = [
+            ("ids", TensorView::new(Dtype::U32, vec![rows, self.width], &ids)?),
+            ("lengths", TensorView::new(Dtype::U32, vec![rows], &lengths)?),
+            ("labels", TensorView::new(Dtype::I64, vec![rows], &labels)?),
+        ];
+        safetensors::serialize_to_file(tensors, None, path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Reads a file written by [`SplitTensors::save`].
+    pub fn load(path: &Path) -> anyhow::Result<SplitTensors> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file =
+            SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not safetensors", path.display()))?;
+        let u32s = |name: &str| -> anyhow::Result<(Vec<u32>, Vec<usize>)> {
+            let t = file.tensor(name)?;
+            anyhow::ensure!(t.dtype() == Dtype::U32, "{name} in {} is not u32", path.display());
+            let values = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            Ok((values, t.shape().to_vec()))
+        };
+        let (ids, shape) = u32s("ids")?;
+        let (lengths, _) = u32s("lengths")?;
+        let labels_view = file.tensor("labels")?;
+        anyhow::ensure!(
+            labels_view.dtype() == Dtype::I64,
+            "labels in {} are not i64",
+            path.display()
+        );
+        let labels = labels_view
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        Ok(SplitTensors {
+            ids,
+            width: shape.get(1).copied().unwrap_or(0),
+            lengths,
+            labels,
+        })
+    }
+}
+
+/// How batches are formed, as chosen in the `vectorize` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batching {
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Padding side of the stored matrices.
+    pub padding: Side,
+    /// The padding id.
+    pub pad_id: u32,
+    /// Trim each batch to its longest row (dynamic padding).
+    pub dynamic_padding: bool,
+    /// Sort rows by length within windows of this many batches, so batches hold similar lengths.
+    pub bucket: Option<usize>,
+    /// Drop a last, smaller batch.
+    pub drop_last: bool,
+}
+
+/// One batch: `ids` is `rows.len() x width`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Row indices into the split.
+    pub rows: Vec<u32>,
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Columns of `ids`.
+    pub width: usize,
+    /// True lengths.
+    pub lengths: Vec<u32>,
+    /// Labels.
+    pub labels: Vec<i64>,
+}
+
+impl Batching {
+    /// The batches of one epoch as row indices. With `shuffle`, the order
+    /// depends only on `seed` and `epoch`; without, rows keep their order.
+    pub fn plan(&self, lengths: &[u32], seed: u64, epoch: u64, shuffle: bool) -> Vec<Vec<u32>> {
+        let mut order: Vec<u32> = if shuffle {
+            rng::permutation(&mut rng::stream(seed, &format!("batches/epoch-{epoch}")), lengths.len())
+        } else {
+            (0..lengths.len() as u32).collect()
+        };
+        if let Some(bucket) = self.bucket {
+            for window in order.chunks_mut(bucket * self.batch_size) {
+                window.sort_by_key(|&row| lengths[row as usize]);
+            }
+        }
+        let mut batches: Vec<Vec<u32>> = order.chunks(self.batch_size).map(<[u32]>::to_vec).collect();
+        if self.drop_last && batches.last().is_some_and(|b| b.len() < self.batch_size) {
+            batches.pop();
+        }
+        if shuffle && self.bucket.is_some() {
+            rng::shuffle(
+                &mut rng::stream(seed, &format!("batch-order/epoch-{epoch}")),
+                &mut batches,
+            );
+        }
+        batches
+    }
+
+    /// Gathers rows into a batch, trimmed to its longest row when padding is dynamic.
+    pub fn batch(&self, data: &SplitTensors, rows: &[u32]) -> Batch {
+        let lengths: Vec<u32> = rows.iter().map(|&r| data.lengths[r as usize]).collect();
+        let width = if self.dynamic_padding {
+            lengths.iter().copied().max().unwrap_or(1).max(1) as usize
+        } else {
+            data.width
+        };
+        let offset = if self.padding == Side::Left {
+            data.width - width
+        } else {
+            0
+        };
+        let mut ids = Vec::with_capacity(rows.len() * width);
+        for &row in rows {
+            let start = row as usize * data.width + offset;
+            ids.extend_from_slice(&data.ids[start..start + width]);
+        }
+        Batch {
+            rows: rows.to_vec(),
+            ids,
+            width,
+            lengths,
+            labels: rows.iter().map(|&r| data.labels[r as usize]).collect(),
+        }
+    }
+}
+
+/// Reads `batching.json` and every split's tensors from a vectorize stage's output.
+pub fn load_all(dir: &Path) -> anyhow::Result<(Batching, HashMap<String, SplitTensors>)> {
+    let batching: Batching = serde_json::from_slice(&std::fs::read(dir.join("batching.json"))?)?;
+    let meta = super::table::TableMeta::read(dir)?;
+    let mut splits = HashMap::new();
+    for split in meta.splits {
+        let tensors = SplitTensors::load(&dir.join(format!("{split}.safetensors")))?;
+        splits.insert(split, tensors);
+    }
+    Ok((batching, splits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(side: Side) -> SplitTensors {
+        let rows: Vec<Vec<u32>> = (1..=10).map(|n| (1..=n).collect()).collect();
+        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        SplitTensors::pad(&refs, (0..10).map(|i| i % 2).collect(), side, 0)
+    }
+
+    fn batching(side: Side, bucket: Option<usize>) -> Batching {
+        Batching {
+            batch_size: 3,
+            padding: side,
+            pad_id: 0,
+            dynamic_padding: true,
+            bucket,
+            drop_last: false,
+        }
+    }
+
+    #[test]
+    fn padding_sides_and_dynamic_trimming() {
+        let right = data(Side::Right);
+        assert_eq!(right.width, 10);
+        let batch = batching(Side::Right, None).batch(&right, &[0, 2]);
+        assert_eq!((batch.width, batch.ids.clone()), (3, vec![1, 0, 0, 1, 2, 3]));
+        let left = data(Side::Left);
+        let batch = batching(Side::Left, None).batch(&left, &[0, 2]);
+        assert_eq!((batch.width, batch.ids), (3, vec![0, 0, 1, 1, 2, 3]));
+        assert_eq!(batch.lengths, [1, 3]);
+    }
+
+    #[test]
+    fn plans_are_deterministic_per_seed_and_epoch() {
+        let lengths = data(Side::Right).lengths;
+        let b = batching(Side::Right, None);
+        let plan = b.plan(&lengths, 1, 0, true);
+        assert_eq!(plan, b.plan(&lengths, 1, 0, true));
+        assert_ne!(plan, b.plan(&lengths, 1, 1, true));
+        assert_eq!(plan.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        let mut all: Vec<u32> = plan.concat();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<u32>>());
+        assert_eq!(b.plan(&lengths, 1, 0, false)[0], [0, 1, 2]);
+    }
+
+    #[test]
+    fn buckets_group_similar_lengths() {
+        let lengths = data(Side::Right).lengths;
+        let plan = batching(Side::Right, Some(4)).plan(&lengths, 3, 0, true);
+        for batch in &plan {
+            let ls: Vec<u32> = batch.iter().map(|&r| lengths[r as usize]).collect();
+            assert!(ls.windows(2).all(|w| w[0] <= w[1]), "sorted within a batch: {ls:?}");
+        }
+    }
+
+    #[test]
+    fn tensors_round_trip_through_safetensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let original = data(Side::Left);
+        original.save(&path).unwrap();
+        assert_eq!(SplitTensors::load(&path).unwrap(), original);
+    }
+}

@@ -1,0 +1,62 @@
+//! `shuffle`: permutes the rows of table splits with a seeded, thread-count
+//! independent permutation.
+
+use polars::prelude::{IdxCa, IdxSize};
+use serde::{Deserialize, Serialize};
+
+use crate::data::rng;
+use crate::data::table::{self, TableMeta};
+use crate::stage::{Stage, StageContext, StageOutcome};
+
+/// The `shuffle` stage kind.
+pub struct Shuffle;
+
+/// `kind: shuffle`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShuffleConfig {
+    /// Splits to shuffle (default: all); the others pass through unchanged.
+    #[serde(default)]
+    pub splits: Option<Vec<String>>,
+}
+
+impl Stage for Shuffle {
+    type Config = ShuffleConfig;
+    const KIND: &'static str = "shuffle";
+    const VERSION: u32 = 1;
+
+    fn uses_seed(&self, _config: &ShuffleConfig) -> bool {
+        true
+    }
+
+    fn run(&self, config: &ShuffleConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
+        let input = table::table_input(ctx)?;
+        let meta = TableMeta::read(&input.dir)?;
+        if let Some(wanted) = &config.splits
+            && let Some(unknown) = wanted.iter().find(|s| !meta.splits.contains(s))
+        {
+            anyhow::bail!(
+                "`splits`: there is no split `{unknown}`; the splits are {}",
+                meta.splits.join(", ")
+            );
+        }
+        let mut outcome = StageOutcome::default();
+        for split in &meta.splits {
+            ctx.check_cancelled()?;
+            if config.splits.as_ref().is_some_and(|s| !s.contains(split)) {
+                table::link_split(&input.dir, ctx.out_dir, split)?;
+                continue;
+            }
+            let df = table::read_split(&input.dir, split)?;
+            let order = rng::permutation(&mut rng::stream(ctx.seed, &format!("shuffle/{split}")), df.height());
+            let indices = IdxCa::from_vec("order".into(), order.into_iter().map(|i| i as IdxSize).collect());
+            let mut shuffled = df.take(&indices)?;
+            table::write_split(&mut shuffled, ctx.out_dir, split)?;
+            outcome
+                .metrics
+                .insert(format!("rows.{split}"), shuffled.height() as f64);
+        }
+        meta.write(ctx.out_dir)?;
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,508 @@
+//! The data stages on real files: the repo's IMDB sample, the bert-base-cased
+//! tokenizer, GLUE MRPC from ../shared/data, and Hub/URL downloads from a
+//! local server. Each test runs the real `pipeline` binary in a scratch
+//! project whose `data` and `shared` point at the real ones.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::http::Server;
+use pipeline::data::batches::SplitTensors;
+use polars::prelude::*;
+
+/// A scratch project: `main/pipelines/*.yaml`, `main/data` -> the repo's data,
+/// `shared` -> the real ../shared, and a store.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(dir.path().join("main/pipelines")).unwrap();
+        std::os::unix::fs::symlink(repo.join("data"), dir.path().join("main/data")).unwrap();
+        let shared = repo.join("../shared");
+        assert!(shared.join("data").exists(), "{} is missing", shared.display());
+        std::os::unix::fs::symlink(shared, dir.path().join("shared")).unwrap();
+        Project { dir }
+    }
+
+    fn main(&self) -> PathBuf {
+        self.dir.path().join("main")
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        std::fs::write(self.main().join("pipelines").join(name), text).unwrap();
+        format!("pipelines/{name}")
+    }
+
+    fn copy(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(name)).unwrap();
+        self.write(name, &text)
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
+        command
+            .args(args)
+            .current_dir(self.main())
+            .env("PIPELINE_STORE", self.dir.path().join("store"));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    /// Runs with `--json`; returns the exit code and the parsed result.
+    fn run_json(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let output = self.run_env(&all, env);
+        let json = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.code().unwrap(), json)
+    }
+
+    /// The output directory of stage `name` after a `run --json`.
+    fn out(&self, result: &serde_json::Value, name: &str) -> PathBuf {
+        let stage = result["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap();
+        let (kind, key) = (stage["kind"].as_str().unwrap(), stage["key"].as_str().unwrap());
+        self.dir.path().join("store").join(kind).join(key).join("out")
+    }
+
+    fn entries(&self) -> usize {
+        let store = self.dir.path().join("store");
+        std::fs::read_dir(&store)
+            .map(|kinds| {
+                kinds
+                    .flatten()
+                    .filter(|k| !k.file_name().to_string_lossy().starts_with('.'))
+                    .map(|k| std::fs::read_dir(k.path()).unwrap().count())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn read_parquet(path: &Path) -> DataFrame {
+    ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap()
+}
+
+fn ids_column(df: &DataFrame) -> Vec<Vec<u32>> {
+    df.column("ids")
+        .unwrap()
+        .list()
+        .unwrap()
+        .series_iter()
+        .map(|s| s.unwrap().u32().unwrap().no_null_iter().collect())
+        .collect()
+}
+
+#[test]
+fn the_sample_pipeline_loads_splits_tokenizes_and_vectorizes() {
+    let project = Project::new();
+    let file = project.copy("imdb-sample.yaml");
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let split = project.out(&result, "split");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(split.join("table.json")).unwrap()).unwrap();
+    assert_eq!(meta["splits"], serde_json::json!(["train", "validation", "test"]));
+    let stages = result["stages"].as_array().unwrap();
+    let metrics = &stages.iter().find(|s| s["name"] == "split").unwrap()["metrics"];
+    assert_eq!(metrics["rows.train"], 1800.0);
+    assert_eq!(metrics["rows.validation"], 200.0);
+    assert_eq!(metrics["rows.validation.label_0"], 100.0, "stratified: {metrics}");
+    let tokenized = read_parquet(&project.out(&result, "tokenize").join("validation.parquet"));
+    let lengths: Vec<u32> = tokenized
+        .column("length")
+        .unwrap()
+        .u32()
+        .unwrap()
+        .no_null_iter()
+        .collect();
+    assert!(lengths.iter().all(|&l| (3..=128).contains(&l)));
+    let ids = ids_column(&tokenized);
+    assert!(
+        ids.iter().all(|row| row[0] == 101 && *row.last().unwrap() == 102),
+        "[CLS] ... [SEP]"
+    );
+    let tensors = SplitTensors::load(&project.out(&result, "vectorize").join("validation.safetensors")).unwrap();
+    assert_eq!(tensors.rows(), 200);
+    assert_eq!(tensors.width, *lengths.iter().max().unwrap() as usize);
+    assert_eq!(tensors.lengths, lengths);
+    assert_eq!(&tensors.ids[..lengths[0] as usize], ids[0].as_slice());
+}
+
+#[test]
+fn data_stages_give_the_same_bytes_with_one_or_two_threads() {
+    let hashes = |jobs: &str| {
+        let project = Project::new();
+        let file = project.copy("imdb-sample.yaml");
+        let output = project.run(&["run", &file, "--jobs", jobs]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let lock = std::fs::read_to_string(project.main().join("pipelines/imdb-sample.lock")).unwrap();
+        let verify = project.run(&["verify", &file]);
+        assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+        lock
+    };
+    assert_eq!(hashes("1"), hashes("2"));
+}
+
+#[test]
+fn bert_ids_equal_the_python_tokenizers_library() {
+    let project = Project::new();
+    let file = project.write(
+        "ids.yaml",
+        "name: ids
+seed: 0
+stages:
+  data: {kind: download, source: ../data/imdb-sample/train.parquet}
+  load: {splits: {train: train.parquet}, limit: 300}
+  tokenize:
+    tokenizer: {pretrained: ../data/tokenizers/bert-base-cased/tokenizer.json}
+    max_length: 128
+",
+    );
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let ours = ids_column(&read_parquet(&project.out(&result, "tokenize").join("train.parquet")));
+    let fixture = std::fs::read_to_string("tests/fixtures/bert-base-cased-128-sample-ids.txt").unwrap();
+    let expected: Vec<Vec<u32>> = fixture
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(' ').map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(expected.len(), 300);
+    assert_eq!(ours, expected);
+}
+
+#[test]
+fn full_imdb_train_ids_equal_the_python_tokenizers_library() {
+    let project = Project::new();
+    let file = project.write(
+        "full.yaml",
+        "name: full
+seed: 0
+stages:
+  data: {kind: download, source: ../../shared/data/imdb/train.parquet}
+  load: {splits: {train: train.parquet}}
+  tokenize:
+    tokenizer: {pretrained: ../data/tokenizers/bert-base-cased/tokenizer.json}
+    max_length: 128
+",
+    );
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let ids = ids_column(&read_parquet(&project.out(&result, "tokenize").join("train.parquet")));
+    assert_eq!(ids.len(), 25_000);
+    let mut hasher = sha2::Sha256::new();
+    use sha2::Digest;
+    for row in &ids {
+        hasher.update((row.len() as u32).to_le_bytes());
+        for id in row {
+            hasher.update(id.to_le_bytes());
+        }
+    }
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let fixture = std::fs::read_to_string("tests/fixtures/imdb-train-bert-base-cased-128.sha256").unwrap();
+    assert_eq!(digest, fixture.lines().last().unwrap());
+}
+
+#[test]
+fn a_word_vocabulary_is_trained_on_the_train_split_only() {
+    let project = Project::new();
+    let file = project.copy("imdb-words.yaml");
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let out = project.out(&result, "tokenize");
+    let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    assert_eq!(tokenizer.token_to_id("<unk>"), Some(0));
+    assert_eq!(tokenizer.token_to_id("<pad>"), Some(1));
+    // Words that occur only in the test split are unknown.
+    let test = ids_column(&read_parquet(&out.join("test.parquet")));
+    assert!(test.iter().flatten().any(|&id| id == 0));
+    let tensors = SplitTensors::load(&project.out(&result, "vectorize").join("test.safetensors")).unwrap();
+    let first_len = tensors.lengths[0] as usize;
+    let row = &tensors.ids[..tensors.width];
+    assert!(
+        row[..tensors.width - first_len].iter().all(|&id| id == 1),
+        "left padding with <pad>"
+    );
+}
+
+#[test]
+fn mrpc_sentence_pairs_are_tokenized_as_pairs() {
+    let project = Project::new();
+    let file = project.copy("mrpc.yaml");
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let validation = read_parquet(&project.out(&result, "tokenize").join("validation.parquet"));
+    assert_eq!(validation.height(), 408);
+    let ids = ids_column(&validation);
+    assert!(
+        ids.iter().all(|row| row.iter().filter(|&&id| id == 102).count() == 2),
+        "two [SEP]"
+    );
+}
+
+#[test]
+fn string_labels_are_mapped_to_ids_and_the_mapping_recorded() {
+    let project = Project::new();
+    std::fs::write(
+        project.main().join("reviews.csv"),
+        "review,sentiment\n\"great, really\",pos\nawful,neg\nfine,pos\n",
+    )
+    .unwrap();
+    std::fs::write(
+        project.main().join("more.jsonl"),
+        "{\"review\": \"meh\", \"sentiment\": \"neg\"}\n",
+    )
+    .unwrap();
+    let file = project.write(
+        "csv.yaml",
+        "name: csv
+seed: 0
+stages:
+  a: {kind: download, source: ../reviews.csv}
+  b: {kind: download, source: ../more.jsonl, needs: []}
+  load:
+    splits: {train: reviews.csv, test: more.jsonl}
+    columns: {text: review, label: sentiment}
+    needs: [a, b]
+",
+    );
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let out = project.out(&result, "load");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("table.json")).unwrap()).unwrap();
+    assert_eq!(meta["label_names"], serde_json::json!(["neg", "pos"]));
+    let train = read_parquet(&out.join("train.parquet"));
+    let labels: Vec<i64> = train.column("label").unwrap().i64().unwrap().no_null_iter().collect();
+    assert_eq!(labels, [1, 0, 1]);
+    assert_eq!(
+        train.column("text").unwrap().str().unwrap().get(0),
+        Some("great, really")
+    );
+}
+
+#[test]
+fn filter_and_limit_select_rows() {
+    let project = Project::new();
+    let file = project.write(
+        "filter.yaml",
+        "name: filter
+seed: 0
+stages:
+  data: {kind: download, source: ../data/imdb-sample/test.parquet}
+  load:
+    splits: {test: test.parquet}
+    filter: ['rating >= 9', 'label == 1']
+    limit: 50
+",
+    );
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let metrics = &result["stages"][1]["metrics"];
+    assert_eq!(metrics["rows.test"], 50.0);
+    assert_eq!(metrics["rows.test.label_1"], 50.0);
+}
+
+/// Runs a pipeline that must fail; returns stderr and checks no entry was left for the failing stage.
+fn fails(project: &Project, yaml: &str, entries_before_failure: usize) -> String {
+    let file = project.write("bad.yaml", yaml);
+    let output = project.run(&["run", &file]);
+    assert_ne!(output.status.code(), Some(0));
+    assert_eq!(project.entries(), entries_before_failure, "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_dir(project.dir.path().join("store/.tmp")).map_or(0, |d| d.count()),
+        0,
+        "no build directory is left"
+    );
+    stderr(&output)
+}
+
+#[test]
+fn bad_input_gets_a_specific_error_and_leaves_no_entry() {
+    let header = "name: bad\nseed: 0\nstages:\n";
+    let project = Project::new();
+    let err = fails(
+        &project,
+        &format!("{header}  d: {{kind: download, source: ../data/missing.parquet}}\n"),
+        0,
+    );
+    assert!(
+        err.contains("stage `d` reads pipelines/../data/missing.parquet, which cannot be read"),
+        "{err}"
+    );
+    let pin = "0".repeat(64);
+    let err = fails(
+        &project,
+        &format!("{header}  d: {{kind: download, source: ../data/imdb-sample/test.parquet, sha256: '{pin}'}}\n"),
+        0,
+    );
+    assert!(
+        err.contains("sha256 of test.parquet") && err.contains(&format!("pipeline pins {pin}")),
+        "{err}"
+    );
+    let download = "  d: {kind: download, source: ../data/imdb-sample/test.parquet}\n";
+    let err = fails(
+        &project,
+        &format!("{header}{download}  load: {{splits: {{test: test.parquet}}, columns: {{text: review}}}}\n"),
+        1,
+    );
+    assert!(
+        err.contains("test.parquet has no column `review`; its columns are `text`, `label`, `review_id`, `rating`"),
+        "{err}"
+    );
+    let err = fails(
+        &project,
+        &format!("{header}{download}  load: {{splits: {{test: test.parquet}}, filter: ['label == 7']}}\n"),
+        1,
+    );
+    assert!(
+        err.contains("split `test` (test.parquet) is empty after `filter`"),
+        "{err}"
+    );
+    let err = fails(
+        &project,
+        &format!(
+            "{header}{download}  load: {{splits: {{test: test.parquet}}, columns: {{label: text}}, labels: [x]}}\n"
+        ),
+        1,
+    );
+    assert!(err.contains("is not listed in `labels`"), "{err}");
+    std::fs::write(project.main().join("floats.csv"), "text,label\na,0.5\nb,1.5\n").unwrap();
+    let err = fails(
+        &project,
+        &format!("{header}  f: {{kind: download, source: ../floats.csv}}\n  load: {{splits: {{train: floats.csv}}}}\n"),
+        2,
+    );
+    assert!(
+        err.contains("holds f64 values; labels must be integers or strings"),
+        "{err}"
+    );
+    std::fs::write(project.main().join("broken.json"), "{\"model\": 3}").unwrap();
+    let err = fails(
+        &project,
+        &format!(
+            "{header}{download}  load: {{splits: {{test: test.parquet}}}}\n  tokenize: {{tokenizer: {{pretrained: ../broken.json}}}}\n"
+        ),
+        3,
+    );
+    assert!(
+        err.contains("the tokenizer from ../broken.json does not parse"),
+        "{err}"
+    );
+    let err = fails(
+        &project,
+        &format!(
+            "{header}{download}  load: {{splits: {{test: test.parquet}}}}\n  tokenize: {{tokenizer: {{pretrained: x.json}}, max_length: 0}}\n"
+        ),
+        3,
+    );
+    assert!(
+        err.contains("bad.yaml:6:59") && err.contains("`max_length` of stage `tokenize` must be at least 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn downloads_from_the_hub_and_urls_go_through_a_local_server() {
+    let server = Server::start();
+    let parquet = std::fs::read("data/imdb-sample/test.parquet").unwrap();
+    let tokenizer = std::fs::read("data/tokenizers/bert-base-cased/tokenizer.json").unwrap();
+    server.add(
+        "/datasets/stanfordnlp/imdb/resolve/main/plain_text/test.parquet",
+        parquet.clone(),
+    );
+    server.add("/bert-base-cased/resolve/main/tokenizer.json", tokenizer.clone());
+    server.add("/files/test.parquet", parquet.clone());
+    let project = Project::new();
+    let hf_home = project.dir.path().join("hf-home");
+    let hf_home = hf_home.to_str().unwrap();
+    let env = [("HF_ENDPOINT", server.url.as_str()), ("HF_HOME", hf_home)];
+    let file = project.write(
+        "hub.yaml",
+        &format!(
+            "name: hub
+seed: 0
+stages:
+  data:
+    kind: download
+    source: hf://datasets/stanfordnlp/imdb
+    files: [plain_text/test.parquet]
+  url: {{kind: download, source: '{}/files/test.parquet', needs: []}}
+  load: {{splits: {{test: plain_text/test.parquet}}, needs: [data]}}
+  tokenize:
+    tokenizer: {{pretrained: 'hf://bert-base-cased'}}
+    max_length: 32
+",
+            server.url
+        ),
+    );
+    server.fail_next(2);
+    let (code, result) = project.run_json(&["run", &file], &env);
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(
+        std::fs::read(project.out(&result, "data").join("plain_text/test.parquet")).unwrap(),
+        parquet
+    );
+    assert_eq!(
+        std::fs::read(project.out(&result, "url").join("test.parquet")).unwrap(),
+        parquet
+    );
+    assert_eq!(
+        std::fs::read(project.out(&result, "tokenize").join("tokenizer.json")).unwrap(),
+        tokenizer
+    );
+    // Offline, the Hub files come from the Hugging Face cache in HF_HOME.
+    std::fs::remove_dir_all(project.dir.path().join("store")).unwrap();
+    let requests = server.request_count();
+    let offline = [
+        ("HF_ENDPOINT", "http://127.0.0.1:9"),
+        ("HF_HOME", hf_home),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let (code, result) = project.run_json(
+        &[
+            "run",
+            &file,
+            "--set",
+            "stages.url.source=../data/imdb-sample/test.parquet",
+        ],
+        &offline,
+    );
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(server.request_count(), requests, "no request while offline");
+    // A 404 and an unreachable host are explained, and leave no entry.
+    let missing = format!("{}/files/missing.parquet", server.url);
+    let output = project.run_env(&["run", &file, "--set", &format!("stages.url.source={missing}")], &env);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(&format!("{missing} answered 404 Not Found")),
+        "{}",
+        stderr(&output)
+    );
+    std::fs::remove_dir_all(project.dir.path().join("store")).unwrap();
+    let unreachable = [("HF_ENDPOINT", "http://127.0.0.1:9"), ("HF_HOME", hf_home)];
+    let output = project.run_env(&["run", &file, "--set", "stages.data.revision=v2"], &unreachable);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("are you offline?"), "{}", stderr(&output));
+    assert_eq!(project.entries(), 1, "only the URL download finished");
+}
