@@ -65,11 +65,7 @@ fn main() {
         let store = Store::open(&dir.path().join(format!("store-{rep}")));
         let mut graph = Graph::new();
         let nodes = graph.add_pipeline(&pipeline, None, store.stat_cache()).unwrap();
-        let options = ExecOptions {
-            jobs: 2,
-            recompute: None,
-            fallback: None,
-        };
+        let options = ExecOptions::with_jobs(2);
         let cpu = cpu_seconds();
         let execution = execute(
             &graph,

@@ -28,11 +28,7 @@ fn instances_with_different_overrides_share_their_common_stages() {
     assert_eq!(instances[0][..5], instances[2][..5]);
     assert_ne!(instances[0][5], instances[1][5]);
     assert_eq!(graph.nodes[instances[1][6]].label, "trial-1/g");
-    let options = ExecOptions {
-        jobs: 2,
-        recompute: None,
-        fallback: None,
-    };
+    let options = ExecOptions::with_jobs(2);
     let execution = execute(
         &graph,
         &registry,

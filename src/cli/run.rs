@@ -13,11 +13,7 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
     let (graph, nodes) = env.graph(&pipeline)?;
     let console = Console::new(false);
     let cancel = interrupt_flag();
-    let options = ExecOptions {
-        jobs: default_jobs(jobs),
-        recompute: None,
-        fallback: None,
-    };
+    let options = ExecOptions::with_jobs(default_jobs(jobs));
     let execution = execute(&graph, env.registry, &env.store, &options, &console, cancel);
     env.store.save_state();
     if execution.succeeded() {

@@ -88,6 +88,17 @@ pub struct ExecOptions<'a> {
     pub fallback: Option<&'a Store>,
 }
 
+impl ExecOptions<'_> {
+    /// Plain runs: `jobs` threads, cached entries reused, no fallback store.
+    pub fn with_jobs(jobs: usize) -> Self {
+        ExecOptions {
+            jobs,
+            recompute: None,
+            fallback: None,
+        }
+    }
+}
+
 /// Receives what the executor does, to show progress.
 pub trait Reporter: Sync {
     /// A node's entry was found in the store.

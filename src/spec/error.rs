@@ -166,18 +166,10 @@ impl Source {
             };
             return self.error(origin, format!("missing required key `{key}` in {scope}"));
         }
-        if let Some(rest) = message.strip_prefix("invalid type: ") {
-            let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "?"));
-            return self.error(
-                located(&at),
-                format!(
-                    "`{}` of {what} must be {}, found {found}",
-                    dotted(&at),
-                    friendly_type(expected)
-                ),
-            );
-        }
-        if let Some(rest) = message.strip_prefix("invalid value: ") {
+        if let Some(rest) = message
+            .strip_prefix("invalid type: ")
+            .or_else(|| message.strip_prefix("invalid value: "))
+        {
             let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "?"));
             return self.error(
                 located(&at),

@@ -16,6 +16,11 @@ pub use vectorize::{Vectorize, VectorizeConfig};
 
 use crate::stage::Registry;
 
+/// The serde default of switches that are on unless turned off.
+fn enabled() -> bool {
+    true
+}
+
 /// The stage kinds that ship with `pipeline`.
 pub fn builtin() -> Registry {
     Registry::new()

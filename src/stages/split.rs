@@ -28,7 +28,7 @@ pub struct SplitConfig {
     #[serde(default)]
     pub count: Option<usize>,
     /// Keep each label's share equal in both splits (default true).
-    #[serde(default = "default_stratify")]
+    #[serde(default = "super::enabled")]
     pub stratify: bool,
 }
 
@@ -38,10 +38,6 @@ fn default_from() -> String {
 
 fn default_to() -> String {
     "validation".into()
-}
-
-fn default_stratify() -> bool {
-    true
 }
 
 impl Stage for Split {

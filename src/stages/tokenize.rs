@@ -34,10 +34,10 @@ pub struct TokenizeConfig {
     #[serde(default = "default_max_length")]
     pub max_length: usize,
     /// Cut longer sequences to `max_length` (default true); if false they are an error.
-    #[serde(default = "yes")]
+    #[serde(default = "super::enabled")]
     pub truncation: bool,
     /// Add the tokenizer's special tokens, e.g. `[CLS]` and `[SEP]` (default true).
-    #[serde(default = "yes")]
+    #[serde(default = "super::enabled")]
     pub add_special_tokens: bool,
 }
 
@@ -58,7 +58,7 @@ pub enum TokenizerSource {
 #[serde(deny_unknown_fields)]
 pub struct WordVocab {
     /// Lowercase the text (default true).
-    #[serde(default = "yes")]
+    #[serde(default = "super::enabled")]
     pub lowercase: bool,
     /// `basic_english` (torchtext's rules, the default) or `whitespace`.
     #[serde(default)]
@@ -104,9 +104,6 @@ pub struct TokensMeta {
 
 fn default_max_length() -> usize {
     512
-}
-fn yes() -> bool {
-    true
 }
 fn one() -> u64 {
     1

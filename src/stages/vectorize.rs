@@ -29,7 +29,7 @@ pub struct VectorizeConfig {
     #[serde(default)]
     pub max_length: Option<usize>,
     /// Pad each batch only to its longest row (default true), like `DataCollatorWithPadding`.
-    #[serde(default = "yes")]
+    #[serde(default = "super::enabled")]
     pub dynamic_padding: bool,
     /// Sort rows by length within windows of this many batches (off by default).
     #[serde(default)]
@@ -41,10 +41,6 @@ pub struct VectorizeConfig {
 
 fn default_batch_size() -> usize {
     32
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Stage for Vectorize {
