@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use polars::prelude::{
     CsvReadOptions, DataFrame, DataType, JsonFormat, JsonReader, ParquetCompression, ParquetReader, ParquetWriter,
-    SerReader,
+    SerReader, StatisticsOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -131,12 +131,16 @@ pub fn read_split(dir: &Path, split: &str) -> anyhow::Result<DataFrame> {
     read(&TableMeta::split_path(dir, split), Format::Parquet)
 }
 
-/// Writes a split as parquet (zstd), byte-for-byte reproducible for equal data.
+/// Writes a split as parquet, byte-for-byte reproducible for equal data.
+/// Uncompressed and without statistics: on full IMDB train, zstd made load +
+/// shuffle take 0.99 s and LZ4 0.50 s, uncompressed 0.19 s, for 32 MB on
+/// disk instead of about 13 MB (`cargo bench --bench data_stages`).
 pub fn write_split(df: &mut DataFrame, dir: &Path, split: &str) -> anyhow::Result<()> {
     let path = TableMeta::split_path(dir, split);
     let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Zstd(None))
+        .with_compression(ParquetCompression::Uncompressed)
+        .with_statistics(StatisticsOptions::empty())
         .finish(df)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

@@ -217,6 +217,8 @@ impl Stage for Tokenize {
                 if meta.pairs {
                     texts.extend(table::texts(&df, "text_pair")?);
                 }
+                ctx.progress
+                    .message(&format!("training a word vocabulary on {} texts", texts.len()));
                 let trained = vocab::train(&settings, texts.into_iter())?;
                 trained.save(&saved, false).map_err(anyhow::Error::msg)?;
                 trained
