@@ -170,7 +170,7 @@ fn column<'a>(df: &'a DataFrame, name: &str, file: &str, key: &str) -> anyhow::R
 impl Stage for Load {
     type Config = LoadConfig;
     const KIND: &'static str = "load";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     fn validate(&self, config: &LoadConfig) -> Result<(), Invalid> {
         if config.splits.is_empty() {

@@ -23,7 +23,7 @@ pub struct ShuffleConfig {
 impl Stage for Shuffle {
     type Config = ShuffleConfig;
     const KIND: &'static str = "shuffle";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     fn uses_seed(&self, _config: &ShuffleConfig) -> bool {
         true

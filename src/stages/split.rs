@@ -43,7 +43,7 @@ fn default_to() -> String {
 impl Stage for Split {
     type Config = SplitConfig;
     const KIND: &'static str = "split";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     fn validate(&self, config: &SplitConfig) -> Result<(), Invalid> {
         match (config.fraction, config.count) {

@@ -124,7 +124,7 @@ const PAD_TOKENS: [&str; 3] = ["[PAD]", "<pad>", "<|pad|>"];
 impl Stage for Tokenize {
     type Config = TokenizeConfig;
     const KIND: &'static str = "tokenize";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     fn validate(&self, config: &TokenizeConfig) -> Result<(), Invalid> {
         if config.max_length == 0 {
