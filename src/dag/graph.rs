@@ -126,16 +126,4 @@ impl Graph {
         nodes[index] = Some(node);
         Ok(node)
     }
-
-    /// The node and every node that (transitively) needs it.
-    pub fn downstream_of(&self, node: usize) -> Vec<bool> {
-        let mut marked = vec![false; self.nodes.len()];
-        marked[node] = true;
-        for (i, n) in self.nodes.iter().enumerate().skip(node + 1) {
-            if n.deps.iter().any(|&d| marked[d]) {
-                marked[i] = true;
-            }
-        }
-        marked
-    }
 }

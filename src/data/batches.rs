@@ -2,7 +2,6 @@
 //! and a deterministic batch plan per seed and epoch with dynamic padding
 //! and optional length bucketing.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -196,18 +195,6 @@ impl Batching {
             labels: rows.iter().map(|&r| data.labels[r as usize]).collect(),
         }
     }
-}
-
-/// Reads `batching.json` and every split's tensors from a vectorize stage's output.
-pub fn load_all(dir: &Path) -> anyhow::Result<(Batching, HashMap<String, SplitTensors>)> {
-    let batching: Batching = serde_json::from_slice(&std::fs::read(dir.join("batching.json"))?)?;
-    let meta = super::table::TableMeta::read(dir)?;
-    let mut splits = HashMap::new();
-    for split in meta.splits {
-        let tensors = SplitTensors::load(&dir.join(format!("{split}.safetensors")))?;
-        splits.insert(split, tensors);
-    }
-    Ok((batching, splits))
 }
 
 #[cfg(test)]
