@@ -130,6 +130,7 @@ pub fn execute(
         if options.recompute.is_some_and(|r| r[i]) {
             continue;
         }
+        tracing::debug!(stage = %node.label, key = %node.key, material = ?node.material, "planned");
         if let Some(found) = find_cached(node, store, options.fallback, reporter) {
             reporter.cached(node);
             results[i] = Some(found);
@@ -184,6 +185,7 @@ pub fn execute(
                             .expect("succeeded deps have outputs"),
                     })
                     .collect();
+                tracing::debug!(stage = %node.label, threads, "starting");
                 launched[i] = true;
                 active += 1;
                 threads_in_use += threads;

@@ -86,6 +86,7 @@ impl StatCache {
             }
         }
         let digest = hash_file(path)?;
+        tracing::debug!(file = %path.display(), bytes = digest.size, "hashed (not in the stat cache)");
         self.remember(path, stat(digest.blake3.clone()));
         Ok(digest)
     }

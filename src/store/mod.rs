@@ -128,6 +128,7 @@ impl Store {
         let key = material.key();
         let kind = material.kind.as_str();
         let _lock = self.lock(&key, waiting)?;
+        tracing::debug!(%key, kind, "holding the key's lock");
         match self.lookup(kind, &key) {
             Lookup::Valid(manifest) => {
                 return Ok(Built {
@@ -174,6 +175,7 @@ impl Store {
         let dest = self.entry_dir(kind, &key);
         std::fs::create_dir_all(dest.parent().expect("entries live in a kind directory"))?;
         std::fs::rename(&tmp.0, &dest).with_context(|| format!("cannot move the new entry to {}", dest.display()))?;
+        tracing::debug!(entry = %dest.display(), files = manifest.files.len(), "stored");
         std::mem::forget(tmp);
         for (name, digest) in &manifest.files {
             self.stat.insert(&dest.join("out").join(name), digest)?;
