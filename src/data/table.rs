@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use polars::prelude::{
-    CsvReadOptions, DataFrame, DataType, JsonFormat, JsonReader, ParquetCompression, ParquetReader, ParquetWriter,
-    SerReader, StatisticsOptions,
+    Column, CsvReadOptions, DataFrame, DataType, JsonFormat, JsonReader, ParquetCompression, ParquetReader,
+    ParquetWriter, SerReader, StatisticsOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -169,10 +169,18 @@ pub fn texts<'a>(df: &'a DataFrame, name: &str) -> anyhow::Result<Vec<&'a str>> 
 
 /// The labels column as ids.
 pub fn labels(df: &DataFrame) -> anyhow::Result<Vec<i64>> {
-    let column = df.column("label")?.cast(&DataType::Int64)?;
-    let labels = column.i64()?;
-    anyhow::ensure!(labels.null_count() == 0, "the label column has missing values");
-    Ok(labels.no_null_iter().collect())
+    integer_labels(df.column("label")?)
+}
+
+/// An integer label column as ids; a missing value is an error naming the row.
+pub fn integer_labels(column: &Column) -> anyhow::Result<Vec<i64>> {
+    let column = column.cast(&DataType::Int64)?;
+    column
+        .i64()?
+        .iter()
+        .enumerate()
+        .map(|(row, label)| label.ok_or_else(|| anyhow::anyhow!("row {row} has no label in `{}`", column.name())))
+        .collect()
 }
 
 /// Rows per label, for manifests: `(label id, count)` sorted by id.

@@ -256,24 +256,20 @@ impl Stage for Load {
         let mut outcome = StageOutcome::default();
         for (split, texts, label, file) in frames {
             let ids: Vec<i64> = match &label_names {
-                None => label
-                    .cast(&DataType::Int64)?
-                    .i64()?
-                    .iter()
-                    .map(|v| v.unwrap_or(i64::MIN))
-                    .collect(),
+                None => table::integer_labels(&label).with_context(|| format!("in {file}"))?,
                 Some(names) => label
                     .str()?
                     .iter()
-                    .map(|v| {
+                    .enumerate()
+                    .map(|(row, v)| {
                         v.and_then(|v| names.iter().position(|n| n == v))
-                            .map_or(i64::MIN, |p| p as i64)
+                            .map(|p| p as i64)
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("row {row} of {file} has no usable label in `{}`", config.columns.label)
+                            })
                     })
-                    .collect(),
+                    .collect::<anyhow::Result<_>>()?,
             };
-            if let Some(row) = ids.iter().position(|&id| id == i64::MIN) {
-                anyhow::bail!("row {row} of {file} has no usable label in `{}`", config.columns.label);
-            }
             let mut columns = vec![texts[0].clone().with_name("text".into())];
             if texts.len() > 1 {
                 columns.push(texts[1].clone().with_name("text_pair".into()));
