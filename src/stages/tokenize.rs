@@ -301,15 +301,13 @@ impl Stage for Tokenize {
             let mut out = DataFrame::new_infer_height(columns)?;
             table::write_split(&mut out, ctx.out_dir, split)?;
         }
-        outcome
-            .metrics
-            .insert("vocab_size".into(), tokenizer.get_vocab_size(true) as f64);
         meta.write(ctx.out_dir)?;
         let tokens = TokensMeta {
             vocab_size: tokenizer.get_vocab_size(true),
             pad_id,
             max_length: config.max_length,
         };
+        outcome.metrics.insert("vocab_size".into(), tokens.vocab_size as f64);
         std::fs::write(ctx.out_dir.join(TOKENS_FILE), serde_json::to_vec_pretty(&tokens)?)?;
         Ok(outcome)
     }
