@@ -24,10 +24,20 @@ pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// One stage in `pipeline plan`.
+#[derive(serde::Serialize)]
+struct PlanRow<'a> {
+    name: &'a str,
+    kind: &'a str,
+    key: &'a str,
+    state: &'static str,
+    needs: Vec<&'a str>,
+}
+
 pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
     let pipeline = env.load(target)?;
     let (graph, nodes) = env.graph(&pipeline)?;
-    let mut rows = Vec::new();
+    let mut stages = Vec::new();
     for (stage, &node) in pipeline.stages.iter().zip(&nodes) {
         let node = &graph.nodes[node];
         let state = match env.store.lookup(&stage.kind, &node.key) {
@@ -35,29 +45,30 @@ pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
             Lookup::Missing => "run",
             Lookup::Corrupt(_) => "run (damaged entry)",
         };
-        let needs: Vec<&str> = stage.needs.iter().map(|&n| pipeline.stages[n].name.as_str()).collect();
-        rows.push(vec![
-            stage.name.clone(),
-            stage.kind.clone(),
-            node.key.clone(),
-            state.to_string(),
-            needs.join(","),
-        ]);
+        let needs = stage.needs.iter().map(|&n| pipeline.stages[n].name.as_str()).collect();
+        stages.push(PlanRow {
+            name: &stage.name,
+            kind: &stage.kind,
+            key: &node.key,
+            state,
+            needs,
+        });
     }
     env.store.save_state();
     if env.json {
-        let stages: Vec<_> = rows
-            .iter()
-            .map(|r| json!({"name": r[0], "kind": r[1], "key": r[2], "state": r[3], "needs": r[4].split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>()}))
-            .collect();
         env.print_json(&json!({ "pipeline": pipeline.name, "stages": stages }));
     } else {
-        for row in &mut rows {
-            row[2].truncate(12);
-            if row[4].is_empty() {
-                row[4] = "-".into();
-            }
-        }
+        let rows: Vec<Vec<String>> = stages
+            .iter()
+            .map(|s| {
+                let needs = if s.needs.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.needs.join(",")
+                };
+                vec![s.name.into(), s.kind.into(), s.key[..12].into(), s.state.into(), needs]
+            })
+            .collect();
         print_table(&["STAGE", "KIND", "KEY", "STATE", "NEEDS"], &rows);
     }
     Ok(0)
