@@ -73,17 +73,15 @@ fn explain(
     };
     let current = &graph.nodes[nodes[index]].material;
     for change in current.changes_since(&locked.material) {
-        let upstream = current
-            .needs
-            .iter()
-            .find(|n| change.starts_with(&format!("upstream stage `{}` changed", n.stage)))
-            .and_then(|n| pipeline.stages.iter().position(|s| s.name == n.stage));
+        let upstream = change
+            .upstream
+            .and_then(|name| pipeline.stages.iter().position(|s| s.name == name));
         let scope = if depth > 0 {
             format!("in `{}`: ", stage.name)
         } else {
             String::new()
         };
-        out.push(format!("{indent}{scope}{change}"));
+        out.push(format!("{indent}{scope}{}", change.text));
         if let Some(up) = upstream {
             explain(pipeline, graph, nodes, lock, up, depth + 1, out);
         }

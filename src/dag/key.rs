@@ -32,6 +32,21 @@ pub struct KeyMaterial {
     pub inputs: BTreeMap<String, String>,
 }
 
+/// One difference between two key materials, in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// What changed, e.g. "config.optimizer.lr changed: 0.001 -> 0.01".
+    pub text: String,
+    /// The upstream stage whose key changed, when that is the change.
+    pub upstream: Option<String>,
+}
+
+impl From<String> for Change {
+    fn from(text: String) -> Self {
+        Change { text, upstream: None }
+    }
+}
+
 /// An upstream stage in [`KeyMaterial::needs`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Need {
@@ -51,63 +66,66 @@ impl KeyMaterial {
     }
 
     /// What differs from `old`, in words, one line per change (empty when equal).
-    pub fn changes_since(&self, old: &KeyMaterial) -> Vec<String> {
-        let mut changes = Vec::new();
+    /// What differs from `old`, one entry per change (empty when equal).
+    pub fn changes_since(&self, old: &KeyMaterial) -> Vec<Change> {
+        let mut changes: Vec<Change> = Vec::new();
         if self.kind != old.kind {
-            changes.push(format!("kind changed: {} -> {}", old.kind, self.kind));
+            changes.push(format!("kind changed: {} -> {}", old.kind, self.kind).into());
         }
         if self.version != old.version {
-            changes.push(format!(
-                "the `{}` implementation changed (version {} -> {})",
-                self.kind, old.version, self.version
-            ));
+            changes.push(
+                format!(
+                    "the `{}` implementation changed (version {} -> {})",
+                    self.kind, old.version, self.version
+                )
+                .into(),
+            );
         }
         diff_json("config", &old.config, &self.config, &mut changes);
         if self.seed != old.seed {
-            changes.push(format!("seed changed: {} -> {}", show(&old.seed), show(&self.seed)));
+            changes.push(format!("seed changed: {} -> {}", show(&old.seed), show(&self.seed)).into());
         }
         if self.device != old.device {
-            changes.push(format!(
-                "device changed: {} -> {}",
-                show(&old.device),
-                show(&self.device)
-            ));
+            changes.push(format!("device changed: {} -> {}", show(&old.device), show(&self.device)).into());
         }
         for need in &self.needs {
             match old.needs.iter().find(|n| n.stage == need.stage) {
-                None => changes.push(format!("now needs stage `{}`", need.stage)),
-                Some(o) if o.key != need.key => changes.push(format!(
-                    "upstream stage `{}` changed (key {} -> {})",
-                    need.stage,
-                    &o.key[..12.min(o.key.len())],
-                    &need.key[..12.min(need.key.len())]
-                )),
+                None => changes.push(format!("now needs stage `{}`", need.stage).into()),
+                Some(o) if o.key != need.key => changes.push(Change {
+                    text: format!(
+                        "upstream stage `{}` changed (key {} -> {})",
+                        need.stage,
+                        &o.key[..12.min(o.key.len())],
+                        &need.key[..12.min(need.key.len())]
+                    ),
+                    upstream: Some(need.stage.clone()),
+                }),
                 Some(_) => {}
             }
         }
         for o in &old.needs {
             if !self.needs.iter().any(|n| n.stage == o.stage) {
-                changes.push(format!("no longer needs stage `{}`", o.stage));
+                changes.push(format!("no longer needs stage `{}`", o.stage).into());
             }
         }
         let names = |m: &KeyMaterial| m.needs.iter().map(|n| n.stage.clone()).collect::<Vec<_>>();
         if changes.is_empty() && names(self) != names(old) {
-            changes.push(format!("`needs` order changed: {:?} -> {:?}", names(old), names(self)));
+            changes.push(format!("`needs` order changed: {:?} -> {:?}", names(old), names(self)).into());
         }
         for (path, hash) in &self.inputs {
             match old.inputs.get(path) {
-                None => changes.push(format!("now reads input file {path}")),
-                Some(h) if h != hash => changes.push(format!("input file {path} changed content")),
+                None => changes.push(format!("now reads input file {path}").into()),
+                Some(h) if h != hash => changes.push(format!("input file {path} changed content").into()),
                 Some(_) => {}
             }
         }
         for path in old.inputs.keys() {
             if !self.inputs.contains_key(path) {
-                changes.push(format!("no longer reads input file {path}"));
+                changes.push(format!("no longer reads input file {path}").into());
             }
         }
         if changes.is_empty() && self.key() != old.key() {
-            changes.push("the key format of this pipeline version changed".into());
+            changes.push(String::from("the key format of this pipeline version changed").into());
         }
         changes
     }
@@ -118,7 +136,7 @@ fn show<T: std::fmt::Display>(value: &Option<T>) -> String {
 }
 
 /// Appends one line per differing leaf between two JSON values, by dotted path.
-fn diff_json(path: &str, old: &Json, new: &Json, out: &mut Vec<String>) {
+fn diff_json(path: &str, old: &Json, new: &Json, out: &mut Vec<Change>) {
     match (old, new) {
         (Json::Object(a), Json::Object(b)) => {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -126,13 +144,13 @@ fn diff_json(path: &str, old: &Json, new: &Json, out: &mut Vec<String>) {
                 let sub = format!("{path}.{key}");
                 match (a.get(key), b.get(key)) {
                     (Some(x), Some(y)) => diff_json(&sub, x, y, out),
-                    (None, Some(y)) => out.push(format!("{sub} added: {y}")),
-                    (Some(x), None) => out.push(format!("{sub} removed (was {x})")),
+                    (None, Some(y)) => out.push(format!("{sub} added: {y}").into()),
+                    (Some(x), None) => out.push(format!("{sub} removed (was {x})").into()),
                     (None, None) => {}
                 }
             }
         }
-        _ if old != new => out.push(format!("{path} changed: {old} -> {new}")),
+        _ if old != new => out.push(format!("{path} changed: {old} -> {new}").into()),
         _ => {}
     }
 }
@@ -203,11 +221,12 @@ mod tests {
         let new = material(json!({"optimizer": {"lr": 0.01}}));
         assert_ne!(old.key(), new.key());
         assert_eq!(
-            new.changes_since(&old),
+            new.changes_since(&old).into_iter().map(|c| c.text).collect::<Vec<_>>(),
             vec!["config.optimizer.lr changed: 0.001 -> 0.01"]
         );
         let mut seeded = old.clone();
         seeded.seed = Some(2);
-        assert_eq!(seeded.changes_since(&old), vec!["seed changed: 1 -> 2"]);
+        let texts: Vec<String> = seeded.changes_since(&old).into_iter().map(|c| c.text).collect();
+        assert_eq!(texts, vec!["seed changed: 1 -> 2"]);
     }
 }

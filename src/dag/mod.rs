@@ -6,4 +6,4 @@ mod key;
 
 pub use executor::{ExecOptions, Execution, NodeResult, NodeState, Reporter, execute};
 pub use graph::{Graph, GraphNode};
-pub use key::{KeyMaterial, Need, write_canonical};
+pub use key::{Change, KeyMaterial, Need, write_canonical};
