@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: run test lint bench
+.PHONY: run test lint bench bench-train
 
 run:
 	$(CARGO) run --quiet -- run pipelines/imdb-sample.yaml
@@ -23,3 +23,12 @@ bench: .venv-bench/bin/python
 .venv-bench/bin/python:
 	python3 -m venv .venv-bench
 	.venv-bench/bin/pip install --quiet tokenizers==0.23.3 pyarrow
+
+# Training throughput against the PyTorch reference scripts in ../shared/bench/pytorch
+# (torch is a ~3 GB download, so it has a venv of its own).
+bench-train: .venv-torch/bin/python
+	PYTHON=$(CURDIR)/.venv-torch/bin/python $(CARGO) bench --bench train
+
+.venv-torch/bin/python:
+	python3 -m venv .venv-torch
+	.venv-torch/bin/pip install --quiet torch==2.15.0 tokenizers==0.23.3 pyarrow numpy psutil

@@ -4,11 +4,15 @@
 //! [`stage::Stage`]; the [`dag`] executor runs them and caches every output in
 //! the [`store`] under a key made of everything that determines it.
 
+pub mod backend;
 pub mod cli;
 pub mod console;
 pub mod dag;
 pub mod data;
+pub mod model;
+pub mod report;
 pub mod spec;
 pub mod stage;
 pub mod stages;
 pub mod store;
+pub mod train;

@@ -5,96 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use common::http::Server;
+use common::project::Project;
 use pipeline::data::batches::SplitTensors;
 use polars::prelude::*;
-
-/// A scratch project: `main/pipelines/*.yaml`, `main/data` -> the repo's data,
-/// `shared` -> the real ../shared, and a store.
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new() -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        std::fs::create_dir_all(dir.path().join("main/pipelines")).unwrap();
-        std::os::unix::fs::symlink(repo.join("data"), dir.path().join("main/data")).unwrap();
-        let shared = repo.join("../shared");
-        assert!(shared.join("data").exists(), "{} is missing", shared.display());
-        std::os::unix::fs::symlink(shared, dir.path().join("shared")).unwrap();
-        Project { dir }
-    }
-
-    fn main(&self) -> PathBuf {
-        self.dir.path().join("main")
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        std::fs::write(self.main().join("pipelines").join(name), text).unwrap();
-        format!("pipelines/{name}")
-    }
-
-    fn copy(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(name)).unwrap();
-        self.write(name, &text)
-    }
-
-    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
-        command
-            .args(args)
-            .current_dir(self.main())
-            .env("PIPELINE_STORE", self.dir.path().join("store"));
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        command.output().unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_env(args, &[])
-    }
-
-    /// Runs with `--json`; returns the exit code and the parsed result.
-    fn run_json(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value) {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let output = self.run_env(&all, env);
-        let json = serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
-        (output.status.code().unwrap(), json)
-    }
-
-    /// The output directory of stage `name` after a `run --json`.
-    fn out(&self, result: &serde_json::Value, name: &str) -> PathBuf {
-        let stage = result["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap();
-        let (kind, key) = (stage["kind"].as_str().unwrap(), stage["key"].as_str().unwrap());
-        self.dir.path().join("store").join(kind).join(key).join("out")
-    }
-
-    fn entries(&self) -> usize {
-        let store = self.dir.path().join("store");
-        std::fs::read_dir(&store)
-            .map(|kinds| {
-                kinds
-                    .flatten()
-                    .filter(|k| !k.file_name().to_string_lossy().starts_with('.'))
-                    .map(|k| std::fs::read_dir(k.path()).unwrap().count())
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-}
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

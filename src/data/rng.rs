@@ -25,6 +25,18 @@ pub fn below(rng: &mut impl Rng, n: u64) -> u64 {
     }
 }
 
+/// A uniform float in `[0, 1)` with 24 random bits.
+pub fn unit(rng: &mut impl Rng) -> f32 {
+    (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+}
+
+/// A standard normal float (Box-Muller on two uniform draws).
+pub fn normal(rng: &mut impl Rng) -> f32 {
+    let u1 = (f64::from(rng.next_u32() >> 8) + 1.0) / f64::from(1u32 << 24);
+    let u2 = f64::from(rng.next_u32() >> 8) / f64::from(1u32 << 24);
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
 /// Shuffles a slice in place (Fisher-Yates).
 pub fn shuffle<T>(rng: &mut impl Rng, items: &mut [T]) {
     for i in (1..items.len()).rev() {

@@ -1,17 +1,23 @@
 //! The built-in stage kinds, one file each.
 
 mod download;
+mod evaluate;
 mod load;
+mod report;
 mod shuffle;
 mod split;
 mod tokenize;
+mod train;
 mod vectorize;
 
 pub use download::{Download, DownloadConfig};
+pub use evaluate::{Evaluate, EvaluateConfig};
 pub use load::{Load, LoadConfig};
+pub use report::{Report, ReportConfig};
 pub use shuffle::{Shuffle, ShuffleConfig};
 pub use split::{Split, SplitConfig};
 pub use tokenize::{Tokenize, TokenizeConfig, TokensMeta};
+pub use train::{Train, TrainConfig, TrainInfo, Vectorized};
 pub use vectorize::{Vectorize, VectorizeConfig};
 
 use crate::stage::Registry;
@@ -30,4 +36,7 @@ pub fn builtin() -> Registry {
         .with(Split)
         .with(Tokenize)
         .with(Vectorize)
+        .with(Train)
+        .with(Evaluate)
+        .with(Report)
 }

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod kinds;
+pub mod project;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

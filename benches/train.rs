@@ -1,0 +1,151 @@
+//! Training throughput on the full IMDB train split (bert-base-cased, 128
+//! tokens, batch 8), measured through the real `pipeline` binary, side by side
+//! with the PyTorch reference scripts in `../shared/bench/pytorch` when
+//! `PYTHON` names an interpreter with torch and tokenizers.
+//!
+//! `cargo bench --bench train` (or `make bench`). Steady-state steps/s is
+//! `(long - short) / (t_long - t_short)` from the train stage's time at two
+//! step counts, so start-up, model initialisation and saving cancel out.
+//! Environment: `REPS` (default 3), `MODELS` (default `cnn,rnn,lstm,gru`),
+//! `THREADS` (default 1).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SHORT: usize = 30;
+const LONG: usize = 230;
+
+fn main() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_pipeline"));
+    let reps: usize = env_or("REPS", "3").parse().expect("REPS is a number");
+    let threads = env_or("THREADS", "1");
+    let models = env_or("MODELS", "cnn,rnn,lstm,gru");
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let pipelines = work.path().join("main/pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    std::os::unix::fs::symlink(repo.join("data"), work.path().join("main/data")).unwrap();
+    std::os::unix::fs::symlink(repo.join("../shared"), work.path().join("shared")).unwrap();
+    let text = std::fs::read_to_string(repo.join("pipelines/imdb-cnn.yaml")).unwrap();
+    let until_train = &text[..text.find("  evaluate:").expect("imdb-cnn.yaml has an evaluate stage")];
+    let file = pipelines.join("bench.yaml");
+    std::fs::write(&file, until_train).unwrap();
+    let store = work.path().join("store");
+
+    println!("training throughput, batch 8, max_length 128, {threads} thread(s), medians of {reps}");
+    let mut rows = Vec::new();
+    for model in models.split(',') {
+        let sets = match model {
+            "cnn" => vec![],
+            "rnn" => vec!["stages.train.model.type=rnn", "stages.train.model.hidden_size=96"],
+            "lstm" => vec!["stages.train.model.type=lstm", "stages.train.model.hidden_size=96"],
+            "gru" => vec!["stages.train.model.type=gru", "stages.train.model.hidden_size=96"],
+            other => panic!("unknown model {other}"),
+        };
+        let mut rates = Vec::new();
+        for _ in 0..reps {
+            let short = train_seconds(&binary, &file, &store, &sets, SHORT, &threads);
+            let long = train_seconds(&binary, &file, &store, &sets, LONG, &threads);
+            rates.push((LONG - SHORT) as f64 / (long - short));
+        }
+        let ours = median(&mut rates);
+        println!("  pipeline {model:5} {ours:7.1} steps/s  (runs: {})", list(&rates));
+        rows.push((model.to_string(), ours));
+    }
+
+    let Ok(python) = std::env::var("PYTHON") else {
+        println!("PYTHON is not set: no PyTorch reference in this run");
+        return;
+    };
+    println!("PyTorch reference ({python}), same machine, same run:");
+    let script_dir = repo.join("../shared/bench/pytorch");
+    for (model, ours) in &rows {
+        let mut line = format!("  {model:5} pipeline {ours:7.1} steps/s");
+        if matches!(model.as_str(), "cnn" | "rnn") {
+            for optim in ["adamw_fused", "adamw"] {
+                let torch = pytorch_steps(&python, &script_dir, model, optim, reps, &threads, work.path());
+                line += &format!(" | torch {optim} {torch:6.1} (ratio {:.2}x)", ours / torch);
+            }
+        }
+        println!("{line}");
+    }
+}
+
+/// Seconds the train stage took for `steps` steps (its cache entry removed first).
+fn train_seconds(binary: &Path, file: &Path, store: &Path, sets: &[&str], steps: usize, threads: &str) -> f64 {
+    let _ = std::fs::remove_dir_all(store.join("train"));
+    let mut command = Command::new(binary);
+    command.args(["--json", "run"]).arg(file).env("PIPELINE_STORE", store);
+    let max_steps = format!("stages.train.max_steps={steps}");
+    let threads = format!("stages.train.threads={threads}");
+    let eval = "stages.train.eval_steps=100000".to_string();
+    for set in sets
+        .iter()
+        .copied()
+        .chain([max_steps.as_str(), threads.as_str(), eval.as_str()])
+    {
+        command.args(["--set", set]);
+    }
+    let output = command.output().expect("pipeline runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("--json output");
+    let stage = result["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "train")
+        .expect("a train stage");
+    stage["seconds"].as_f64().expect("seconds")
+}
+
+/// Median steps/s of the PyTorch script over `reps` repetitions.
+fn pytorch_steps(python: &str, dir: &Path, model: &str, optim: &str, reps: usize, threads: &str, work: &Path) -> f64 {
+    let out = work.join(format!("torch-{model}-{optim}.jsonl"));
+    let status = Command::new(python)
+        .args([
+            "bench_train.py",
+            "--model",
+            model,
+            "--steps",
+            "300",
+            "--warmup",
+            "20",
+            "--eval-n",
+            "200",
+        ])
+        .args([
+            "--reps",
+            &reps.to_string(),
+            "--threads",
+            threads,
+            "--optim",
+            optim,
+            "--out",
+        ])
+        .arg(&out)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("python runs");
+    assert!(status.success(), "bench_train.py failed");
+    let mut rates: Vec<f64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["steps_per_s"].as_f64())
+        .collect();
+    median(&mut rates)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn list(values: &[f64]) -> String {
+    values.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}

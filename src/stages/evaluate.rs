@@ -1,0 +1,119 @@
+//! `evaluate`: scores a `train` stage's model on splits of its data: loss,
+//! accuracy, precision, recall and F1 (binary and macro), the confusion
+//! matrix (`metrics.json`) and every prediction with its class probabilities
+//! (`predictions-<split>.parquet`).
+
+use std::collections::BTreeMap;
+
+use polars::prelude::{Column, DataFrame};
+use serde::{Deserialize, Serialize};
+
+use super::train::{TRAIN_FILE, TrainInfo, Vectorized, input_with};
+use crate::backend;
+use crate::data::table;
+use crate::model::Model;
+use crate::report::SplitScores;
+use crate::stage::{Invalid, Stage, StageContext, StageOutcome};
+use crate::train;
+
+/// The `evaluate` stage kind.
+pub struct Evaluate;
+
+/// `kind: evaluate`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateConfig {
+    /// Splits to score (default: every split but `train`).
+    #[serde(default)]
+    pub splits: Option<Vec<String>>,
+    /// Rows per batch (default 64).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_batch_size() -> usize {
+    64
+}
+
+/// The file with the per-split [`SplitScores`].
+pub const METRICS_FILE: &str = "metrics.json";
+
+impl Stage for Evaluate {
+    type Config = EvaluateConfig;
+    const KIND: &'static str = "evaluate";
+    const VERSION: u32 = 1;
+
+    fn validate(&self, config: &EvaluateConfig) -> Result<(), Invalid> {
+        if config.batch_size == 0 {
+            return Err(Invalid::at("batch_size", "must be at least 1"));
+        }
+        if config.splits.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Invalid::at("splits", "list at least one split"));
+        }
+        Ok(())
+    }
+
+    fn uses_device(&self, _config: &EvaluateConfig) -> bool {
+        true
+    }
+
+    fn run(&self, config: &EvaluateConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
+        let trained = input_with(ctx, TRAIN_FILE, "a trained model")?;
+        let info = TrainInfo::read(&trained.dir)?;
+        let data = Vectorized::find(ctx)?;
+        let splits: Vec<String> = match &config.splits {
+            Some(splits) => {
+                if let Some(unknown) = splits.iter().find(|s| !data.table.splits.contains(s)) {
+                    anyhow::bail!(
+                        "`splits`: there is no split `{unknown}`; the splits are {}",
+                        data.table.splits.join(", ")
+                    );
+                }
+                splits.clone()
+            }
+            None => data.table.splits.iter().filter(|s| *s != "train").cloned().collect(),
+        };
+        anyhow::ensure!(
+            !splits.is_empty(),
+            "there is no split to evaluate besides `train`; set `splits`"
+        );
+        let device = backend::device(ctx.device)?;
+        let model = Model::new(&info.config.model, info.shape(), 0, None, &device)
+            .load_safetensors(&trained.dir.join("model.safetensors"))?;
+        let mut batching = data.batching.clone();
+        batching.batch_size = config.batch_size;
+        let labels = info.labels.len();
+        let mut reports = BTreeMap::new();
+        let mut outcome = StageOutcome::default();
+        for split in &splits {
+            ctx.check_cancelled()?;
+            let tensors = data.split(split)?;
+            let evaluation = train::predict(&model, &tensors, &batching, info.config.loss, labels, &device);
+            let metrics = evaluation.metrics("");
+            for (name, value) in &metrics {
+                outcome.metrics.insert(format!("{split}_{name}"), *value);
+            }
+            let rows: Vec<u32> = (0..tensors.rows() as u32).collect();
+            let mut columns = vec![
+                Column::new("row".into(), &rows),
+                Column::new("label".into(), &tensors.labels),
+                Column::new("prediction".into(), &evaluation.predicted),
+            ];
+            for (class, name) in info.labels.iter().enumerate() {
+                let probabilities: Vec<f64> = evaluation.probabilities.iter().map(|p| p[class]).collect();
+                columns.push(Column::new(format!("probability_{name}").into(), &probabilities));
+            }
+            let mut frame = DataFrame::new_infer_height(columns)?;
+            table::write_split(&mut frame, ctx.out_dir, &format!("predictions-{split}"))?;
+            reports.insert(
+                split.clone(),
+                SplitScores {
+                    metrics,
+                    confusion: evaluation.scores.confusion.clone(),
+                },
+            );
+        }
+        std::fs::write(ctx.out_dir.join(METRICS_FILE), serde_json::to_vec_pretty(&reports)?)?;
+        Ok(outcome)
+    }
+}

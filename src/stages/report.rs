@@ -1,0 +1,69 @@
+//! `report`: `report.html` (self-contained, charts inline) and `report.md`
+//! (with the charts as SVG files beside it) for a `train` stage and, when
+//! needed too, an `evaluate` stage.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::evaluate::METRICS_FILE;
+use super::train::{TRAIN_FILE, TrainInfo, input_with};
+use crate::report::{RunReport, SplitScores};
+use crate::stage::{Stage, StageContext, StageOutcome};
+use crate::train::history::History;
+
+/// The `report` stage kind.
+pub struct Report;
+
+/// `kind: report`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// The page title (default: the train stage's name).
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+impl Stage for Report {
+    type Config = ReportConfig;
+    const KIND: &'static str = "report";
+    const VERSION: u32 = 1;
+
+    fn run(&self, config: &ReportConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
+        let trained = input_with(ctx, TRAIN_FILE, "a trained model")?;
+        let info = TrainInfo::read(&trained.dir)?;
+        let history = History::read_csv(&trained.dir.join("history.csv"))?;
+        let splits: BTreeMap<String, SplitScores> = match input_with(ctx, METRICS_FILE, "evaluation metrics") {
+            Ok(evaluated) => serde_json::from_slice(&std::fs::read(evaluated.dir.join(METRICS_FILE))?)?,
+            Err(_) => BTreeMap::new(),
+        };
+        let mut summary = BTreeMap::new();
+        summary.insert("steps".to_string(), info.steps as f64);
+        if let Some((step, value)) = info.best {
+            summary.insert("best_step".to_string(), step as f64);
+            summary.insert(format!("best_{}", info.config.metric), value);
+        }
+        if let Some(&(_, loss)) = history.series("loss").last() {
+            summary.insert("final_train_loss".to_string(), loss);
+        }
+        let config_yaml = serde_yaml::to_string(&info.config)?;
+        let title = config
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("{} report", trained.name));
+        let report = RunReport {
+            title: &title,
+            config_yaml: &config_yaml,
+            summary: &summary,
+            splits: &splits,
+            labels: &info.labels,
+            history: &history,
+        };
+        for chart in report.charts() {
+            std::fs::write(ctx.out_dir.join(chart.file), &chart.svg)?;
+        }
+        std::fs::write(ctx.out_dir.join("report.html"), report.html())?;
+        std::fs::write(ctx.out_dir.join("report.md"), report.markdown())?;
+        Ok(StageOutcome::default())
+    }
+}

@@ -1,0 +1,412 @@
+//! `train`: fits a model (see [`crate::model`]) on a `vectorize` stage's
+//! train split, evaluating on another split every `eval_steps`, with early
+//! stopping and the best checkpoint kept. Writes `model.safetensors` (tensor
+//! names in [`crate::model::parameter_names`]), burn's record `model.bpk`,
+//! `train.json` (what evaluation needs to rebuild the model) and `history.csv`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::module::Module;
+use serde::{Deserialize, Serialize};
+
+use super::tokenize::{TOKENS_FILE, TokensMeta};
+use crate::backend;
+use crate::data::batches::{Batching, Side, SplitTensors};
+use crate::data::table::TableMeta;
+use crate::model::{self, Model, ModelConfig, Shape};
+use crate::stage::{Invalid, Stage, StageContext, StageInput, StageOutcome};
+use crate::train::optimizer::{Clipping, OptimizerConfig};
+use crate::train::schedule::Schedule;
+use crate::train::{self, Data, Loss, Plan, Selection};
+
+/// The `train` stage kind.
+pub struct Train;
+
+/// `kind: train`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The network.
+    pub model: ModelConfig,
+    /// The optimizer (default `adamw`, lr 1e-3, weight decay 0).
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule: `constant` (default), `linear`, `cosine`.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Linear warm-up steps (default 0).
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Warm-up as a fraction of all steps (used when `warmup_steps` is 0).
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// `cross_entropy` (default) or `bce_with_logits`.
+    #[serde(default)]
+    pub loss: Loss,
+    /// Stop after this many optimizer steps.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Passes over the train split (default 1 when `max_steps` is not set).
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// Rows per batch (default: the `vectorize` stage's).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Steps between history rows (default 50).
+    #[serde(default = "default_logging_steps")]
+    pub logging_steps: usize,
+    /// Steps between evaluations (default: once per epoch and at the end).
+    #[serde(default)]
+    pub eval_steps: Option<usize>,
+    /// The split evaluated during training (default `validation`; absent: no evaluation).
+    #[serde(default = "default_eval_split")]
+    pub eval_split: String,
+    /// The metric that picks the best checkpoint and drives early stopping (default `eval_loss`).
+    #[serde(default = "default_metric")]
+    pub metric: String,
+    /// `min` or `max` (default: `min` for losses, `max` otherwise).
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Stop after this many evaluations without improvement (default: never).
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// The least change that counts as an improvement (default 0).
+    #[serde(default)]
+    pub min_delta: f64,
+    /// End with the best evaluated weights rather than the last (default false).
+    #[serde(default)]
+    pub load_best_at_end: bool,
+    /// Clip the global gradient norm to this (default: no clipping).
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+    /// Clamp every gradient value to `[-v, v]` (default: no clamping).
+    #[serde(default)]
+    pub clip_grad_value: Option<f64>,
+    /// CPU threads (default 1).
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+/// Whether a smaller or larger metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Smaller is better.
+    Min,
+    /// Larger is better.
+    Max,
+}
+
+fn default_logging_steps() -> usize {
+    50
+}
+fn default_eval_split() -> String {
+    "validation".into()
+}
+fn default_metric() -> String {
+    "eval_loss".into()
+}
+fn default_threads() -> usize {
+    1
+}
+
+/// `train.json`: what evaluation and reports need to know about a trained model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainInfo {
+    /// The stage's config, defaults filled in.
+    pub config: TrainConfig,
+    /// Rows of the embedding table.
+    pub vocab_size: usize,
+    /// Label names by id.
+    pub labels: Vec<String>,
+    /// The padding side the model was trained with.
+    pub padding: Side,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// The step of the best evaluation and its metric value.
+    pub best: Option<(usize, f64)>,
+    /// Whether the saved weights are the best evaluated ones.
+    pub saved_best: bool,
+}
+
+/// The file with [`TrainInfo`].
+pub const TRAIN_FILE: &str = "train.json";
+
+impl TrainInfo {
+    /// Reads `train.json` from a train stage's output.
+    pub fn read(dir: &Path) -> anyhow::Result<TrainInfo> {
+        let path = dir.join(TRAIN_FILE);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a train.json", path.display()))
+    }
+
+    /// The model shape.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            vocab_size: self.vocab_size,
+            outputs: self.config.loss.outputs(self.labels.len()),
+            padding: self.padding,
+        }
+    }
+}
+
+/// The needed stage whose output holds `file`.
+pub fn input_with<'a>(ctx: &'a StageContext, file: &str, what: &str) -> anyhow::Result<&'a StageInput> {
+    ctx.inputs.iter().find(|i| i.dir.join(file).exists()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "none of the needed stages ({}) has {what} (`{file}`); add one to `needs`",
+            ctx.inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Vectorized data as written by the `vectorize` stage.
+pub struct Vectorized {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Batch settings.
+    pub batching: Batching,
+    /// Vocabulary size and padding id.
+    pub tokens: TokensMeta,
+    /// Splits and label names.
+    pub table: TableMeta,
+}
+
+impl Vectorized {
+    /// Finds the needed `vectorize` output.
+    pub fn find(ctx: &StageContext) -> anyhow::Result<Vectorized> {
+        let input = input_with(ctx, "batching.json", "vectorized data")?;
+        let dir = input.dir.clone();
+        let batching = serde_json::from_slice(&std::fs::read(dir.join("batching.json"))?)?;
+        let tokens = serde_json::from_slice(&std::fs::read(dir.join(TOKENS_FILE))?)?;
+        let table = TableMeta::read(&dir)?;
+        Ok(Vectorized {
+            dir,
+            batching,
+            tokens,
+            table,
+        })
+    }
+
+    /// Loads one split's tensors.
+    pub fn split(&self, name: &str) -> anyhow::Result<SplitTensors> {
+        SplitTensors::load(&self.dir.join(format!("{name}.safetensors")))
+    }
+
+    /// Label names: the table's, or the ids `0..=max` of integer labels in `train` (at least two).
+    pub fn labels(&self, train: &SplitTensors) -> Vec<String> {
+        match &self.table.label_names {
+            Some(names) if !names.is_empty() => names.clone(),
+            _ => {
+                let max = train.labels.iter().copied().max().unwrap_or(1).max(1);
+                (0..=max).map(|l| l.to_string()).collect()
+            }
+        }
+    }
+}
+
+impl Stage for Train {
+    type Config = TrainConfig;
+    const KIND: &'static str = "train";
+    const VERSION: u32 = 1;
+
+    fn validate(&self, config: &TrainConfig) -> Result<(), Invalid> {
+        if let Err((key, message)) = config.model.check() {
+            return Err(Invalid::at(&format!("model.{key}"), message));
+        }
+        if let Err((key, message)) = config.optimizer.check() {
+            return Err(Invalid::at(&format!("optimizer.{key}"), message));
+        }
+        if config.max_steps.is_some() && config.epochs.is_some() {
+            return Err(Invalid::at("epochs", "set either `max_steps` or `epochs`, not both"));
+        }
+        let positive = [
+            ("max_steps", config.max_steps),
+            ("epochs", config.epochs),
+            ("batch_size", config.batch_size),
+            ("eval_steps", config.eval_steps),
+            ("patience", config.patience),
+            ("logging_steps", Some(config.logging_steps)),
+            ("threads", Some(config.threads)),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == Some(0)) {
+            return Err(Invalid::at(key, "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&config.warmup_ratio) {
+            return Err(Invalid::at("warmup_ratio", "must be in [0, 1)"));
+        }
+        for (key, value) in [
+            ("clip_grad_norm", config.clip_grad_norm),
+            ("clip_grad_value", config.clip_grad_value),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return Err(Invalid::at(key, "must be a positive number"));
+            }
+        }
+        if !config.metric.starts_with("eval_") {
+            return Err(Invalid::at(
+                "metric",
+                "must be an evaluation metric such as `eval_loss` or `eval_accuracy`",
+            ));
+        }
+        Ok(())
+    }
+
+    fn uses_seed(&self, _config: &TrainConfig) -> bool {
+        true
+    }
+
+    fn uses_device(&self, _config: &TrainConfig) -> bool {
+        true
+    }
+
+    fn input_files(&self, config: &TrainConfig) -> Vec<String> {
+        config.model.glove.iter().cloned().collect()
+    }
+
+    fn threads(&self, config: &TrainConfig) -> usize {
+        config.threads
+    }
+
+    fn run(&self, config: &TrainConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
+        let data = Vectorized::find(ctx)?;
+        let train_split = data.split("train").context("the train stage needs a `train` split")?;
+        let labels = data.labels(&train_split);
+        if config.loss == Loss::BceWithLogits && labels.len() != 2 {
+            anyhow::bail!(
+                "`loss: bce_with_logits` needs two labels; the data has {}",
+                labels.len()
+            );
+        }
+        let mut batching = data.batching.clone();
+        if let Some(size) = config.batch_size {
+            batching.batch_size = size;
+        }
+        let eval_split = if data.table.splits.contains(&config.eval_split) {
+            Some(data.split(&config.eval_split)?)
+        } else {
+            None
+        };
+        if eval_split.is_none() && (config.patience.is_some() || config.load_best_at_end) {
+            anyhow::bail!(
+                "`patience` and `load_best_at_end` need evaluation, but there is no `{}` split (splits: {}); \
+                 set `eval_split`",
+                config.eval_split,
+                data.table.splits.join(", ")
+            );
+        }
+        let per_epoch = batching.plan(&train_split.lengths, 0, 0, false).len().max(1);
+        let total_steps = config.max_steps.unwrap_or(per_epoch * config.epochs.unwrap_or(1));
+        let warmup_steps = if config.warmup_steps > 0 {
+            config.warmup_steps
+        } else {
+            (config.warmup_ratio * total_steps as f64).ceil() as usize
+        };
+        let plan = Plan {
+            optimizer: config.optimizer.clone(),
+            schedule: config.schedule,
+            warmup_steps,
+            loss: config.loss,
+            total_steps,
+            logging_steps: config.logging_steps,
+            eval_steps: if eval_split.is_some() {
+                config.eval_steps.unwrap_or(per_epoch)
+            } else {
+                0
+            },
+            selection: Selection {
+                maximize: config.mode.map_or(!config.metric.ends_with("loss"), |m| m == Mode::Max),
+                metric: config.metric.clone(),
+                patience: config.patience,
+                min_delta: config.min_delta,
+            },
+            clipping: Clipping {
+                max_norm: config.clip_grad_norm,
+                max_value: config.clip_grad_value,
+            },
+            seed: ctx.seed,
+        };
+        let shape = Shape {
+            vocab_size: data.tokens.vocab_size,
+            outputs: config.loss.outputs(labels.len()),
+            padding: batching.padding,
+        };
+        let embedding = match &config.model.glove {
+            Some(_) => Some(pretrained(config, ctx, data.tokens.pad_id, shape.vocab_size)?),
+            None => None,
+        };
+        let device = backend::device(ctx.device)?.autodiff();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(ctx.threads).build()?;
+        let fitted = pool.install(|| {
+            let model = Model::new(&config.model, shape, ctx.seed, embedding, &device);
+            let inputs = Data {
+                train: &train_split,
+                eval: eval_split.as_ref(),
+                batching: &batching,
+                labels: labels.len(),
+            };
+            train::fit(model, &inputs, &plan, &device, ctx)
+        })?;
+        let best = fitted.best.as_ref().map(|(_, step, value)| (*step, *value));
+        let (model, saved_best) = match fitted.best {
+            Some((best, _, _)) if config.load_best_at_end => (best, true),
+            _ => (fitted.final_model, false),
+        };
+        model.save_safetensors(&ctx.out_dir.join("model.safetensors"))?;
+        model
+            .valid()
+            .save_file(ctx.out_dir.join("model.bpk"))
+            .map_err(|e| anyhow::anyhow!("cannot save the burn record: {e:?}"))?;
+        fitted.history.write_csv(&ctx.out_dir.join("history.csv"))?;
+        let info = TrainInfo {
+            config: config.clone(),
+            vocab_size: shape.vocab_size,
+            labels,
+            padding: batching.padding,
+            steps: fitted.steps,
+            best,
+            saved_best,
+        };
+        std::fs::write(ctx.out_dir.join(TRAIN_FILE), serde_json::to_vec_pretty(&info)?)?;
+        let mut outcome = StageOutcome::default();
+        outcome.metrics.insert("steps".into(), fitted.steps as f64);
+        outcome
+            .metrics
+            .insert("stopped_early".into(), f64::from(u8::from(fitted.stopped_early)));
+        if let Some(loss) = fitted.history.series("loss").last() {
+            outcome.metrics.insert("train_loss".into(), loss.1);
+        }
+        if let Some((step, value)) = best {
+            outcome.metrics.insert("best_step".into(), step as f64);
+            outcome.metrics.insert(format!("best_{}", config.metric), value);
+        }
+        Ok(outcome)
+    }
+}
+
+/// The embedding table from the GloVe file, for the tokenizer's vocabulary.
+fn pretrained(
+    config: &TrainConfig,
+    ctx: &StageContext,
+    pad_id: Option<u32>,
+    vocab_size: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let path = ctx.pipeline_dir.join(config.model.glove.as_deref().unwrap_or_default());
+    let input = input_with(ctx, "tokenizer.json", "a tokenizer for the GloVe words")?;
+    let tokenizer = tokenizers::Tokenizer::from_file(input.dir.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", input.dir.join("tokenizer.json").display()))?;
+    let vocab = tokenizer.get_vocab(true);
+    let loaded = model::glove::load(&path, config.model.embedding_dim, &vocab, pad_id, ctx.seed)?;
+    tracing::info!(found = loaded.found, vocab = vocab_size, "GloVe vectors");
+    anyhow::ensure!(
+        loaded.values.len() == vocab_size * config.model.embedding_dim,
+        "the tokenizer's vocabulary has {} entries but the data says {vocab_size}",
+        loaded.values.len() / config.model.embedding_dim
+    );
+    Ok(loaded.values)
+}

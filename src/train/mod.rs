@@ -1,0 +1,322 @@
+//! Training: the loop (`fit`), losses, fused optimizers, schedules, metrics
+//! and the step history.
+
+pub mod history;
+pub mod metrics;
+pub mod optimizer;
+pub mod schedule;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::activation::{log_softmax, relu};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::data::batches::{Batching, SplitTensors};
+use crate::data::rng;
+use crate::model::{Inputs, Model};
+use crate::stage::StageContext;
+use history::History;
+use metrics::Scores;
+use optimizer::{Clipping, Optimizer, OptimizerConfig};
+use schedule::Schedule;
+
+/// The training loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Softmax cross-entropy over one output per label.
+    #[default]
+    CrossEntropy,
+    /// Sigmoid binary cross-entropy on one logit (two labels only).
+    BceWithLogits,
+}
+
+impl Loss {
+    /// Output units for `labels` classes.
+    pub fn outputs(self, labels: usize) -> usize {
+        match self {
+            Loss::CrossEntropy => labels,
+            Loss::BceWithLogits => 1,
+        }
+    }
+
+    /// The mean loss of `logits` against `labels`, differentiable.
+    pub fn tensor(self, logits: Tensor<2>, labels: &[i64], device: &Device) -> Tensor<1> {
+        let batch = labels.len();
+        match self {
+            Loss::CrossEntropy => {
+                let index = Tensor::<2, Int>::from_data(TensorData::new(labels.to_vec(), [batch, 1]), device);
+                log_softmax(logits, 1).gather(1, index).mean().neg()
+            }
+            Loss::BceWithLogits => {
+                let targets: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+                let y = Tensor::<2>::from_data(TensorData::new(targets, [batch, 1]), device);
+                let softplus_neg_abs = logits.clone().abs().neg().exp().log1p();
+                (relu(logits.clone()) - logits * y + softplus_neg_abs).mean()
+            }
+        }
+    }
+
+    /// Per-row losses and class probabilities from plain logits (`outputs` per row).
+    pub fn score(self, logits: &[f32], labels: &[i64], outputs: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let mut losses = Vec::with_capacity(labels.len());
+        let mut probabilities = Vec::with_capacity(labels.len());
+        for (row, &label) in logits.chunks(outputs).zip(labels) {
+            let probs = match self {
+                Loss::CrossEntropy => {
+                    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+                    let sum: f64 = row.iter().map(|&x| (f64::from(x) - max).exp()).sum();
+                    losses.push(max + sum.ln() - f64::from(row[label as usize]));
+                    row.iter().map(|&x| (f64::from(x) - max).exp() / sum).collect()
+                }
+                Loss::BceWithLogits => {
+                    let x = f64::from(row[0]);
+                    let y = label as f64;
+                    losses.push(x.max(0.0) - x * y + (-x.abs()).exp().ln_1p());
+                    let p = 1.0 / (1.0 + (-x).exp());
+                    vec![1.0 - p, p]
+                }
+            };
+            probabilities.push(probs);
+        }
+        (losses, probabilities)
+    }
+}
+
+/// When training stops and what it optimises: the parts of the train config the loop reads.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Optimizer settings.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Warm-up steps.
+    pub warmup_steps: usize,
+    /// The loss.
+    pub loss: Loss,
+    /// Total optimizer steps.
+    pub total_steps: usize,
+    /// Steps between history rows.
+    pub logging_steps: usize,
+    /// Steps between evaluations (0: never during training).
+    pub eval_steps: usize,
+    /// Early stopping and best-checkpoint selection.
+    pub selection: Selection,
+    /// Gradient clipping.
+    pub clipping: Clipping,
+    /// The trial seed (batch order, dropout).
+    pub seed: u64,
+}
+
+/// Which evaluation is best, and when to stop.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The metric, e.g. `eval_loss`, `eval_accuracy`.
+    pub metric: String,
+    /// Whether larger is better.
+    pub maximize: bool,
+    /// Stop after this many evaluations without improvement.
+    pub patience: Option<usize>,
+    /// The least change that counts as an improvement.
+    pub min_delta: f64,
+}
+
+/// What training produced.
+pub struct Fitted {
+    /// The final model (the best one if requested and evaluated).
+    pub final_model: Model,
+    /// The best evaluated model, with its step and metric value.
+    pub best: Option<(Model, usize, f64)>,
+    /// Loss, learning rate, gradient norm and evaluation rows.
+    pub history: History,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Whether early stopping ended training.
+    pub stopped_early: bool,
+}
+
+/// The data a training run reads.
+pub struct Data<'a> {
+    /// The training split.
+    pub train: &'a SplitTensors,
+    /// The split evaluated every `eval_steps`, if any.
+    pub eval: Option<&'a SplitTensors>,
+    /// Batch formation.
+    pub batching: &'a Batching,
+    /// Number of labels.
+    pub labels: usize,
+}
+
+/// Trains `model` on `data` following `plan`; `device` is the autodiff device.
+pub fn fit(model: Model, data: &Data, plan: &Plan, device: &Device, ctx: &StageContext) -> anyhow::Result<Fitted> {
+    let mut model = model;
+    let mut optimizer = Optimizer::new(plan.optimizer.clone());
+    let mut history = History::default();
+    let mut dropout = rng::stream(plan.seed, "dropout");
+    let mut best: Option<(Model, usize, f64)> = None;
+    let mut since_best = 0;
+    let mut stopped_early = false;
+    let (mut window_loss, mut window_steps) = (0.0, 0usize);
+    let mut last_finite: Option<(usize, f64)> = None;
+    let mut epoch = 0u64;
+    let mut batches = data
+        .batching
+        .plan(&data.train.lengths, plan.seed, epoch, true)
+        .into_iter();
+    let per_epoch = batches.len().max(1);
+    ctx.progress.set_total(plan.total_steps as u64, "steps");
+    let mut step = 0;
+    while step < plan.total_steps {
+        ctx.check_cancelled()?;
+        let rows = match batches.next() {
+            Some(rows) => rows,
+            None => {
+                epoch += 1;
+                batches = data
+                    .batching
+                    .plan(&data.train.lengths, plan.seed, epoch, true)
+                    .into_iter();
+                continue;
+            }
+        };
+        let batch = data.batching.batch(data.train, &rows);
+        let inputs = Inputs::new(&batch, device);
+        let logits = model.forward(&inputs, Some(&mut dropout));
+        let loss = plan.loss.tensor(logits, &batch.labels, device);
+        let value = f64::from(loss.clone().into_scalar::<f32>());
+        if !value.is_finite() {
+            let last = match last_finite {
+                Some((s, l)) => format!("the last finite loss was {l:.4} at step {s}"),
+                None => "no step had a finite loss".to_string(),
+            };
+            anyhow::bail!(
+                "step {}: the loss is {value} ({last}); lower the learning rate (`optimizer.lr`) \
+                 or clip gradients (`clip_grad_norm: 1.0`)",
+                step + 1
+            );
+        }
+        last_finite = Some((step + 1, value));
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = plan.optimizer.lr * plan.schedule.factor(step, plan.total_steps, plan.warmup_steps);
+        let logging = (step + 1) % plan.logging_steps == 0 || step + 1 == plan.total_steps;
+        let (updated, grad_norm) = optimizer.step(model, grads, lr, plan.clipping, logging);
+        model = updated;
+        step += 1;
+        window_loss += value;
+        window_steps += 1;
+        ctx.progress.advance(1);
+        let epoch_float = epoch as f64 + (step - epoch as usize * per_epoch).min(per_epoch) as f64 / per_epoch as f64;
+        if logging {
+            let mean = window_loss / window_steps as f64;
+            let grad_norm = grad_norm.expect("computed on logging steps");
+            history.push(
+                step,
+                epoch_float,
+                [("loss", mean), ("learning_rate", lr), ("grad_norm", grad_norm)],
+            );
+            ctx.progress.message(&format!("loss {mean:.4}"));
+            tracing::info!(step, loss = mean, lr, grad_norm, "training");
+            (window_loss, window_steps) = (0.0, 0);
+        }
+        let evaluate_now = plan.eval_steps > 0 && (step % plan.eval_steps == 0 || step == plan.total_steps);
+        if let (true, Some(eval)) = (evaluate_now, data.eval) {
+            let inference = device.clone().without_autodiff();
+            let evaluation = predict(&model.valid(), eval, data.batching, plan.loss, data.labels, &inference);
+            let metrics = evaluation.metrics("eval_");
+            let Some(&current) = metrics.get(&plan.selection.metric) else {
+                anyhow::bail!(
+                    "`metric`: evaluation has no metric `{}`; it has {}",
+                    plan.selection.metric,
+                    metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            };
+            tracing::info!(step, metric = %plan.selection.metric, value = current, "evaluated");
+            history.push(step, epoch_float, metrics.iter().map(|(k, v)| (k.as_str(), *v)));
+            let improved = match &best {
+                None => true,
+                Some((_, _, b)) if plan.selection.maximize => current > b + plan.selection.min_delta,
+                Some((_, _, b)) => current < b - plan.selection.min_delta,
+            };
+            if improved {
+                best = Some((model.clone(), step, current));
+                since_best = 0;
+            } else {
+                since_best += 1;
+                if plan.selection.patience.is_some_and(|p| since_best >= p) {
+                    tracing::info!(step, "early stopping");
+                    stopped_early = true;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Fitted {
+        final_model: model,
+        best,
+        history,
+        steps: step,
+        stopped_early,
+    })
+}
+
+/// Scores of `model` on a whole split, with the mean loss under `eval_loss`.
+pub struct Evaluation {
+    /// Confusion-matrix based scores.
+    pub scores: Scores,
+    /// Mean loss per row.
+    pub loss: f64,
+    /// Predicted label per row, in split order.
+    pub predicted: Vec<i64>,
+    /// Class probabilities per row.
+    pub probabilities: Vec<Vec<f64>>,
+}
+
+impl Evaluation {
+    /// Named metrics (`{prefix}loss`, `{prefix}accuracy`, ...).
+    pub fn metrics(&self, prefix: &str) -> std::collections::BTreeMap<String, f64> {
+        let mut metrics = self.scores.metrics(prefix);
+        metrics.insert(format!("{prefix}loss"), self.loss);
+        metrics
+    }
+}
+
+/// Runs `model` over every row of `split` in order (no dropout).
+pub fn predict(
+    model: &Model,
+    split: &SplitTensors,
+    batching: &Batching,
+    loss: Loss,
+    labels: usize,
+    device: &Device,
+) -> Evaluation {
+    let outputs = loss.outputs(labels);
+    let mut losses = Vec::with_capacity(split.rows());
+    let mut probabilities = Vec::with_capacity(split.rows());
+    for rows in batching.plan(&split.lengths, 0, 0, false) {
+        let batch = batching.batch(split, &rows);
+        let logits = model.forward(&Inputs::new(&batch, device), None);
+        let logits = logits.into_data().try_into_vec::<f32>().expect("logits are f32");
+        let (l, p) = loss.score(&logits, &batch.labels, outputs);
+        losses.extend(l);
+        probabilities.extend(p);
+    }
+    let predicted: Vec<i64> = probabilities
+        .iter()
+        .map(|p| {
+            let mut best = 0;
+            for (i, &v) in p.iter().enumerate() {
+                if v > p[best] {
+                    best = i;
+                }
+            }
+            best as i64
+        })
+        .collect();
+    Evaluation {
+        scores: Scores::new(&split.labels, &predicted, labels),
+        loss: losses.iter().sum::<f64>() / losses.len().max(1) as f64,
+        predicted,
+        probabilities,
+    }
+}

@@ -1,0 +1,127 @@
+//! The train, evaluate and report stages on real data through the real
+//! `pipeline` binary: the sample pipeline end to end, reproducible weights,
+//! recurrent models with every pooling, GloVe embeddings and NaN handling.
+
+mod common;
+
+use std::path::Path;
+
+use common::project::Project;
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn metric(result: &serde_json::Value, stage: &str, name: &str) -> f64 {
+    let stages = result["stages"].as_array().unwrap();
+    let stage = stages.iter().find(|s| s["name"] == stage).unwrap();
+    stage["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no metric {name} in {stage}"))
+}
+
+/// The sample pipeline's data stages with `train` added.
+fn sample(train: &str) -> String {
+    let base =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/imdb-sample.yaml")).unwrap();
+    let data = &base[..base.find("  train:").expect("the sample has a train stage")];
+    format!(
+        "{data}  train:\n{train}  evaluate:\n    needs: [train, vectorize]\n  report:\n    needs: [train, evaluate]\n"
+    )
+}
+
+#[test]
+fn sample_pipeline_trains_evaluates_and_reports() {
+    let project = Project::new();
+    let file = project.copy("imdb-sample.yaml");
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let train = project.out(&result, "train");
+    for file in ["model.safetensors", "model.bpk", "train.json", "history.csv"] {
+        assert!(train.join(file).exists(), "{file}");
+    }
+    let history = std::fs::read_to_string(train.join("history.csv")).unwrap();
+    let header = history.lines().next().unwrap();
+    for column in [
+        "step",
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "eval_loss",
+        "eval_accuracy",
+    ] {
+        assert!(header.split(',').any(|c| c == column), "{column} in {header}");
+    }
+    // The sample is small, but 1,800 reviews are enough to beat chance clearly.
+    let accuracy = metric(&result, "evaluate", "test_accuracy");
+    assert!(accuracy > 0.6, "test accuracy {accuracy}");
+    let evaluate = project.out(&result, "evaluate");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(evaluate.join("metrics.json")).unwrap()).unwrap();
+    let confusion = metrics["test"]["confusion"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1000);
+    assert!(evaluate.join("predictions-test.parquet").exists());
+    let report = project.out(&result, "report");
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Confusion matrix: test"));
+    assert!(!html.contains("src=") && !html.contains("<link") && !html.contains("<script"));
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("![Loss](loss.svg)") && report.join("loss.svg").exists());
+    assert!(md.contains("| test |"), "{md}");
+}
+
+#[test]
+fn training_gives_the_same_weights_in_fresh_stores_and_thread_counts() {
+    let weights = |threads: &str| {
+        let project = Project::new();
+        let file = project.copy("imdb-cnn.yaml");
+        let max_steps = "stages.train.max_steps=200";
+        let threads = format!("stages.train.threads={threads}");
+        let (code, result) = project.run_json(&["run", &file, "--set", max_steps, "--set", &threads], &[]);
+        assert_eq!(code, 0, "{result}");
+        std::fs::read(project.out(&result, "train").join("model.safetensors")).unwrap()
+    };
+    let first = weights("1");
+    assert_eq!(first, weights("1"), "two fresh runs differ");
+    assert_eq!(first, weights("2"), "one and two threads differ");
+}
+
+#[test]
+fn recurrent_models_train_with_every_pooling() {
+    for (kind, pooling, extra) in [
+        ("rnn", "last", "bidirectional: true"),
+        ("lstm", "mean", "num_layers: 2, dropout: 0.2"),
+        ("gru", "max", "layer_norm: true, head: [16]"),
+        ("rnn", "attention", "init: xavier_uniform"),
+    ] {
+        let project = Project::new();
+        let train = format!(
+            "    model: {{type: {kind}, hidden_size: 16, pooling: {pooling}, {extra}}}\n    max_steps: 20\n    eval_steps: 10\n    clip_grad_norm: 1.0\n"
+        );
+        let file = project.write("rec.yaml", &sample(&train));
+        let (code, result) = project.run_json(&["run", &file], &[]);
+        assert_eq!(code, 0, "{kind}/{pooling}: {result}");
+        let loss = metric(&result, "evaluate", "test_loss");
+        assert!(loss.is_finite() && loss > 0.0, "{kind}/{pooling}: {loss}");
+    }
+}
+
+#[test]
+fn a_diverging_loss_stops_with_a_hint_and_no_entry() {
+    let project = Project::new();
+    let train = "    model: {type: cnn}\n    optimizer: {type: sgd, lr: 1.0e+30}\n    max_steps: 50\n";
+    let file = project.write("nan.yaml", &sample(train));
+    let output = project.run(&["run", &file]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("the loss is") && err.contains("lower the learning rate"),
+        "{err}"
+    );
+    assert!(!project.dir.path().join("store/train").exists(), "no train entry");
+}
