@@ -126,3 +126,47 @@ fn a_diverging_loss_stops_with_a_hint_and_no_entry() {
     );
     assert!(!project.dir.path().join("store/train").exists(), "no train entry");
 }
+
+#[test]
+fn glove_vectors_fill_the_embedding_and_stay_frozen() {
+    let project = Project::new();
+    let base =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/imdb-sample.yaml")).unwrap();
+    let data = &base[..base.find("  tokenize:").unwrap()];
+    let glove = "../../shared/data/glove/glove.6B.100d.first2604.txt.gz";
+    let text = format!(
+        "{data}  tokenize:\n    tokenizer: {{word: {{min_freq: 2}}}}\n    max_length: 64\n  vectorize:\n    batch_size: 16\n  \
+         train:\n    model: {{type: rnn, embedding_dim: 100, glove: {glove}, freeze: true, hidden_size: 8, pooling: attention}}\n    \
+         max_steps: 5\n    needs: [vectorize, tokenize]\n"
+    );
+    let file = project.write("glove.yaml", &text);
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let tokenizer = tokenizers::Tokenizer::from_file(project.out(&result, "tokenize").join("tokenizer.json")).unwrap();
+    let the = tokenizer.token_to_id("the").expect("`the` is in the vocabulary") as usize;
+    let bytes = std::fs::read(project.out(&result, "train").join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let embedding = file.tensor("embedding.weight").unwrap();
+    assert_eq!(embedding.shape()[1], 100);
+    let row: Vec<f32> = embedding.data()[the * 400..(the + 1) * 400]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    // The first line of the GloVe file is `the` (frozen, so unchanged by training).
+    let mut first = String::new();
+    use std::io::BufRead;
+    let gz = flate2::read::GzDecoder::new(
+        std::fs::File::open(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glove/glove.6B.100d.first2604.txt.gz"),
+        )
+        .unwrap(),
+    );
+    std::io::BufReader::new(gz).read_line(&mut first).unwrap();
+    let expected: Vec<f32> = first.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    assert_eq!(row, expected);
+    let pad = tokenizer.token_to_id("<pad>").unwrap() as usize;
+    assert!(
+        embedding.data()[pad * 400..(pad + 1) * 400].iter().all(|&b| b == 0),
+        "the padding row is zero"
+    );
+}
