@@ -31,8 +31,11 @@ fn a_changed_parameter_reruns_the_stage_and_its_dependents_and_reverting_reuses_
     let ws = Workspace::new();
     ws.write("p.yaml", SEVEN_STAGES);
     assert_eq!(ws.run_json(&["run", "p.yaml"]).0, 0);
+    let lock = std::fs::read_to_string(ws.path().join("p.lock")).unwrap();
     let (code, changed) = ws.run_json(&["run", "p.yaml", "--set", "stages.d.text=D2"]);
     assert_eq!(code, 0);
+    let after = std::fs::read_to_string(ws.path().join("p.lock")).unwrap();
+    assert_eq!(lock, after, "a run with --set overrides leaves the lock alone");
     assert_eq!(in_state(&changed, "cached"), all("abc"));
     assert_eq!(in_state(&changed, "ran"), all("defg"));
     ws.clear_log();

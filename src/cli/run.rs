@@ -16,8 +16,12 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
     let options = ExecOptions::with_jobs(default_jobs(jobs));
     let execution = execute(&graph, env.registry, &env.store, &options, &console, cancel);
     env.store.save_state();
-    if execution.succeeded() {
+    // The lock describes the pipeline file as written: a run with `--set`
+    // overrides is a variant and leaves it alone.
+    if execution.succeeded() && target.sets.is_empty() {
         lock_file(&pipeline, &graph, &nodes, &execution).write(&lock_path(&target.file))?;
+    } else if execution.succeeded() {
+        console.line("lock file not written: the run had --set overrides");
     }
     let count = |word: &str| execution.results.iter().filter(|r| r.state.word() == word).count();
     let failed = count("failed");
