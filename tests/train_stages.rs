@@ -37,7 +37,13 @@ fn sample_pipeline_trains_evaluates_and_reports() {
     let (code, result) = project.run_json(&["run", &file], &[]);
     assert_eq!(code, 0, "{result}");
     let train = project.out(&result, "train");
-    for file in ["model.safetensors", "model.bpk", "train.json", "history.csv"] {
+    for file in [
+        "model.safetensors",
+        "best.safetensors",
+        "model.bpk",
+        "train.json",
+        "history.csv",
+    ] {
         assert!(train.join(file).exists(), "{file}");
     }
     let history = std::fs::read_to_string(train.join("history.csv")).unwrap();

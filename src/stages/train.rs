@@ -1,8 +1,10 @@
 //! `train`: fits a model (see [`crate::model`]) on a `vectorize` stage's
 //! train split, evaluating on another split every `eval_steps`, with early
 //! stopping and the best checkpoint kept. Writes `model.safetensors` (tensor
-//! names in [`crate::model::parameter_names`]), burn's record `model.bpk`,
-//! `train.json` (what evaluation needs to rebuild the model) and `history.csv`.
+//! names in [`crate::model::parameter_names`]; the best evaluated weights with
+//! `load_best_at_end`, else the last, the best then also in `best.safetensors`),
+//! burn's record `model.bpk`, `train.json` (what evaluation needs to rebuild the
+//! model) and `history.csv`.
 
 use std::path::{Path, PathBuf};
 
@@ -213,7 +215,7 @@ impl Vectorized {
 impl Stage for Train {
     type Config = TrainConfig;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     fn validate(&self, config: &TrainConfig) -> Result<(), Invalid> {
         if let Err((key, message)) = config.model.check() {
@@ -355,7 +357,12 @@ impl Stage for Train {
         let best = fitted.best.as_ref().map(|(_, step, value)| (*step, *value));
         let (model, saved_best) = match fitted.best {
             Some((best, _, _)) if config.load_best_at_end => (best, true),
-            _ => (fitted.final_model, false),
+            Some((best, _, _)) => {
+                // The best evaluated weights are kept beside the final ones.
+                best.save_safetensors(&ctx.out_dir.join("best.safetensors"))?;
+                (fitted.final_model, false)
+            }
+            None => (fitted.final_model, false),
         };
         model.save_safetensors(&ctx.out_dir.join("model.safetensors"))?;
         model
