@@ -36,10 +36,6 @@ pub fn load(
         Box::new(file)
     };
     let size = vocab.values().max().map_or(0, |&m| m as usize + 1);
-    let mut lookup: HashMap<&str, u32> = HashMap::new();
-    for (word, &id) in vocab {
-        lookup.entry(word.as_str()).or_insert(id);
-    }
     let mut values = vec![0f32; size * dim];
     let mut filled = vec![false; size];
     let (mut sum, mut sum_sq, mut count) = (0f64, 0f64, 0usize);
@@ -63,10 +59,7 @@ pub fn load(
             sum_sq += f64::from(v) * f64::from(v);
         }
         count += dim;
-        let ids = [
-            lookup.get(word).copied(),
-            lookup.get(word.to_lowercase().as_str()).copied(),
-        ];
+        let ids = [vocab.get(word).copied(), vocab.get(&word.to_lowercase()).copied()];
         for id in ids.into_iter().flatten() {
             let row = id as usize;
             if !filled[row] {

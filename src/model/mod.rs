@@ -378,13 +378,10 @@ impl Model {
         let bidirectional = self.config.bidirectional;
         let mut index = Vec::with_capacity(batch * size);
         for &length in &inputs.lengths {
-            let (first, last) = match self.padding {
-                Side::Right => (0, length - 1),
-                Side::Left => (inputs.width - length, inputs.width - 1),
-            };
+            let real = self.real_tokens(length, inputs.width);
             for unit in 0..size {
                 let backward = bidirectional && unit >= size / 2;
-                index.push(if backward { first } else { last } as i64);
+                index.push(if backward { real.start } else { real.end - 1 } as i64);
             }
         }
         let index = Tensor::<3, Int>::from_data(TensorData::new(index, [batch, 1, size]), &states.device());
@@ -396,15 +393,18 @@ impl Model {
         let width = inputs.width;
         let mut values = Vec::with_capacity(inputs.lengths.len() * width);
         for &length in &inputs.lengths {
-            for t in 0..width {
-                let is_real = match self.padding {
-                    Side::Right => t < length,
-                    Side::Left => t >= width - length,
-                };
-                values.push(if is_real { real } else { pad });
-            }
+            let tokens = self.real_tokens(length, width);
+            values.extend((0..width).map(|t| if tokens.contains(&t) { real } else { pad }));
         }
         Tensor::from_data(TensorData::new(values, [inputs.lengths.len(), width, 1]), device)
+    }
+
+    /// The positions of a row's `length` real tokens among `width`, after the padding side.
+    fn real_tokens(&self, length: usize, width: usize) -> std::ops::Range<usize> {
+        match self.padding {
+            Side::Right => 0..length,
+            Side::Left => width - length..width,
+        }
     }
 }
 
@@ -446,15 +446,15 @@ pub fn parameter_names(model: &Model) -> Vec<String> {
     names.names
 }
 
-/// Values of every parameter in visiting order, with their shapes.
-fn parameter_values(model: &Model) -> Vec<(Vec<usize>, Vec<f32>)> {
-    struct Values(Vec<(Vec<usize>, Vec<f32>)>);
+/// Every parameter in visiting order: its shape and its values as little-endian f32 bytes.
+fn parameter_bytes(model: &Model) -> Vec<(Vec<usize>, Vec<u8>)> {
+    struct Values(Vec<(Vec<usize>, Vec<u8>)>);
     impl burn::module::ModuleVisitor for Values {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let data = param.val().into_data();
-            let shape = data.shape().to_vec();
-            self.0
-                .push((shape, data.try_into_vec::<f32>().expect("parameters are f32")));
+            let values = data.as_slice::<f32>().expect("parameters are f32");
+            let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            self.0.push((data.shape().to_vec(), bytes));
         }
     }
     let mut values = Values(Vec::new());
@@ -466,13 +466,9 @@ impl Model {
     /// Writes every parameter as little-endian f32 under its [`parameter_names`] name.
     pub fn save_safetensors(&self, path: &std::path::Path) -> anyhow::Result<()> {
         use safetensors::{Dtype, tensor::TensorView};
-        let values = parameter_values(self);
-        let bytes: Vec<Vec<u8>> = values
-            .iter()
-            .map(|(_, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .collect();
-        let mut views = Vec::with_capacity(values.len());
-        for ((name, (shape, _)), data) in parameter_names(self).into_iter().zip(&values).zip(&bytes) {
+        let parameters = parameter_bytes(self);
+        let mut views = Vec::with_capacity(parameters.len());
+        for (name, (shape, data)) in parameter_names(self).into_iter().zip(&parameters) {
             views.push((name, TensorView::new(Dtype::F32, shape.clone(), data)?));
         }
         safetensors::serialize_to_file(views, None, path)

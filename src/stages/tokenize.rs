@@ -102,6 +102,15 @@ pub struct TokensMeta {
     pub max_length: usize,
 }
 
+impl TokensMeta {
+    /// Reads `tokens.json` from a tokenize (or vectorize) stage's output.
+    pub fn read(dir: &std::path::Path) -> anyhow::Result<TokensMeta> {
+        let path = dir.join(TOKENS_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{} is not a tokens.json: {e}", path.display()))
+    }
+}
+
 fn default_max_length() -> usize {
     512
 }

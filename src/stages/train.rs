@@ -12,7 +12,7 @@ use anyhow::Context;
 use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
-use super::tokenize::{TOKENS_FILE, TokensMeta};
+use super::tokenize::TokensMeta;
 use crate::backend;
 use crate::data::batches::{Batching, Side, SplitTensors};
 use crate::data::table::TableMeta;
@@ -185,7 +185,7 @@ impl Vectorized {
         let input = input_with(ctx, "batching.json", "vectorized data")?;
         let dir = input.dir.clone();
         let batching = serde_json::from_slice(&std::fs::read(dir.join("batching.json"))?)?;
-        let tokens = serde_json::from_slice(&std::fs::read(dir.join(TOKENS_FILE))?)?;
+        let tokens = TokensMeta::read(&dir)?;
         let table = TableMeta::read(&dir)?;
         Ok(Vectorized {
             dir,
@@ -338,10 +338,20 @@ impl Stage for Train {
             outputs: config.loss.outputs(labels.len()),
             padding: batching.padding,
         };
-        let embedding = match &config.model.glove {
-            Some(_) => Some(pretrained(config, ctx, data.tokens.pad_id, shape.vocab_size)?),
-            None => None,
-        };
+        let embedding = config
+            .model
+            .glove
+            .as_deref()
+            .map(|glove| {
+                pretrained(
+                    glove,
+                    config.model.embedding_dim,
+                    ctx,
+                    data.tokens.pad_id,
+                    shape.vocab_size,
+                )
+            })
+            .transpose()?;
         let device = backend::device(ctx.device)?.autodiff();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(ctx.threads).build()?;
         let fitted = pool.install(|| {
@@ -396,24 +406,26 @@ impl Stage for Train {
     }
 }
 
-/// The embedding table from the GloVe file, for the tokenizer's vocabulary.
+/// The embedding table from the GloVe file `glove` (relative to the pipeline
+/// file), for the vocabulary of the needed tokenizer.
 fn pretrained(
-    config: &TrainConfig,
+    glove: &str,
+    dim: usize,
     ctx: &StageContext,
     pad_id: Option<u32>,
     vocab_size: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    let path = ctx.pipeline_dir.join(config.model.glove.as_deref().unwrap_or_default());
+    let path = ctx.pipeline_dir.join(glove);
     let input = input_with(ctx, "tokenizer.json", "a tokenizer for the GloVe words")?;
     let tokenizer = tokenizers::Tokenizer::from_file(input.dir.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", input.dir.join("tokenizer.json").display()))?;
     let vocab = tokenizer.get_vocab(true);
-    let loaded = model::glove::load(&path, config.model.embedding_dim, &vocab, pad_id, ctx.seed)?;
+    let loaded = model::glove::load(&path, dim, &vocab, pad_id, ctx.seed)?;
     tracing::info!(found = loaded.found, vocab = vocab_size, "GloVe vectors");
     anyhow::ensure!(
-        loaded.values.len() == vocab_size * config.model.embedding_dim,
+        loaded.values.len() == vocab_size * dim,
         "the tokenizer's vocabulary has {} entries but the data says {vocab_size}",
-        loaded.values.len() / config.model.embedding_dim
+        loaded.values.len() / dim
     );
     Ok(loaded.values)
 }

@@ -64,13 +64,12 @@ impl Stage for Vectorize {
     fn run(&self, config: &VectorizeConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
         let input = table::table_input(ctx)?;
         let meta = TableMeta::read(&input.dir)?;
-        let tokens_path = input.dir.join(TOKENS_FILE);
         anyhow::ensure!(
-            tokens_path.exists(),
+            input.dir.join(TOKENS_FILE).exists(),
             "stage `{}` is not a tokenize stage: vectorize needs token ids",
             input.name
         );
-        let tokens: TokensMeta = serde_json::from_slice(&std::fs::read(tokens_path)?)?;
+        let tokens = TokensMeta::read(&input.dir)?;
         let pad_id = config.pad_id.or(tokens.pad_id).ok_or_else(|| {
             anyhow::anyhow!("`pad_id`: the tokenizer defines no padding token; set `pad_id` explicitly")
         })?;

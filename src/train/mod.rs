@@ -124,7 +124,7 @@ pub struct Selection {
 
 /// What training produced.
 pub struct Fitted {
-    /// The final model (the best one if requested and evaluated).
+    /// The model after the last step.
     pub final_model: Model,
     /// The best evaluated model, with its step and metric value.
     pub best: Option<(Model, usize, f64)>,
@@ -159,11 +159,13 @@ pub fn fit(model: Model, data: &Data, plan: &Plan, device: &Device, ctx: &StageC
     let mut stopped_early = false;
     let (mut window_loss, mut window_steps) = (0.0, 0usize);
     let mut last_finite: Option<(usize, f64)> = None;
+    let epoch_batches = |epoch| {
+        data.batching
+            .plan(&data.train.lengths, plan.seed, epoch, true)
+            .into_iter()
+    };
     let mut epoch = 0u64;
-    let mut batches = data
-        .batching
-        .plan(&data.train.lengths, plan.seed, epoch, true)
-        .into_iter();
+    let mut batches = epoch_batches(epoch);
     let per_epoch = batches.len().max(1);
     ctx.progress.set_total(plan.total_steps as u64, "steps");
     let mut step = 0;
@@ -173,10 +175,7 @@ pub fn fit(model: Model, data: &Data, plan: &Plan, device: &Device, ctx: &StageC
             Some(rows) => rows,
             None => {
                 epoch += 1;
-                batches = data
-                    .batching
-                    .plan(&data.train.lengths, plan.seed, epoch, true)
-                    .into_iter();
+                batches = epoch_batches(epoch);
                 continue;
             }
         };
@@ -260,7 +259,7 @@ pub fn fit(model: Model, data: &Data, plan: &Plan, device: &Device, ctx: &StageC
     })
 }
 
-/// Scores of `model` on a whole split, with the mean loss under `eval_loss`.
+/// Scores of a model on a whole split, and its predictions.
 pub struct Evaluation {
     /// Confusion-matrix based scores.
     pub scores: Scores,
