@@ -173,8 +173,11 @@ impl Progress for PlainProgress<'_> {
     }
 
     fn message(&self, text: &str) {
-        if !self.quiet {
-            eprintln!("  progress {}: {text}", self.label);
+        let mut state = self.state.lock().expect("progress lock");
+        if self.quiet || state.last_print.elapsed() < PLAIN_INTERVAL {
+            return;
         }
+        state.last_print = Instant::now();
+        eprintln!("  progress {}: {text}", self.label);
     }
 }

@@ -27,6 +27,10 @@ pub trait Stage: Send + Sync + 'static {
     /// Bumped whenever a code change alters the kind's output; part of every key.
     const VERSION: u32;
 
+    /// Output files worth reviewing in experiment tracking (MLflow artifacts):
+    /// names, or `*.ext` for every file with that extension.
+    const ARTIFACTS: &'static [&'static str] = &[];
+
     /// Checks values that types alone cannot (ranges, combinations).
     fn validate(&self, _config: &Self::Config) -> Result<(), Invalid> {
         Ok(())
@@ -49,6 +53,8 @@ pub trait Stage: Send + Sync + 'static {
     }
 
     /// How many CPU threads the stage keeps busy (its share of `--jobs`).
+    /// A config key called `threads` is left out of the cache key: outputs
+    /// must not depend on it.
     fn threads(&self, _config: &Self::Config) -> usize {
         1
     }
@@ -180,6 +186,8 @@ pub trait DynStage: Send + Sync {
     fn kind(&self) -> &'static str;
     /// See [`Stage::VERSION`].
     fn version(&self) -> u32;
+    /// See [`Stage::ARTIFACTS`].
+    fn artifacts(&self) -> &'static [&'static str];
     /// Types and validates a stage body; `what` names the stage in errors.
     fn resolve(&self, source: &Source, body: &Node, what: &str) -> Result<ResolvedConfig, SpecError>;
     /// Runs the stage on a resolved config.
@@ -195,6 +203,10 @@ impl<S: Stage> DynStage for S {
         S::VERSION
     }
 
+    fn artifacts(&self) -> &'static [&'static str] {
+        S::ARTIFACTS
+    }
+
     fn resolve(&self, source: &Source, body: &Node, what: &str) -> Result<ResolvedConfig, SpecError> {
         let config: S::Config = source.deserialize(body, &[], what)?;
         if let Err(invalid) = self.validate(&config) {
@@ -202,9 +214,16 @@ impl<S: Stage> DynStage for S {
             let message = format!("`{}` of {what} {}", invalid.path.join("."), invalid.message);
             return Err(source.error(origin, message));
         }
+        let mut json = serde_json::to_value(&config).expect("stage configs serialize to JSON");
+        if let Some(map) = json.as_object_mut() {
+            // `threads` only schedules the work (outputs are identical for any
+            // count), so it stays out of the key: a sweep may give trials
+            // fewer threads and still share entries with single runs.
+            map.remove("threads");
+        }
         Ok(ResolvedConfig {
             version: S::VERSION,
-            config: serde_json::to_value(&config).expect("stage configs serialize to JSON"),
+            config: json,
             uses_seed: self.uses_seed(&config),
             uses_device: self.uses_device(&config),
             input_files: self.input_files(&config),

@@ -7,6 +7,7 @@
 mod gc;
 mod inspect;
 mod run;
+mod sweep;
 mod verify;
 mod why;
 
@@ -20,6 +21,7 @@ use crate::dag::Graph;
 use crate::spec::{Pipeline, SpecError};
 use crate::stage::Registry;
 use crate::store::Store;
+use crate::tracking::{self, Tracker};
 
 /// Exit code: a stage failed, stages are stale, or outputs differ.
 pub const EXIT_FAILED: u8 = 1;
@@ -108,6 +110,11 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         stages: Vec<String>,
     },
+    /// MLflow tracking: replay the calls spooled while the server was unreachable.
+    Mlflow {
+        #[command(subcommand)]
+        command: MlflowCommand,
+    },
     /// Drop every cache entry that no lock file refers to.
     Gc {
         /// Lock files or directories to search for them (default: pipelines/ and sweeps/).
@@ -115,6 +122,17 @@ enum Command {
         /// Only report what would be removed.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+/// `pipeline mlflow ...`.
+#[derive(Subcommand, Debug)]
+enum MlflowCommand {
+    /// Send the spooled calls in the store to the server, oldest first.
+    Sync {
+        /// The tracking server (default: MLFLOW_TRACKING_URI).
+        #[arg(long, env = "MLFLOW_TRACKING_URI")]
+        uri: String,
     },
 }
 
@@ -138,8 +156,35 @@ struct Env<'a> {
 }
 
 impl Env<'_> {
-    fn load(&self, target: &Target) -> Result<Pipeline, SpecError> {
-        Pipeline::load(&target.file, &target.sets, self.registry)
+    fn load(&self, target: &Target) -> anyhow::Result<Pipeline> {
+        if crate::spec::is_sweep(&target.file) {
+            return Err(UsageError(format!(
+                "{} is a sweep file; this command takes a pipeline file (`pipeline run` takes both)",
+                target.file.display()
+            ))
+            .into());
+        }
+        Ok(Pipeline::load(&target.file, &target.sets, self.registry)?)
+    }
+
+    /// The MLflow tracker of a `tracking:` section, if it has `mlflow` and a server.
+    fn tracker(&self, tracking: Option<&crate::spec::Tracking>) -> anyhow::Result<Option<Tracker>> {
+        let Some(mlflow) = tracking.and_then(|t| t.mlflow.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(uri) = tracking::server_uri(mlflow) else {
+            eprintln!(
+                "MLflow: no server for experiment `{}` (set {} or `uri:`); runs are recorded in the local store only",
+                mlflow.experiment,
+                tracking::URI_ENV
+            );
+            return Ok(None);
+        };
+        Ok(Some(Tracker::new(
+            &uri,
+            &mlflow.experiment,
+            &tracking::spool_dir(self.store.root()),
+        )))
     }
 
     fn graph(&self, pipeline: &Pipeline) -> anyhow::Result<(Graph, Vec<usize>)> {
@@ -175,6 +220,9 @@ pub fn main(registry: &Registry) -> ExitCode {
         Command::Verify { target, stages, jobs } => verify::verify(&env, target, stages, *jobs),
         Command::Clean { target, stages } => gc::clean(&env, target, stages),
         Command::Gc { locks, dry_run } => gc::gc(&env, locks, *dry_run),
+        Command::Mlflow {
+            command: MlflowCommand::Sync { uri },
+        } => sync(&env, uri),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -195,6 +243,20 @@ pub fn main(registry: &Registry) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// `pipeline mlflow sync`.
+fn sync(env: &Env, uri: &str) -> anyhow::Result<u8> {
+    let report = tracking::sync(uri, &tracking::spool_dir(env.store.root()))?;
+    eprintln!(
+        "mlflow sync: {} spool file(s) replayed, {} calls sent to {uri}",
+        report.replayed.len(),
+        report.calls
+    );
+    if env.json {
+        env.print_json(&serde_json::to_value(&report)?);
+    }
+    Ok(0)
 }
 
 fn init_logging() {

@@ -1,36 +1,56 @@
-//! `pipeline run`.
+//! `pipeline run FILE`: a pipeline file, or a sweep file (see [`super::sweep`]).
 
 use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_INTERRUPTED, Env, Target, default_jobs, interrupt_flag};
 use crate::console::Console;
-use crate::dag::{ExecOptions, Execution, Graph, NodeState, execute};
-use crate::spec::{Pipeline, lock_path};
-use crate::store::{LockFile, LockedStage};
+use crate::dag::{ExecOptions, Execution, NodeState};
+use crate::session::{Instance, Session, Tracking};
+use crate::spec::{is_sweep, lock_path};
+use crate::tracking::record::git_tags;
 
 pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Result<u8> {
+    if is_sweep(&target.file) {
+        return super::sweep::run(env, target, jobs);
+    }
     let pipeline = env.load(target)?;
-    let (graph, nodes) = env.graph(&pipeline)?;
+    let tracker = env.tracker(pipeline.tracking.as_ref())?;
+    let dir = pipeline.dir.clone();
+    let instance = Instance {
+        name: pipeline.name.clone(),
+        label: None,
+        pipeline,
+        tags: Vec::new(),
+    };
+    let session = Session::new(vec![instance], &env.store)?;
+    let tracking = tracker.as_ref().map(|tracker| Tracking {
+        tracker,
+        parent: None,
+        git: git_tags(&dir),
+    });
     let console = Console::new(false);
     let cancel = interrupt_flag();
     let options = ExecOptions::with_jobs(default_jobs(jobs));
-    let execution = execute(&graph, env.registry, &env.store, &options, &console, cancel);
+    let (execution, _) = session.execute(env.registry, &env.store, &options, &console, cancel, tracking.as_ref());
     env.store.save_state();
+    let pipeline = &session.instances[0].pipeline;
     // The lock describes the pipeline file as written: a run with `--set`
     // overrides is a variant and leaves it alone.
-    if execution.succeeded() && target.sets.is_empty() {
-        lock_file(&pipeline, &graph, &nodes, &execution).write(&lock_path(&target.file))?;
+    if let Some(lock) = session.lock_file(0, &execution).filter(|_| target.sets.is_empty()) {
+        lock.write(&lock_path(&target.file))?;
     } else if execution.succeeded() {
         console.line("lock file not written: the run had --set overrides");
     }
+    if let Some(tracker) = &tracker {
+        super::sweep::report_tracking(&console, tracker);
+    }
     let count = |word: &str| execution.results.iter().filter(|r| r.state.word() == word).count();
-    let failed = count("failed");
     console.line(&format!(
         "pipeline `{}`: {} ran, {} cached, {} failed, {} skipped in {:.3}s",
         pipeline.name,
         count("ran") + count("ran-elsewhere"),
         count("cached"),
-        failed,
+        count("failed"),
         count("skipped"),
         execution.elapsed.as_secs_f64()
     ));
@@ -40,60 +60,35 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
             "ok": execution.succeeded(),
             "interrupted": execution.interrupted,
             "seconds": execution.elapsed.as_secs_f64(),
-            "stages": stage_report(&pipeline, &graph, &nodes, &execution),
+            "stages": stage_report(&session, 0, &execution),
         }));
     }
-    for (stage, &node) in pipeline.stages.iter().zip(&nodes) {
+    for (stage, &node) in pipeline.stages.iter().zip(&session.nodes[0]) {
         if let NodeState::Failed(error) = &execution.results[node].state {
             eprintln!("error: stage `{}` failed: {error}", stage.name);
         }
     }
-    Ok(if execution.interrupted {
+    Ok(exit_code(&execution))
+}
+
+/// 130 when interrupted, 1 when a stage failed, else 0.
+pub(super) fn exit_code(execution: &Execution) -> u8 {
+    if execution.interrupted {
         EXIT_INTERRUPTED
     } else if execution.succeeded() {
         0
     } else {
         EXIT_FAILED
-    })
-}
-
-/// The lock file of a fully successful run.
-pub(super) fn lock_file(pipeline: &Pipeline, graph: &Graph, nodes: &[usize], execution: &Execution) -> LockFile {
-    let stages = pipeline
-        .stages
-        .iter()
-        .zip(nodes)
-        .map(|(stage, &node)| {
-            let manifest = execution.results[node]
-                .manifest
-                .as_ref()
-                .expect("successful nodes have manifests");
-            let locked = LockedStage {
-                key: graph.nodes[node].key.clone(),
-                material: graph.nodes[node].material.clone(),
-                outputs: manifest.files.clone(),
-                metrics: manifest.metrics.clone(),
-            };
-            (stage.name.clone(), locked)
-        })
-        .collect();
-    LockFile {
-        pipeline: pipeline.name.clone(),
-        stages,
     }
 }
 
-/// Per stage: name, kind, key, state, seconds, metrics and error, for `--json`.
-pub(super) fn stage_report(
-    pipeline: &Pipeline,
-    graph: &Graph,
-    nodes: &[usize],
-    execution: &Execution,
-) -> serde_json::Value {
-    pipeline
+/// Per stage of an instance: name, kind, key, state, seconds, metrics and error, for `--json`.
+pub(super) fn stage_report(session: &Session, instance: usize, execution: &Execution) -> serde_json::Value {
+    session.instances[instance]
+        .pipeline
         .stages
         .iter()
-        .zip(nodes)
+        .zip(&session.nodes[instance])
         .map(|(stage, &node)| {
             let result = &execution.results[node];
             let error = match &result.state {
@@ -103,7 +98,7 @@ pub(super) fn stage_report(
             json!({
                 "name": stage.name,
                 "kind": stage.kind,
-                "key": graph.nodes[node].key,
+                "key": session.graph.nodes[node].key,
                 "state": result.state.word(),
                 "seconds": result.seconds,
                 "metrics": result.manifest.as_ref().map(|m| &m.metrics),

@@ -46,6 +46,11 @@ impl Graph {
         Self::default()
     }
 
+    /// The node with this cache key.
+    pub fn index_of(&self, key: &str) -> Option<usize> {
+        self.by_key.get(key).copied()
+    }
+
     /// Adds a pipeline instance and returns the node of each of its stages
     /// (in stage order). `label` prefixes node labels, for sweeps.
     pub fn add_pipeline(

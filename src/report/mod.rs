@@ -2,6 +2,7 @@
 //! Markdown version with the charts as SVG files beside it.
 
 pub mod svg;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -88,16 +89,7 @@ impl RunReport<'_> {
 
     /// The HTML page.
     pub fn html(&self) -> String {
-        let mut page = String::new();
-        let _ = write!(
-            page,
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{0}</title><style>\
-             body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}\
-             table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
-             th{{background:#f4f4f4}}pre{{background:#f7f7f7;padding:1em;overflow:auto}}</style></head>\
-             <body><h1>{0}</h1>\n",
-            escape(self.title)
-        );
+        let mut page = page_start(self.title);
         page.push_str("<h2>Summary</h2>\n");
         page.push_str(&html_table(
             &["metric", "value"],
@@ -180,6 +172,18 @@ impl RunReport<'_> {
             .collect();
         (header, rows)
     }
+}
+
+/// The start of a self-contained HTML page, up to its `<h1>`.
+pub fn page_start(title: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{0}</title><style>\
+         body{{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+         th{{background:#f4f4f4}}pre{{background:#f7f7f7;padding:1em;overflow:auto}}</style></head>\
+         <body><h1>{0}</h1>\n",
+        escape(title)
+    )
 }
 
 /// A number with four decimals, or as an integer when it is one.

@@ -29,6 +29,8 @@ pub struct SpecError {
     pub message: String,
     /// A suggestion, e.g. "did you mean `optimizer`?".
     pub help: Option<String>,
+    /// The index of the `--set` override it points at, when it points at one.
+    pub from_override: Option<u32>,
 }
 
 impl SpecError {
@@ -66,6 +68,7 @@ impl Source {
             snippet: None,
             message: format!("cannot read {}: {e}", path.display()),
             help: None,
+            from_override: None,
         })?;
         Ok(Source {
             path: path.to_path_buf(),
@@ -76,6 +79,10 @@ impl Source {
 
     /// An error at `origin`.
     pub fn error(&self, origin: Origin, message: impl Into<String>) -> SpecError {
+        let from_override = match origin {
+            Origin::Override(i) => u32::try_from(i).ok(),
+            Origin::File { .. } => None,
+        };
         let (location, snippet) = match origin {
             Origin::File { line, col } => {
                 let text = self.text.lines().nth(line.saturating_sub(1)).unwrap_or("");
@@ -95,6 +102,7 @@ impl Source {
             snippet,
             message: message.into(),
             help: None,
+            from_override,
         }
     }
 

@@ -2,8 +2,10 @@
 
 mod error;
 mod pipeline;
+mod sweep;
 mod yaml;
 
 pub use error::{Source, SpecError, did_you_mean};
 pub use pipeline::{MlflowTracking, Pipeline, StageSpec, Tracking, lock_path};
+pub use sweep::{Goal, Method, Objective, Sweep, Trial, is_sweep};
 pub use yaml::{Entry, Node, Origin, Value};

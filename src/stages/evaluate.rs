@@ -42,6 +42,7 @@ impl Stage for Evaluate {
     type Config = EvaluateConfig;
     const KIND: &'static str = "evaluate";
     const VERSION: u32 = 1;
+    const ARTIFACTS: &'static [&'static str] = &["metrics.json"];
 
     fn validate(&self, config: &EvaluateConfig) -> Result<(), Invalid> {
         if config.batch_size == 0 {

@@ -28,6 +28,7 @@ impl Stage for Report {
     type Config = ReportConfig;
     const KIND: &'static str = "report";
     const VERSION: u32 = 1;
+    const ARTIFACTS: &'static [&'static str] = &["report.html", "report.md", "*.svg"];
 
     fn run(&self, config: &ReportConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
         let trained = input_with(ctx, TRAIN_FILE, "a trained model")?;

@@ -216,6 +216,7 @@ impl Stage for Train {
     type Config = TrainConfig;
     const KIND: &'static str = "train";
     const VERSION: u32 = 2;
+    const ARTIFACTS: &'static [&'static str] = &["model.safetensors", "history.csv", "train.json"];
 
     fn validate(&self, config: &TrainConfig) -> Result<(), Invalid> {
         if let Err((key, message)) = config.model.check() {
@@ -401,6 +402,16 @@ impl Stage for Train {
         if let Some((step, value)) = best {
             outcome.metrics.insert("best_step".into(), step as f64);
             outcome.metrics.insert(format!("best_{}", config.metric), value);
+        }
+        // The evaluation of the weights the stage keeps, named as the Trainer does (`eval_accuracy`).
+        let kept_step = best.filter(|_| config.load_best_at_end).map(|(step, _)| step);
+        if let Some(row) = fitted.history.last_evaluation(kept_step) {
+            outcome.metrics.extend(
+                row.values
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("eval_"))
+                    .map(|(k, &v)| (k.clone(), v)),
+            );
         }
         Ok(outcome)
     }

@@ -55,6 +55,15 @@ impl History {
             .collect()
     }
 
+    /// The evaluation row at `step`, or the last evaluation when `step` is `None`.
+    pub fn last_evaluation(&self, step: Option<usize>) -> Option<&Row> {
+        self.rows
+            .iter()
+            .rev()
+            .filter(|r| r.values.contains_key("eval_loss"))
+            .find(|r| step.is_none_or(|s| r.step == s))
+    }
+
     /// Writes `step,epoch,<metrics...>` CSV.
     pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
         let columns = self.columns();

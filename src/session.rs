@@ -1,0 +1,404 @@
+//! One `pipeline run`: pipeline instances (a pipeline, or the trials of a
+//! sweep) executed as one graph, in which equal stages are one node. When
+//! tracking is on, each instance becomes an MLflow run: created when its
+//! first own stage starts, completed as soon as its last stage ends.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use crate::console::Console;
+use crate::dag::{ExecOptions, Execution, Graph, GraphNode, NodeState, Reporter, execute};
+use crate::spec::Pipeline;
+use crate::stage::{Progress, Registry};
+use crate::store::{LockFile, LockedStage, Lookup, Store};
+use crate::tracking::record::{self, StageRecord};
+use crate::tracking::{RunHandle, RunStatus, Tracker};
+
+/// A pipeline instance of the session.
+#[derive(Debug)]
+pub struct Instance {
+    /// Its run name (the pipeline's name, or `trial-<id>`).
+    pub name: String,
+    /// Prefix of its stage labels when the session has several instances.
+    pub label: Option<String>,
+    /// The pipeline, overrides applied.
+    pub pipeline: Pipeline,
+    /// Extra tags and params of its run (e.g. the trial id).
+    pub tags: Vec<(String, String)>,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// Every stage came from the cache.
+    Cached,
+    /// Every stage succeeded, some ran.
+    Succeeded,
+    /// A stage failed (its error).
+    Failed(String),
+    /// The run was interrupted first.
+    Interrupted,
+}
+
+impl Ending {
+    /// A short word for tables and JSON.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Ending::Cached => "cached",
+            Ending::Succeeded => "finished",
+            Ending::Failed(_) => "failed",
+            Ending::Interrupted => "interrupted",
+        }
+    }
+
+    /// True when the instance's outputs are all available.
+    pub fn succeeded(&self) -> bool {
+        matches!(self, Ending::Cached | Ending::Succeeded)
+    }
+}
+
+/// The result of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceResult {
+    /// How it ended.
+    pub ending: Ending,
+    /// Seconds its own stages ran (stages shared with other instances not counted).
+    pub seconds: f64,
+    /// Every stage's headline metrics (a later stage wins a name).
+    pub metrics: BTreeMap<String, f64>,
+    /// Its stages, in pipeline order.
+    pub stages: Vec<StageRecord>,
+}
+
+/// Where and how instances are tracked.
+pub struct Tracking<'a> {
+    /// The tracker.
+    pub tracker: &'a Tracker,
+    /// The run the instances' runs nest under (a sweep's).
+    pub parent: Option<RunHandle>,
+    /// Git tags of the checkout.
+    pub git: Vec<(String, String)>,
+}
+
+/// Instances and their graph.
+pub struct Session {
+    /// The merged graph.
+    pub graph: Graph,
+    /// The instances.
+    pub instances: Vec<Instance>,
+    /// Per instance, the node of each of its stages.
+    pub nodes: Vec<Vec<usize>>,
+    /// Per node, the instances that use it.
+    pub owners: Vec<Vec<usize>>,
+}
+
+impl Session {
+    /// Builds the graph of all instances; stages with equal keys merge.
+    pub fn new(instances: Vec<Instance>, store: &Store) -> anyhow::Result<Session> {
+        let mut graph = Graph::new();
+        let mut nodes = Vec::with_capacity(instances.len());
+        for instance in &instances {
+            nodes.push(graph.add_pipeline(&instance.pipeline, instance.label.as_deref(), store.stat_cache())?);
+        }
+        let mut owners = vec![Vec::new(); graph.nodes.len()];
+        for (i, list) in nodes.iter().enumerate() {
+            for &n in list {
+                if !owners[n].contains(&i) {
+                    owners[n].push(i);
+                }
+            }
+        }
+        for (n, users) in owners.iter().enumerate() {
+            // A stage shared by several instances is shown by its own name.
+            if users.len() > 1
+                && let Some((_, stage)) = graph.nodes[n].label.split_once('/')
+            {
+                graph.nodes[n].label = stage.to_string();
+            }
+        }
+        Ok(Session {
+            graph,
+            instances,
+            nodes,
+            owners,
+        })
+    }
+
+    /// True when only one instance uses the node.
+    pub fn is_own(&self, node: usize) -> bool {
+        self.owners[node].len() == 1
+    }
+
+    /// Runs the graph; every instance gets its result (and its run, when tracked).
+    pub fn execute(
+        &self,
+        registry: &Registry,
+        store: &Store,
+        options: &ExecOptions,
+        console: &Console,
+        cancel: &AtomicBool,
+        tracking: Option<&Tracking>,
+    ) -> (Execution, Vec<InstanceResult>) {
+        let live = Live {
+            session: self,
+            console,
+            store,
+            registry,
+            tracking,
+            state: Mutex::new(LiveState {
+                ended: vec![None; self.graph.nodes.len()],
+                runs: vec![None; self.instances.len()],
+                results: vec![None; self.instances.len()],
+            }),
+        };
+        let execution = execute(&self.graph, registry, store, options, &live, cancel);
+        let mut state = live.state.into_inner().expect("session lock");
+        for (n, result) in execution.results.iter().enumerate() {
+            if state.ended[n].is_none() {
+                state.ended[n] = Some((result.state.clone(), result.seconds));
+            }
+        }
+        for i in 0..self.instances.len() {
+            if state.results[i].is_none() {
+                let result = finalize(self, i, &mut state, store, registry, tracking);
+                state.results[i] = Some(result);
+            }
+        }
+        let results = state
+            .results
+            .into_iter()
+            .map(|r| r.expect("every instance ended"))
+            .collect();
+        (execution, results)
+    }
+
+    /// The lock file of an instance whose stages all succeeded.
+    pub fn lock_file(&self, instance: usize, execution: &Execution) -> Option<LockFile> {
+        lock_file(self, instance, |n| {
+            execution.results[n]
+                .manifest
+                .as_ref()
+                .map(|m| (m.files.clone(), m.metrics.clone()))
+        })
+    }
+}
+
+type Outputs = (BTreeMap<String, crate::store::FileDigest>, BTreeMap<String, f64>);
+
+fn lock_file(session: &Session, instance: usize, outputs: impl Fn(usize) -> Option<Outputs>) -> Option<LockFile> {
+    let pipeline = &session.instances[instance].pipeline;
+    let mut stages = indexmap::IndexMap::new();
+    for (stage, &n) in pipeline.stages.iter().zip(&session.nodes[instance]) {
+        let (files, metrics) = outputs(n)?;
+        let node = &session.graph.nodes[n];
+        stages.insert(
+            stage.name.clone(),
+            LockedStage {
+                key: node.key.clone(),
+                material: node.material.clone(),
+                outputs: files,
+                metrics,
+            },
+        );
+    }
+    Some(LockFile {
+        pipeline: pipeline.name.clone(),
+        stages,
+    })
+}
+
+struct LiveState {
+    /// Per node: how it ended and its seconds.
+    ended: Vec<Option<(NodeState, f64)>>,
+    /// Per instance: its run, once started.
+    runs: Vec<Option<RunHandle>>,
+    /// Per instance: its result, once complete.
+    results: Vec<Option<InstanceResult>>,
+}
+
+/// The reporter of a session: the console, plus runs that follow the instances.
+struct Live<'a> {
+    session: &'a Session,
+    console: &'a Console,
+    store: &'a Store,
+    registry: &'a Registry,
+    tracking: Option<&'a Tracking<'a>>,
+    state: Mutex<LiveState>,
+}
+
+impl Live<'_> {
+    fn index(&self, node: &GraphNode) -> usize {
+        self.session
+            .graph
+            .index_of(&node.key)
+            .expect("the node is in the graph")
+    }
+
+    fn ended(&self, n: usize, state: NodeState, seconds: f64) {
+        let mut live = self.state.lock().expect("session lock");
+        live.ended[n] = Some((state, seconds));
+        for &i in &self.session.owners[n] {
+            let complete = self.session.nodes[i].iter().all(|&m| live.ended[m].is_some());
+            if complete && live.results[i].is_none() {
+                let result = finalize(self.session, i, &mut live, self.store, self.registry, self.tracking);
+                live.results[i] = Some(result);
+            }
+        }
+    }
+}
+
+impl Reporter for Live<'_> {
+    fn cached(&self, node: &GraphNode) {
+        self.console.cached(node);
+        self.ended(self.index(node), NodeState::Cached, 0.0);
+    }
+
+    fn damaged(&self, node: &GraphNode, why: &str) {
+        self.console.damaged(node, why);
+    }
+
+    fn started<'b>(&'b self, node: &'b GraphNode) -> Box<dyn Progress + 'b> {
+        if let Some(tracking) = self.tracking {
+            let n = self.index(node);
+            let mut live = self.state.lock().expect("session lock");
+            for &i in &self.session.owners[n] {
+                if live.runs[i].is_none() && self.session.is_own(n) {
+                    live.runs[i] = Some(start_run(&self.session.instances[i], tracking));
+                }
+            }
+        }
+        self.console.started(node)
+    }
+
+    fn waiting(&self, node: &GraphNode) {
+        self.console.waiting(node);
+    }
+
+    fn finished(&self, node: &GraphNode, state: &NodeState, seconds: f64) {
+        self.console.finished(node, state, seconds);
+        self.ended(self.index(node), state.clone(), seconds);
+    }
+}
+
+fn start_run(instance: &Instance, tracking: &Tracking) -> RunHandle {
+    let mut tags = record::start_tags(&instance.pipeline, &tracking.git);
+    tags.extend(instance.tags.iter().cloned());
+    tracking.tracker.start_run(&instance.name, tags, tracking.parent)
+}
+
+/// The result of a complete instance; logs and ends its run when tracked.
+fn finalize(
+    session: &Session,
+    i: usize,
+    live: &mut LiveState,
+    store: &Store,
+    registry: &Registry,
+    tracking: Option<&Tracking>,
+) -> InstanceResult {
+    let instance = &session.instances[i];
+    let mut stages = Vec::new();
+    let mut seconds = 0.0;
+    let mut metrics = BTreeMap::new();
+    let mut error = None;
+    let mut interrupted = false;
+    for (stage, &n) in instance.pipeline.stages.iter().zip(&session.nodes[i]) {
+        let node = &session.graph.nodes[n];
+        let (state, node_seconds) = live.ended[n].clone().unwrap_or((NodeState::Interrupted, 0.0));
+        if session.is_own(n) {
+            seconds += node_seconds;
+        }
+        let manifest = match store.lookup(&node.material.kind, &node.key) {
+            Lookup::Valid(manifest) if state.succeeded() => Some(manifest),
+            _ => None,
+        };
+        match &state {
+            NodeState::Failed(e) if error.is_none() => error = Some(format!("stage `{}`: {e}", stage.name)),
+            NodeState::Interrupted => interrupted = true,
+            _ => {}
+        }
+        let stage_metrics = manifest.as_ref().map(|m| m.metrics.clone()).unwrap_or_default();
+        metrics.extend(stage_metrics.clone());
+        stages.push(StageRecord {
+            name: stage.name.clone(),
+            kind: node.material.kind.clone(),
+            key: node.key.clone(),
+            state: state.word(),
+            out_dir: manifest
+                .is_some()
+                .then(|| store.out_dir(&node.material.kind, &node.key)),
+            metrics: stage_metrics,
+        });
+    }
+    let ending = match (error, interrupted) {
+        (Some(e), _) => Ending::Failed(e),
+        (None, true) => Ending::Interrupted,
+        (None, false) if stages.iter().any(|s| s.out_dir.is_none()) => {
+            Ending::Failed("a stage it needs did not succeed".into())
+        }
+        (None, false) if stages.iter().all(|s| s.state == "cached") => Ending::Cached,
+        (None, false) => Ending::Succeeded,
+    };
+    let result = InstanceResult {
+        ending,
+        seconds,
+        metrics,
+        stages,
+    };
+    if let Some(tracking) = tracking {
+        let run = *live.runs[i].get_or_insert_with(|| start_run(instance, tracking));
+        log_run(session, i, run, &result, store, registry, tracking);
+    }
+    result
+}
+
+/// Sends an instance's params, metrics, tags and artifacts, and ends its run.
+fn log_run(
+    session: &Session,
+    i: usize,
+    run: RunHandle,
+    result: &InstanceResult,
+    store: &Store,
+    registry: &Registry,
+    tracking: &Tracking,
+) {
+    let tracker = tracking.tracker;
+    let metrics = record::metrics(&result.stages).unwrap_or_else(|e| {
+        eprintln!("warning: cannot read the step history: {e:#}");
+        Vec::new()
+    });
+    let error = match &result.ending {
+        Ending::Failed(e) => Some(e.as_str()),
+        _ => None,
+    };
+    tracker.log(
+        run,
+        &metrics,
+        record::params(&session.instances[i].pipeline),
+        record::end_tags(&result.stages, error),
+    );
+    for (file, dest) in record::artifacts(registry, &result.stages) {
+        tracker.upload(run, &file, &dest);
+    }
+    let outputs = |n: usize| match store.lookup(&session.graph.nodes[n].material.kind, &session.graph.nodes[n].key) {
+        Lookup::Valid(m) => Some((m.files.clone(), m.metrics.clone())),
+        _ => None,
+    };
+    if let Some(lock) = lock_file(session, i, outputs) {
+        let path = std::env::temp_dir().join(format!(
+            "pipeline-{}-{}.lock",
+            std::process::id(),
+            session.instances[i].name
+        ));
+        if std::fs::write(&path, serde_yaml::to_string(&lock).unwrap_or_default()).is_ok() {
+            tracker.upload(run, &path, "pipeline.lock");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    let status = match result.ending {
+        Ending::Cached | Ending::Succeeded => RunStatus::Finished,
+        Ending::Failed(_) => RunStatus::Failed,
+        Ending::Interrupted => RunStatus::Killed,
+    };
+    tracker.finish(run, status);
+}

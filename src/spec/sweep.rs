@@ -1,0 +1,541 @@
+//! Sweep files (`sweeps/*.yaml`): a pipeline, the parameters to vary and how.
+//! Loading expands the sweep into trials (the pipeline with overrides) and
+//! validates every one of them, so bad paths or values fail before anything
+//! runs, located in the sweep file.
+
+use std::path::{Path, PathBuf};
+
+use rand_chacha::rand_core::Rng as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::error::{Source, SpecError, did_you_mean};
+use super::pipeline::{Pipeline, Tracking};
+use super::yaml::{Node, Origin};
+use crate::data::rng;
+use crate::stage::Registry;
+
+/// A validated sweep with its trials.
+#[derive(Debug)]
+pub struct Sweep {
+    /// The sweep file.
+    pub source: Source,
+    /// `name:` (default: the file name without extension).
+    pub name: String,
+    /// The pipeline file, resolved against the sweep file's directory.
+    pub pipeline_file: PathBuf,
+    /// `grid` or `random`.
+    pub method: Method,
+    /// The metric that ranks trials.
+    pub metric: Objective,
+    /// Trials run at once.
+    pub parallel: usize,
+    /// Devices trials lease (`cpu`: CPU slots that split the cores).
+    pub devices: Vec<String>,
+    /// `tracking:` of the sweep, else of the pipeline.
+    pub tracking: Option<Tracking>,
+    /// The dotted paths that vary, in file order.
+    pub parameters: Vec<String>,
+    /// The trials, in expansion order.
+    pub trials: Vec<Trial>,
+}
+
+/// One pipeline instance of a sweep.
+#[derive(Debug)]
+pub struct Trial {
+    /// 8 hex digits derived from the parameter values, stable across runs.
+    pub id: String,
+    /// The value of each sweep parameter, in [`Sweep::parameters`] order.
+    pub params: Vec<Json>,
+    /// The pipeline with the overrides applied.
+    pub pipeline: Pipeline,
+}
+
+impl Trial {
+    /// The trial's name in tables, logs and MLflow: `trial-<id>`.
+    pub fn label(&self) -> String {
+        format!("trial-{}", self.id)
+    }
+}
+
+/// How trials are chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Every combination of the listed values.
+    #[default]
+    Grid,
+    /// `trials` draws from the parameters' distributions.
+    Random,
+}
+
+/// `metric:`: what ranks the trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    /// A metric reported by a stage of the trial, e.g. `eval_accuracy` or `test_f1`.
+    pub name: String,
+    /// Whether larger or smaller is better.
+    pub goal: Goal,
+}
+
+/// Whether larger or smaller is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    /// Larger is better.
+    Maximize,
+    /// Smaller is better.
+    Minimize,
+}
+
+impl Goal {
+    /// Orders two metric values so that the better one comes first.
+    pub fn order(self, a: f64, b: f64) -> std::cmp::Ordering {
+        match self {
+            Goal::Maximize => b.total_cmp(&a),
+            Goal::Minimize => a.total_cmp(&b),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    #[serde(default)]
+    name: Option<String>,
+    pipeline: String,
+    #[serde(default)]
+    method: Method,
+    #[serde(default)]
+    trials: Option<usize>,
+    #[serde(default)]
+    seed: u64,
+    metric: Objective,
+    #[allow(dead_code)]
+    parameters: serde::de::IgnoredAny,
+    #[serde(default = "one")]
+    parallel: usize,
+    #[serde(default = "cpu")]
+    devices: Vec<String>,
+    #[serde(default)]
+    tracking: Option<Tracking>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn cpu() -> Vec<String> {
+    vec!["cpu".into()]
+}
+
+/// One entry of `parameters:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Domain {
+    #[serde(default)]
+    values: Option<Vec<Json>>,
+    #[serde(default)]
+    distribution: Option<Distribution>,
+    #[serde(default)]
+    min: Option<f64>,
+    #[serde(default)]
+    max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Distribution {
+    LogUniform,
+    Uniform,
+    IntUniform,
+    Choice,
+}
+
+/// A parameter ready to expand: its path, where it is written, and its domain.
+struct Parameter {
+    path: String,
+    origin: Origin,
+    kind: Kind,
+}
+
+enum Kind {
+    /// Listed values with their origins.
+    Values(Vec<(Json, Origin)>),
+    LogUniform(f64, f64),
+    Uniform(f64, f64),
+    IntUniform(i64, i64),
+}
+
+/// True when the YAML file is a sweep (it has `pipeline:` and `parameters:`).
+pub fn is_sweep(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    Node::parse(&text).is_ok_and(|root| root.entry("pipeline").is_some() && root.entry("parameters").is_some())
+}
+
+impl Sweep {
+    /// Reads a sweep file, expands its trials and validates each one;
+    /// `overrides` (`--set`) apply to every trial.
+    pub fn load(path: &Path, overrides: &[String], registry: &Registry) -> Result<Sweep, SpecError> {
+        let source = Source::read(path, Vec::new())?;
+        let root = source.parse()?;
+        if root.entries().is_none() {
+            return Err(source.error(
+                root.origin,
+                "a sweep file must be a mapping with `pipeline` and `parameters`",
+            ));
+        }
+        let header: Header = source.deserialize(&root, &[], "the sweep")?;
+        let at = |key: &str| root.locate([key]);
+        if header.parallel == 0 {
+            return Err(source.error(at("parallel"), "`parallel` must be at least 1"));
+        }
+        if header.devices.is_empty() {
+            return Err(source.error(at("devices"), "`devices` must list at least one device, e.g. [cpu]"));
+        }
+        for (i, device) in header.devices.iter().enumerate() {
+            if let Err(e) = crate::backend::device(device) {
+                return Err(source.error(root.locate(["devices", &i.to_string()]), format!("{e:#}")));
+            }
+        }
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let pipeline_file = dir.join(&header.pipeline);
+        if !pipeline_file.is_file() {
+            return Err(source
+                .error(
+                    at("pipeline"),
+                    format!("the pipeline file {} does not exist", pipeline_file.display()),
+                )
+                .with_help("`pipeline:` is relative to the sweep file's directory"));
+        }
+        let base = Pipeline::load(&pipeline_file, overrides, registry)?;
+        let parameters = read_parameters(&source, &root, header.method)?;
+        let raw = base.source.parse()?;
+        for p in &parameters {
+            check_path(&source, &raw, p)?;
+        }
+        let combinations = match header.method {
+            Method::Grid => grid(&parameters),
+            Method::Random => {
+                let Some(trials) = header.trials.filter(|&t| t > 0) else {
+                    return Err(source
+                        .error(at("method"), "`method: random` needs `trials: N` (at least 1)")
+                        .with_help("add e.g. `trials: 8`"));
+                };
+                random(&parameters, trials, header.seed)
+            }
+        };
+        let name = header.name.unwrap_or_else(|| {
+            path.file_stem()
+                .map_or_else(|| "sweep".into(), |s| s.to_string_lossy().into_owned())
+        });
+        let mut trials: Vec<Trial> = Vec::with_capacity(combinations.len());
+        for combination in combinations {
+            let params: Vec<Json> = combination.iter().map(|(v, _)| v.clone()).collect();
+            let id = trial_id(&parameters, &params);
+            if trials.iter().any(|t| t.id == id) {
+                continue;
+            }
+            let mut sets = overrides.to_vec();
+            sets.extend(parameters.iter().zip(&params).map(|(p, v)| format!("{}={v}", p.path)));
+            let pipeline = Pipeline::load(&pipeline_file, &sets, registry).map_err(|e| match e.from_override {
+                Some(i) if i as usize >= overrides.len() => {
+                    let origin = combination[i as usize - overrides.len()].1;
+                    let mut located = source.error(origin, e.message);
+                    located.help = e.help;
+                    located
+                }
+                _ => e,
+            })?;
+            trials.push(Trial { id, params, pipeline });
+        }
+        let tracking = header.tracking.or_else(|| base.tracking.clone());
+        Ok(Sweep {
+            source,
+            name,
+            pipeline_file,
+            method: header.method,
+            metric: header.metric,
+            parallel: header.parallel,
+            devices: header.devices,
+            tracking,
+            parameters: parameters.into_iter().map(|p| p.path).collect(),
+            trials,
+        })
+    }
+}
+
+/// Reads `parameters:` into typed domains, checking them for the method.
+fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<Parameter>, SpecError> {
+    let node = &root.entry("parameters").expect("required by the header").node;
+    let Some(entries) = node.entries().filter(|e| !e.is_empty()) else {
+        return Err(source
+            .error(
+                node.origin,
+                "`parameters` must map dotted pipeline paths to their values",
+            )
+            .with_help("e.g. `stages.train.optimizer.lr: {values: [1.0e-3, 1.0e-4]}`"));
+    };
+    let mut parameters = Vec::new();
+    for entry in entries {
+        let what = format!("parameter `{}`", entry.key);
+        let domain: Domain = source.deserialize(root, &["parameters", &entry.key], &what)?;
+        let at = |key: &str| root.locate(["parameters", entry.key.as_str(), key]);
+        let range = |name: &str| -> Result<(f64, f64), SpecError> {
+            match (domain.min, domain.max) {
+                (Some(min), Some(max)) if min <= max => Ok((min, max)),
+                (Some(_), Some(_)) => Err(source.error(at("max"), format!("`max` of {what} must not be below `min`"))),
+                _ => Err(source.error(entry.key_origin, format!("{what}: `{name}` needs `min` and `max`"))),
+            }
+        };
+        let kind = match (domain.values, domain.distribution) {
+            (Some(_), Some(d)) if !matches!(d, Distribution::Choice) => {
+                return Err(source.error(
+                    at("distribution"),
+                    format!("{what} has both `values` and a `distribution`; keep one"),
+                ));
+            }
+            (Some(values), _) => {
+                if values.is_empty() {
+                    return Err(source
+                        .error(at("values"), format!("{what} has no values: the grid would be empty"))
+                        .with_help("list at least one value"));
+                }
+                let origins = (0..values.len())
+                    .map(|i| root.locate(["parameters", entry.key.as_str(), "values", &i.to_string()]));
+                Kind::Values(values.into_iter().zip(origins).collect())
+            }
+            (None, None) | (None, Some(Distribution::Choice)) => {
+                return Err(source
+                    .error(
+                        entry.key_origin,
+                        format!("{what} needs `values` (or a `distribution` with method: random)"),
+                    )
+                    .with_help("e.g. `{values: [1.0e-3, 1.0e-4]}`"));
+            }
+            (None, Some(_)) if method == Method::Grid => {
+                return Err(source
+                    .error(
+                        at("distribution"),
+                        format!("{what}: a grid needs `values`; distributions are for `method: random`"),
+                    )
+                    .with_help("list `values`, or set `method: random` with `trials: N`"));
+            }
+            (None, Some(Distribution::LogUniform)) => {
+                let (min, max) = range("log_uniform")?;
+                if min <= 0.0 {
+                    return Err(source.error(at("min"), format!("`min` of {what} must be positive for log_uniform")));
+                }
+                Kind::LogUniform(min, max)
+            }
+            (None, Some(Distribution::Uniform)) => {
+                let (min, max) = range("uniform")?;
+                Kind::Uniform(min, max)
+            }
+            (None, Some(Distribution::IntUniform)) => {
+                let (min, max) = range("int_uniform")?;
+                if min.fract() != 0.0 || max.fract() != 0.0 {
+                    return Err(source.error(
+                        at("min"),
+                        format!("`min` and `max` of {what} must be integers for int_uniform"),
+                    ));
+                }
+                Kind::IntUniform(min as i64, max as i64)
+            }
+        };
+        parameters.push(Parameter {
+            path: entry.key.clone(),
+            origin: entry.key_origin,
+            kind,
+        });
+    }
+    Ok(parameters)
+}
+
+/// Checks that a parameter path names a pipeline key: a top-level key, or a
+/// key inside an existing stage (the stage's own schema checks deeper keys).
+fn check_path(source: &Source, pipeline: &Node, parameter: &Parameter) -> Result<(), SpecError> {
+    let segments: Vec<&str> = parameter.path.split('.').collect();
+    let error = |message: String, candidates: Vec<String>| {
+        source
+            .error(parameter.origin, message)
+            .with_help(candidates_help(&segments, &candidates))
+    };
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(source.error(
+            parameter.origin,
+            format!("`{}` is not a dotted key path", parameter.path),
+        ));
+    }
+    const TOP: [&str; 4] = ["seed", "device", "name", "stages"];
+    match segments.as_slice() {
+        ["stages", stage, _, ..] => {
+            let stages = pipeline
+                .entry("stages")
+                .and_then(|e| e.node.entries())
+                .unwrap_or_default();
+            if stages.iter().all(|e| e.key != *stage) {
+                let names: Vec<String> = stages.iter().map(|e| e.key.clone()).collect();
+                return Err(error(
+                    format!("the pipeline has no stage `{stage}` (in `{}`)", parameter.path),
+                    names,
+                ));
+            }
+            Ok(())
+        }
+        [key] if TOP.contains(key) && *key != "stages" => Ok(()),
+        _ => Err(error(
+            format!("`{}` is not a key of the pipeline", parameter.path),
+            TOP.iter().map(|s| s.to_string()).collect(),
+        )),
+    }
+}
+
+fn candidates_help(segments: &[&str], candidates: &[String]) -> String {
+    let word = if segments.first() == Some(&"stages") && segments.len() > 1 {
+        segments[1]
+    } else {
+        segments[0]
+    };
+    match did_you_mean(word, candidates) {
+        Some(best) => format!("did you mean `{best}`?"),
+        None => format!(
+            "paths look like `stages.<stage>.<key>` or `seed`; candidates: {}",
+            candidates.join(", ")
+        ),
+    }
+}
+
+/// Every combination of the listed values, the first parameter varying slowest.
+fn grid(parameters: &[Parameter]) -> Vec<Vec<(Json, Origin)>> {
+    let mut combinations: Vec<Vec<(Json, Origin)>> = vec![Vec::new()];
+    for p in parameters {
+        let Kind::Values(values) = &p.kind else {
+            unreachable!("grid parameters have values")
+        };
+        combinations = combinations
+            .into_iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |v| {
+                    let mut next = prefix.clone();
+                    next.push(v.clone());
+                    next
+                })
+            })
+            .collect();
+    }
+    combinations
+}
+
+/// `trials` draws, reproducible from the sweep's seed.
+fn random(parameters: &[Parameter], trials: usize, seed: u64) -> Vec<Vec<(Json, Origin)>> {
+    let mut stream = rng::stream(seed, "sweep/random");
+    let mut unit = move || (stream.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (0..trials)
+        .map(|_| {
+            parameters
+                .iter()
+                .map(|p| {
+                    let value = match &p.kind {
+                        Kind::Values(values) => {
+                            return values[((unit() * values.len() as f64) as usize).min(values.len() - 1)].clone();
+                        }
+                        Kind::LogUniform(min, max) => Json::from((min.ln() + unit() * (max.ln() - min.ln())).exp()),
+                        Kind::Uniform(min, max) => Json::from(min + unit() * (max - min)),
+                        Kind::IntUniform(min, max) => {
+                            let span = (max - min + 1) as f64;
+                            Json::from(min + ((unit() * span) as i64).min(max - min))
+                        }
+                    };
+                    (value, p.origin)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// 8 hex digits of the hash of the parameter paths and values.
+fn trial_id(parameters: &[Parameter], values: &[Json]) -> String {
+    let pairs: Vec<(&str, &Json)> = parameters.iter().map(|p| p.path.as_str()).zip(values).collect();
+    let text = serde_json::to_string(&pairs).expect("JSON values serialize");
+    blake3::hash(text.as_bytes()).to_hex()[..8].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(path: &str, values: &[Json]) -> Parameter {
+        Parameter {
+            path: path.into(),
+            origin: Origin::File { line: 1, col: 1 },
+            kind: Kind::Values(
+                values
+                    .iter()
+                    .map(|v| (v.clone(), Origin::File { line: 1, col: 1 }))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn grid_is_the_cartesian_product_first_parameter_slowest() {
+        let params = [
+            values("a", &[1.into(), 2.into()]),
+            values("b", &["x".into(), "y".into(), "z".into()]),
+        ];
+        let combos: Vec<Vec<Json>> = grid(&params)
+            .into_iter()
+            .map(|c| c.into_iter().map(|(v, _)| v).collect())
+            .collect();
+        assert_eq!(combos.len(), 6);
+        assert_eq!(combos[0], vec![Json::from(1), Json::from("x")]);
+        assert_eq!(combos[1], vec![Json::from(1), Json::from("y")]);
+        assert_eq!(combos[5], vec![Json::from(2), Json::from("z")]);
+    }
+
+    #[test]
+    fn random_draws_are_reproducible_and_in_range() {
+        let params = [
+            Parameter {
+                path: "lr".into(),
+                origin: Origin::File { line: 1, col: 1 },
+                kind: Kind::LogUniform(1e-5, 1e-1),
+            },
+            Parameter {
+                path: "layers".into(),
+                origin: Origin::File { line: 1, col: 1 },
+                kind: Kind::IntUniform(1, 3),
+            },
+        ];
+        let a = random(&params, 50, 7);
+        let b = random(&params, 50, 7);
+        assert_eq!(
+            a.iter().map(|c| c[0].0.clone()).collect::<Vec<_>>(),
+            b.iter().map(|c| c[0].0.clone()).collect::<Vec<_>>()
+        );
+        for c in &a {
+            let lr = c[0].0.as_f64().unwrap();
+            assert!((1e-5..=1e-1).contains(&lr), "{lr}");
+            let layers = c[1].0.as_i64().unwrap();
+            assert!((1..=3).contains(&layers), "{layers}");
+        }
+        let distinct: std::collections::BTreeSet<i64> = a.iter().map(|c| c[1].0.as_i64().unwrap()).collect();
+        assert_eq!(distinct.len(), 3, "all integers are drawn");
+        assert_ne!(random(&params, 5, 8)[0][0].0, a[0][0].0, "another seed, other draws");
+    }
+
+    #[test]
+    fn trial_ids_depend_on_paths_and_values_only() {
+        let params = [values("a", &[1.into()])];
+        assert_eq!(trial_id(&params, &[1.into()]), trial_id(&params, &[1.into()]));
+        assert_ne!(trial_id(&params, &[1.into()]), trial_id(&params, &[2.into()]));
+        assert_eq!(trial_id(&params, &[1.into()]).len(), 8);
+    }
+}
