@@ -2,14 +2,21 @@
 # Both use the dev profile (dependencies optimised, see Cargo.toml), so they share one build.
 
 CARGO ?= cargo
+# The MLflow server the tests start (pinned: 3.18.0's metadata resolves to it anyway).
+# The venv lives outside the clone so CI installs it once per machine.
+MLFLOW_VENV ?= $(HOME)/.cache/pipeline/mlflow-3.17.2
 
 .PHONY: run test lint bench bench-train
 
 run:
-	$(CARGO) run --quiet -- run pipelines/imdb-sample.yaml
+	$(CARGO) run --quiet -- run sweeps/lr.yaml
 
-test:
-	$(CARGO) test
+test: $(MLFLOW_VENV)/bin/mlflow
+	MLFLOW_BIN=$(MLFLOW_VENV)/bin/mlflow $(CARGO) test
+
+$(MLFLOW_VENV)/bin/mlflow:
+	python3 -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet mlflow==3.17.2
 
 lint:
 	$(CARGO) fmt --check

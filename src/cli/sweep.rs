@@ -179,7 +179,13 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
             "metric": sweep.metric,
             "best": best.map(|b| &b.label),
             "report": report_path,
-            "stages_run": execution.results.iter().filter(|r| r.state.word() == "ran").count(),
+            "stages": session.graph.nodes.iter().zip(&execution.results).map(|(node, result)| json!({
+                "label": node.label,
+                "kind": node.material.kind,
+                "key": node.key,
+                "state": result.state.word(),
+                "seconds": result.seconds,
+            })).collect::<Vec<_>>(),
             "trials": rows.iter().map(|r| json!({
                 "trial": r.label,
                 "params": sweep.parameters.iter().zip(&r.params).map(|(p, v)| (p.clone(), v.clone())).collect::<serde_json::Map<_, _>>(),

@@ -5,7 +5,9 @@
 
 pub mod http;
 pub mod kinds;
+pub mod mlflow;
 pub mod project;
+pub mod sweeps;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

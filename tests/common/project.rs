@@ -30,12 +30,21 @@ impl Project {
         format!("pipelines/{name}")
     }
 
+    /// Writes `text` at `path` relative to the project (e.g. `sweeps/lr.yaml`).
+    pub fn write_at(&self, path: &str, text: &str) -> String {
+        let full = self.main().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+        path.to_string()
+    }
+
     pub fn copy(&self, name: &str) -> String {
         let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(name)).unwrap();
         self.write(name, &text)
     }
 
-    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    /// The `pipeline` command in this project, not started.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
         command
             .args(args)
@@ -44,7 +53,11 @@ impl Project {
         for (k, v) in env {
             command.env(k, v);
         }
-        command.output().unwrap()
+        command
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(args, env).output().unwrap()
     }
 
     pub fn run(&self, args: &[&str]) -> Output {

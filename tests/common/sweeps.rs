@@ -1,0 +1,58 @@
+//! Sweep files over the sample pipeline, for the sweep and MLflow tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::thread::JoinHandle;
+
+use super::project::Project;
+
+/// A grid over the sample pipeline with one-epoch trials (about 4 s each):
+/// `lrs` x clipping off/on, two at a time; `extra` is appended to the file.
+pub fn sample_grid(project: &Project, name: &str, lrs: &[&str], extra: &str) -> String {
+    project.copy("imdb-sample.yaml");
+    project.write_at(
+        &format!("sweeps/{name}.yaml"),
+        &format!(
+            "pipeline: ../pipelines/imdb-sample.yaml\n\
+             method: grid\n\
+             metric: {{name: eval_accuracy, goal: maximize}}\n\
+             parameters:\n  \
+               stages.train.optimizer.lr: {{values: [{}]}}\n  \
+               stages.train.clip_grad_norm: {{values: [null, 1.0]}}\n  \
+               stages.train.epochs: {{values: [1]}}\n\
+             parallel: 2\n{extra}",
+            lrs.join(", ")
+        ),
+    )
+}
+
+/// Starts `pipeline run` on a sweep with stderr piped and reads it until
+/// `stop` says so; returns the child, the labels of the stages that ran by
+/// then, and a thread that drains (and returns) the rest of stderr.
+pub fn run_until(
+    project: &Project,
+    sweep: &str,
+    env: &[(&str, &str)],
+    mut stop: impl FnMut(&str) -> bool,
+) -> (Child, Vec<String>, JoinHandle<String>) {
+    let mut child = project
+        .command(&["run", sweep], env)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut ran = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.trim_start().strip_prefix("ran ") {
+            ran.push(rest.split_whitespace().next().unwrap().to_string());
+        }
+        if stop(&line) {
+            let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+            return (child, ran, rest);
+        }
+    }
+    let status = child.wait().unwrap();
+    panic!("the sweep ended ({status}) before the stop condition; stages that ran: {ran:?}");
+}

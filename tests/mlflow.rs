@@ -1,0 +1,235 @@
+//! MLflow tracking against a real MLflow 3.17.2 server started once for this
+//! file: a sweep's parent and nested trial runs with params, full step
+//! histories and artifacts; a plain run served from the cache; and a server
+//! outage mid-sweep, spooled and replayed by `pipeline mlflow sync`.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::mlflow::{Proxy, Server};
+use common::project::Project;
+use common::sweeps::{run_until, sample_grid};
+use serde_json::Value;
+
+/// Every run of an experiment with its status, parent, params, tags,
+/// latest metrics, `loss` history steps and artifact paths (recursively).
+const READ_BACK: &str = r#"
+import json, os, sys
+from mlflow import MlflowClient
+c = MlflowClient(os.environ["URI"])
+exp = c.get_experiment_by_name(sys.argv[1] if len(sys.argv) > 1 else os.environ["EXPERIMENT"])
+def files(run_id, path=None):
+    out = []
+    for f in c.list_artifacts(run_id, path):
+        out += files(run_id, f.path) if f.is_dir else [f.path]
+    return out
+runs = []
+for r in c.search_runs([exp.experiment_id], max_results=1000):
+    runs.append({
+        "id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+        "parent": r.data.tags.get("mlflow.parentRunId"),
+        "params": r.data.params, "tags": r.data.tags, "metrics": r.data.metrics,
+        "loss_steps": [m.step for m in c.get_metric_history(r.info.run_id, "loss")],
+        "artifacts": files(r.info.run_id),
+    })
+print(json.dumps(runs))
+"#;
+
+fn read_back(server: &Server, experiment: &str) -> Vec<Value> {
+    let script = format!("import os\nos.environ['EXPERIMENT'] = {experiment:?}\n{READ_BACK}");
+    server.python(&script).as_array().unwrap().clone()
+}
+
+/// The `step` column of rows with a loss in a trial's `history.csv`.
+fn history_steps(project: &Project, result: &Value, trial: &str) -> Vec<i64> {
+    let stage = result["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["label"] == format!("{trial}/train"))
+        .unwrap();
+    let path = project
+        .dir
+        .path()
+        .join("store/train")
+        .join(stage["key"].as_str().unwrap())
+        .join("out/history.csv");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let loss = header.iter().position(|h| *h == "loss").unwrap();
+    lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|cells| !cells[loss].is_empty())
+        .map(|cells| cells[0].parse().unwrap())
+        .collect()
+}
+
+/// One parent named `sweep` and a FINISHED child per trial of `result`,
+/// each with its params, its full loss history and its artifacts.
+fn assert_sweep_logged(project: &Project, runs: &[Value], result: &Value, sweep: &str) {
+    let parents: Vec<&Value> = runs.iter().filter(|r| r["parent"].is_null()).collect();
+    assert_eq!(parents.len(), 1, "{runs:?}");
+    let parent = parents[0];
+    assert_eq!(parent["name"], sweep);
+    assert_eq!(parent["status"], "FINISHED");
+    assert!(
+        parent["artifacts"]
+            .as_array()
+            .unwrap()
+            .contains(&"sweep-report.html".into())
+    );
+    let best = result["trials"][0]["metric"].as_f64().unwrap();
+    assert_eq!(parent["metrics"]["best_eval_accuracy"].as_f64().unwrap(), best);
+
+    let trials = result["trials"].as_array().unwrap();
+    let children: Vec<&Value> = runs.iter().filter(|r| r["parent"] == parent["id"]).collect();
+    assert_eq!(children.len(), trials.len());
+    for trial in trials {
+        let name = trial["trial"].as_str().unwrap();
+        let child = children
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no run {name}"));
+        assert_eq!(child["status"], "FINISHED", "{name}");
+        let lr = trial["params"]["stages.train.optimizer.lr"].as_f64().unwrap();
+        let logged: f64 = child["params"]["stages.train.optimizer.lr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(logged, lr, "{name}");
+        assert_eq!(child["params"]["stages.train.epochs"], "1");
+        assert!(
+            child["params"].as_object().unwrap().len() > 100,
+            "the whole resolved config"
+        );
+        let steps: Vec<i64> = child["loss_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            history_steps(project, result, name),
+            "{name}: the full history at the global steps"
+        );
+        assert_eq!(
+            child["metrics"]["eval_accuracy"].as_f64().unwrap(),
+            trial["metric"].as_f64().unwrap(),
+            "{name}"
+        );
+        let artifacts: BTreeSet<&str> = child["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        for expected in [
+            "report/report.html",
+            "report/loss.svg",
+            "evaluate/metrics.json",
+            "train/model.safetensors",
+            "train/history.csv",
+            "pipeline.lock",
+        ] {
+            assert!(artifacts.contains(expected), "{name}: no {expected} in {artifacts:?}");
+        }
+        let tags = &child["tags"];
+        assert_eq!(tags["pipeline.trial"], name.trim_start_matches("trial-"));
+        assert!(tags["pipeline.hash"].as_str().unwrap().len() == 16);
+        assert!(tags["pipeline.stage.train.key"].is_string());
+        assert!(tags["mlflow.source.git.commit"].is_string() || tags["mlflow.source.name"].is_string());
+    }
+}
+
+#[test]
+fn runs_params_histories_and_artifacts_reach_a_real_mlflow_server() {
+    let server = Server::start();
+    let project = Project::new();
+    let env = [("MLFLOW_TRACKING_URI", server.uri.as_str())];
+
+    // A tracked 8-trial sweep: one parent, eight nested runs.
+    let tracked = "tracking:\n  mlflow: {experiment: sweep-a}\n";
+    let sweep = sample_grid(&project, "tracked", &["1.0e-2", "3.0e-3", "1.0e-3", "3.0e-4"], tracked);
+    let (code, result) = project.run_json(&["run", &sweep], &env);
+    assert_eq!(code, 0, "{result}");
+    let runs = read_back(&server, "sweep-a");
+    assert_eq!(runs.len(), 9);
+    assert_sweep_logged(&project, &runs, &result, "tracked");
+    assert!(
+        runs.iter()
+            .filter(|r| !r["parent"].is_null())
+            .all(|r| r["tags"]["pipeline.cached"] == "false")
+    );
+
+    // A plain run whose stages all come from the sweep's cache still gets its run.
+    let (code, result) = project.run_json(
+        &[
+            "run",
+            "pipelines/imdb-sample.yaml",
+            "--set",
+            "stages.train.epochs=1",
+            "--set",
+            "tracking.mlflow.experiment=plain",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{result}");
+    let runs = read_back(&server, "plain");
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run["name"], "imdb-sample");
+    assert!(run["parent"].is_null());
+    assert_eq!(run["status"], "FINISHED");
+    assert_eq!(run["tags"]["pipeline.cached"], "true");
+    assert!(
+        run["artifacts"]
+            .as_array()
+            .unwrap()
+            .contains(&"report/report.html".into())
+    );
+    assert!(!run["loss_steps"].as_array().unwrap().is_empty());
+
+    // The server goes away after the first trial: the sweep finishes, the
+    // calls are spooled, and `pipeline mlflow sync` completes the server.
+    let proxy = Proxy::start(&server.uri);
+    let outage = "tracking:\n  mlflow: {experiment: sweep-b}\n";
+    let sweep = sample_grid(&project, "outage", &["2.0e-3", "5.0e-4"], outage);
+    let proxied = [("MLFLOW_TRACKING_URI", proxy.uri.as_str())];
+    let (mut child, _, rest) = run_until(&project, &sweep, &proxied, |line| line.contains("/report in"));
+    proxy.cut();
+    let status = child.wait().unwrap();
+    let stderr = rest.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("spooling tracking calls"), "{stderr}");
+    let spool = project.dir.path().join("store/.mlflow-spool");
+    let spooled = |ext: &str| {
+        std::fs::read_dir(&spool)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(spooled("jsonl"), 1);
+    let before = read_back(&server, "sweep-b");
+    assert!(
+        before.len() < 5,
+        "the outage left the server incomplete: {} runs",
+        before.len()
+    );
+
+    let sync = project.run_env(&["mlflow", "sync", "--uri", &server.uri], &[]);
+    assert!(sync.status.success(), "{}", String::from_utf8_lossy(&sync.stderr));
+    assert_eq!(spooled("jsonl"), 0, "a replayed spool is removed");
+    // The same sweep again (all cached) gives the ranking to compare with.
+    let (code, result) = project.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0);
+    let runs = read_back(&server, "sweep-b");
+    assert_eq!(runs.len(), 5, "{runs:?}");
+    assert_sweep_logged(&project, &runs, &result, "outage");
+}

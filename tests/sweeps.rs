@@ -1,0 +1,236 @@
+//! Sweeps through the real binary on the sample data: one graph for all
+//! trials (shared stages once), resuming after a kill, failing trials, and
+//! located errors in sweep files.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::project::Project;
+use common::sweeps::{run_until, sample_grid};
+use serde_json::Value;
+
+fn stages(result: &Value) -> &Vec<Value> {
+    result["stages"].as_array().unwrap()
+}
+
+fn labels_in(result: &Value, state: &str, suffix: &str) -> BTreeSet<String> {
+    stages(result)
+        .iter()
+        .filter(|s| s["state"] == state && s["label"].as_str().unwrap().ends_with(suffix))
+        .map(|s| s["label"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_eight_trial_grid_runs_the_shared_stages_once_and_ranks_the_trials() {
+    let project = Project::new();
+    let sweep = sample_grid(&project, "grid", &["1.0e-2", "3.0e-3", "1.0e-3", "3.0e-4"], "");
+    let (code, result) = project.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0, "{result}");
+    let all = stages(&result);
+    let shared: Vec<&Value> = all
+        .iter()
+        .filter(|s| !s["label"].as_str().unwrap().starts_with("trial-"))
+        .collect();
+    let names: Vec<&str> = shared.iter().map(|s| s["label"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "train_data",
+            "test_data",
+            "load",
+            "shuffle",
+            "split",
+            "tokenize",
+            "vectorize"
+        ],
+        "each upstream stage is one node"
+    );
+    assert!(shared.iter().all(|s| s["state"] == "ran"));
+    assert_eq!(all.len(), 7 + 8 * 3, "train, evaluate and report per trial");
+    assert!(all.iter().all(|s| s["state"] == "ran"));
+
+    let trials = result["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 8);
+    let metrics: Vec<f64> = trials.iter().map(|t| t["metric"].as_f64().unwrap()).collect();
+    assert!(
+        metrics.windows(2).all(|w| w[0] >= w[1]),
+        "sorted best first: {metrics:?}"
+    );
+    assert_eq!(result["best"], trials[0]["trial"]);
+    let params: BTreeSet<String> = trials.iter().map(|t| t["params"].to_string()).collect();
+    assert_eq!(params.len(), 8, "every combination once");
+    assert!(
+        trials
+            .iter()
+            .all(|t| t["status"] == "finished" && t["seconds"].as_f64().unwrap() > 0.0)
+    );
+
+    let report = std::fs::read_to_string(result["report"].as_str().unwrap()).unwrap();
+    assert!(
+        report.contains("<h2>Training loss</h2>") && report.contains("eval_accuracy against stages.train.optimizer.lr")
+    );
+    assert!(!report.contains("src=") && !report.contains("href="), "self-contained");
+    for t in trials {
+        assert!(report.contains(t["trial"].as_str().unwrap()));
+    }
+    let lock = std::fs::read_to_string(project.main().join("sweeps/grid.lock")).unwrap();
+    assert_eq!(
+        lock.matches("/train:").count(),
+        8,
+        "the lock keeps every trial's entries"
+    );
+
+    // Again: everything comes from the cache, in the same order.
+    let (code, again) = project.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0);
+    assert!(stages(&again).iter().all(|s| s["state"] == "cached"));
+    let order = |r: &Value| -> Vec<Value> {
+        r["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["trial"].clone())
+            .collect()
+    };
+    assert_eq!(order(&again), order(&result));
+    assert!(
+        again["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] == "cached")
+    );
+}
+
+#[test]
+fn a_killed_sweep_reruns_only_its_unfinished_trials() {
+    let project = Project::new();
+    let sweep = sample_grid(&project, "resume", &["1.0e-2", "3.0e-3", "1.0e-3", "3.0e-4"], "");
+    let (mut child, ran, _) = run_until(&project, &sweep, &[], |line| line.contains("/report in"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let trained: BTreeSet<String> = ran.iter().filter(|l| l.ends_with("/train")).cloned().collect();
+    assert!(!trained.is_empty() && trained.len() < 8, "{ran:?}");
+
+    let (code, result) = project.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(
+        labels_in(&result, "cached", "/train"),
+        trained,
+        "finished trainings are reused"
+    );
+    assert_eq!(
+        labels_in(&result, "ran", "/train").len(),
+        8 - trained.len(),
+        "the rest run"
+    );
+    assert!(
+        stages(&result)
+            .iter()
+            .filter(|s| !s["label"].as_str().unwrap().starts_with("trial-"))
+            .all(|s| s["state"] == "cached"),
+        "shared stages are not run again"
+    );
+    let finished_before: BTreeSet<&str> = ran.iter().filter_map(|l| l.strip_suffix("/report")).collect();
+    for t in result["trials"].as_array().unwrap() {
+        let expected = if finished_before.contains(t["trial"].as_str().unwrap()) {
+            "cached"
+        } else {
+            "finished"
+        };
+        assert_eq!(t["status"], expected, "{t}");
+    }
+}
+
+#[test]
+fn a_failing_trial_is_marked_and_the_sweep_goes_on() {
+    let project = Project::new();
+    project.copy("imdb-sample.yaml");
+    let sweep = project.write_at(
+        "sweeps/nan.yaml",
+        "pipeline: ../pipelines/imdb-sample.yaml\n\
+         metric: {name: eval_loss, goal: minimize}\n\
+         parameters:\n  \
+           stages.train.optimizer: {values: [{type: sgd, lr: 1.0e30}, {type: adamw, lr: 1.0e-3}]}\n  \
+           stages.train.epochs: {values: [1]}\n\
+         parallel: 2\n",
+    );
+    let (code, result) = project.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 1, "a failed trial fails the sweep: {result}");
+    let trials = result["trials"].as_array().unwrap();
+    assert_eq!(trials[0]["status"], "finished");
+    assert!(trials[0]["metric"].as_f64().unwrap().is_finite());
+    assert_eq!(trials[1]["status"], "failed");
+    let error = trials[1]["error"].as_str().unwrap();
+    assert!(
+        error.contains("stage `train`") && error.contains("learning rate"),
+        "{error}"
+    );
+    assert!(
+        !project.main().join("sweeps/nan.lock").exists(),
+        "no lock for a failed sweep"
+    );
+}
+
+#[test]
+fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
+    let project = Project::new();
+    project.copy("imdb-sample.yaml");
+    let cases = [
+        (
+            "stages.train.optimizer.lrr: {values: [0.1]}",
+            "unknown key `lrr`",
+            "did you mean `lr`?",
+            4,
+        ),
+        (
+            "stages.trian.epochs: {values: [1]}",
+            "no stage `trian`",
+            "did you mean `train`?",
+            4,
+        ),
+        (
+            "stages.train.epochs: {values: [2, many]}",
+            "must be a non-negative integer",
+            "",
+            4,
+        ),
+        ("stages.train.epochs: {values: []}", "the grid would be empty", "", 4),
+        (
+            "stages.train.epochs: {distribution: uniform, min: 1, max: 3}",
+            "a grid needs `values`",
+            "method: random",
+            4,
+        ),
+        ("epoch: {values: [1]}", "`epoch` is not a key of the pipeline", "", 4),
+    ];
+    for (parameter, message, help, line) in cases {
+        let sweep = project.write_at(
+            "sweeps/bad.yaml",
+            &format!(
+                "pipeline: ../pipelines/imdb-sample.yaml\nmetric: {{name: eval_loss, goal: minimize}}\nparameters:\n  {parameter}\n"
+            ),
+        );
+        let output = project.run(&["run", &sweep]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{parameter}: {stderr}");
+        assert!(stderr.contains(message), "{parameter}: {stderr}");
+        assert!(stderr.contains(help), "{parameter}: {stderr}");
+        assert!(
+            stderr.contains(&format!("sweeps/bad.yaml:{line}:")),
+            "{parameter}: {stderr}"
+        );
+    }
+    let sweep = project.write_at(
+        "sweeps/bad.yaml",
+        "pipeline: ../pipelines/imdb-sample.yaml\nmetric: {name: eval_loss, goal: minimise}\nparameters:\n  seed: {values: [1]}\ndevices: [cpu]\n",
+    );
+    let stderr = String::from_utf8_lossy(&project.run(&["run", &sweep]).stderr).into_owned();
+    assert!(
+        stderr.contains("sweeps/bad.yaml:2:") && stderr.contains("did you mean `minimize`?"),
+        "{stderr}"
+    );
+    assert_eq!(project.entries(), 0, "nothing ran");
+}
