@@ -369,6 +369,7 @@ fn log_run(
     });
     let error = match &result.ending {
         Ending::Failed(e) => Some(e.as_str()),
+        Ending::Interrupted => Some("interrupted (Ctrl-C or SIGTERM) before it finished"),
         _ => None,
     };
     tracker.log(
@@ -397,8 +398,7 @@ fn log_run(
     }
     let status = match result.ending {
         Ending::Cached | Ending::Succeeded => RunStatus::Finished,
-        Ending::Failed(_) => RunStatus::Failed,
-        Ending::Interrupted => RunStatus::Killed,
+        Ending::Failed(_) | Ending::Interrupted => RunStatus::Failed,
     };
     tracker.finish(run, status);
 }

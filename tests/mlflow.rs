@@ -232,4 +232,37 @@ fn runs_params_histories_and_artifacts_reach_a_real_mlflow_server() {
     let runs = read_back(&server, "sweep-b");
     assert_eq!(runs.len(), 5, "{runs:?}");
     assert_sweep_logged(&project, &runs, &result, "outage");
+
+    // Ctrl-C after the first trial: nothing is left RUNNING.
+    let interrupted = "tracking:\n  mlflow: {experiment: sweep-c}\n";
+    let sweep = sample_grid(&project, "interrupted", &["4.0e-3", "6.0e-4"], interrupted);
+    let (mut child, ran, rest) = run_until(&project, &sweep, &env, |line| line.contains("/report in"));
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let stderr = rest.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let runs = read_back(&server, "sweep-c");
+    assert_eq!(runs.len(), 5, "{runs:?}");
+    let finished: BTreeSet<&str> = ran.iter().filter_map(|l| l.strip_suffix("/report")).collect();
+    for run in &runs {
+        let name = run["name"].as_str().unwrap();
+        if finished.contains(name) {
+            assert_eq!(run["status"], "FINISHED", "{name}");
+        } else {
+            assert_eq!(run["status"], "FAILED", "{name}");
+            if name != "interrupted" {
+                assert!(
+                    run["tags"]["pipeline.error"].as_str().unwrap().contains("interrupted"),
+                    "{run}"
+                );
+            }
+        }
+    }
 }

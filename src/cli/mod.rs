@@ -271,7 +271,7 @@ fn init_logging() {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// The flag that Ctrl-C sets; a second Ctrl-C exits at once.
+/// The flag that Ctrl-C (or SIGTERM) sets; a second one exits at once.
 fn interrupt_flag() -> &'static AtomicBool {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {

@@ -144,9 +144,7 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
             .unwrap_or_default();
         tracker.log(parent, &summary, Vec::new(), tags);
         tracker.upload(parent, &report_path, "sweep-report.html");
-        let status = if execution.interrupted {
-            RunStatus::Killed
-        } else if all_ok {
+        let status = if all_ok && !execution.interrupted {
             RunStatus::Finished
         } else {
             RunStatus::Failed

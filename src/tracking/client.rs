@@ -62,10 +62,8 @@ pub enum RunStatus {
     Running,
     /// Ended well.
     Finished,
-    /// Ended with an error.
+    /// Ended with an error, or interrupted.
     Failed,
-    /// Stopped by the user.
-    Killed,
 }
 
 /// One point of a step metric.
