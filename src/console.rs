@@ -17,6 +17,8 @@ const PLAIN_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Console {
     bars: Option<MultiProgress>,
     quiet: bool,
+    /// On a terminal, a sweep's live table: one line per trial, by trial label.
+    rows: Vec<(String, ProgressBar)>,
 }
 
 impl Console {
@@ -24,7 +26,39 @@ impl Console {
     pub fn new(quiet: bool) -> Self {
         let bars = (!quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Console { bars, quiet }
+        Console {
+            bars,
+            quiet,
+            rows: Vec::new(),
+        }
+    }
+
+    /// On a terminal, shows one live line per trial (`label`, its parameters,
+    /// then its current stage, step, rate and loss, or how it ended) in place
+    /// of one bar per stage; elsewhere nothing changes.
+    pub fn with_trials(mut self, trials: &[(String, String)]) -> Self {
+        if let Some(bars) = &self.bars {
+            let width = trials.iter().map(|(_, p)| p.chars().count()).max().unwrap_or(0);
+            for (label, params) in trials {
+                let bar = bars.add(ProgressBar::new(0));
+                bar.set_style(ProgressStyle::with_template("{prefix} {msg}").expect("valid template"));
+                bar.set_prefix(format!("{label}  {params:<width$}"));
+                bar.set_message("pending");
+                self.rows.push((label.clone(), bar));
+            }
+        }
+        self
+    }
+
+    /// True when trials have live lines.
+    pub fn has_table(&self) -> bool {
+        !self.rows.is_empty()
+    }
+
+    /// The live line of the trial a node belongs to (its label is `trial/stage`).
+    fn row<'a>(&'a self, node: &'a GraphNode) -> Option<(&'a ProgressBar, &'a str)> {
+        let (trial, stage) = node.label.split_once('/')?;
+        self.rows.iter().find(|(l, _)| l == trial).map(|(_, bar)| (bar, stage))
     }
 
     /// Prints a line above any bars.
@@ -47,7 +81,10 @@ fn key_prefix(node: &GraphNode) -> &str {
 
 impl Reporter for Console {
     fn cached(&self, node: &GraphNode) {
-        self.line(&format!("  cached   {} ({})", node.label, key_prefix(node)));
+        match self.row(node) {
+            Some((bar, stage)) => bar.set_message(format!("{stage}: cached")),
+            None => self.line(&format!("  cached   {} ({})", node.label, key_prefix(node))),
+        }
     }
 
     fn damaged(&self, node: &GraphNode, why: &str) {
@@ -59,6 +96,11 @@ impl Reporter for Console {
     }
 
     fn started<'a>(&'a self, node: &'a GraphNode) -> Box<dyn Progress + 'a> {
+        if let Some((bar, stage)) = self.row(node) {
+            bar.set_style(ProgressStyle::with_template("{prefix} {msg} {elapsed}").expect("valid template"));
+            bar.set_message(format!("{stage}: running"));
+            return Box::new(RowProgress { bar, stage });
+        }
         match &self.bars {
             Some(bars) => {
                 let bar = bars.add(ProgressBar::new_spinner());
@@ -95,6 +137,16 @@ impl Reporter for Console {
     }
 
     fn finished(&self, node: &GraphNode, state: &NodeState, seconds: f64) {
+        if let Some((bar, stage)) = self.row(node) {
+            bar.set_style(ProgressStyle::with_template("{prefix} {msg}").expect("valid template"));
+            bar.set_message(match state {
+                NodeState::Failed(_) => format!("{stage}: FAILED"),
+                other => format!("{stage}: {} in {seconds:.1}s", other.word()),
+            });
+            if !matches!(state, NodeState::Failed(_)) {
+                return;
+            }
+        }
         let text = match state {
             NodeState::Failed(error) => format!("  FAILED   {}: {error}", node.label),
             NodeState::Skipped => format!("  skipped  {}: a stage it needs did not succeed", node.label),
@@ -132,6 +184,37 @@ impl Progress for BarProgress {
 impl Drop for BarProgress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// A trial's stage progress on its live line.
+struct RowProgress<'a> {
+    bar: &'a ProgressBar,
+    stage: &'a str,
+}
+
+impl Progress for RowProgress<'_> {
+    fn set_total(&self, total: u64, unit: &str) {
+        let template = format!(
+            "{{prefix}} {} [{{bar:20}}] {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}",
+            self.stage
+        );
+        self.bar.set_style(
+            ProgressStyle::with_template(&template)
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        self.bar.set_message("");
+        self.bar.set_position(0);
+        self.bar.set_length(total);
+    }
+
+    fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    fn message(&self, text: &str) {
+        self.bar.set_message(text.to_string());
     }
 }
 

@@ -42,7 +42,12 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
             session.graph.nodes[n].threads = slot_threads;
         }
     }
-    let console = Console::new(false);
+    let rows: Vec<(String, String)> = sweep
+        .trials
+        .iter()
+        .map(|t| (t.label(), describe(&sweep.parameters, &t.params)))
+        .collect();
+    let console = Console::new(false).with_trials(&rows);
     console.line(&format!(
         "sweep `{}`: {} trials of {}, {} at a time with {slot_threads} thread(s) each; {} stages in all",
         sweep.name,
@@ -51,12 +56,10 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
         sweep.parallel,
         session.graph.nodes.len()
     ));
-    for trial in &sweep.trials {
-        console.line(&format!(
-            "  {}  {}",
-            trial.label(),
-            describe(&sweep.parameters, &trial.params)
-        ));
+    if !console.has_table() {
+        for (label, params) in &rows {
+            console.line(&format!("  {label}  {params}"));
+        }
     }
     let tracker = env.tracker(sweep.tracking.as_ref())?;
     let git = git_tags(sweep.source.path.parent().unwrap_or(std::path::Path::new(".")));
