@@ -24,7 +24,7 @@ pub struct Instance {
     pub label: Option<String>,
     /// The pipeline, overrides applied.
     pub pipeline: Pipeline,
-    /// Extra tags and params of its run (e.g. the trial id).
+    /// Extra tags of its run (e.g. the trial id).
     pub tags: Vec<(String, String)>,
 }
 

@@ -205,6 +205,12 @@ fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
             4,
         ),
         ("epoch: {values: [1]}", "`epoch` is not a key of the pipeline", "", 4),
+        (
+            "seed: {values: [1]}\ntrials: 4",
+            "`trials` is for `method: random`",
+            "",
+            5,
+        ),
     ];
     for (parameter, message, help, line) in cases {
         let sweep = project.write_at(

@@ -221,6 +221,14 @@ impl Sweep {
             check_path(&source, &raw, p)?;
         }
         let combinations = match header.method {
+            Method::Grid if header.trials.is_some() => {
+                return Err(source
+                    .error(
+                        at("trials"),
+                        "`trials` is for `method: random`; a grid runs every combination",
+                    )
+                    .with_help("remove `trials`, or set `method: random`"));
+            }
             Method::Grid => grid(&parameters),
             Method::Random => {
                 let Some(trials) = header.trials.filter(|&t| t > 0) else {
