@@ -124,10 +124,17 @@ impl From<&SpooledMetric> for Metric {
     }
 }
 
-/// Where a tracker's calls go.
-struct State {
+/// A connection to the server and what it learnt there: the experiment's
+/// id and the server's runs for this process's run handles.
+struct Link {
+    client: Client,
     experiment_id: Option<String>,
     runs: HashMap<RunHandle, RunRef>,
+}
+
+/// Where a tracker's calls go.
+struct State {
+    link: Link,
     next: usize,
     /// The spool file, once the server could not be reached.
     spool: Option<PathBuf>,
@@ -135,7 +142,7 @@ struct State {
 
 /// The MLflow tracking of one `pipeline` process.
 pub struct Tracker {
-    client: Client,
+    uri: String,
     experiment: String,
     spool_dir: PathBuf,
     state: Mutex<State>,
@@ -145,12 +152,11 @@ impl Tracker {
     /// A tracker for `experiment` on the server at `uri`, spooling to `spool_dir` when it must.
     pub fn new(uri: &str, experiment: &str, spool_dir: &Path) -> Tracker {
         Tracker {
-            client: Client::new(uri),
+            uri: uri.to_string(),
             experiment: experiment.to_string(),
             spool_dir: spool_dir.to_path_buf(),
             state: Mutex::new(State {
-                experiment_id: None,
-                runs: HashMap::new(),
+                link: Link::new(uri),
                 next: 0,
                 spool: None,
             }),
@@ -159,7 +165,7 @@ impl Tracker {
 
     /// The server's address.
     pub fn uri(&self) -> &str {
-        self.client.uri()
+        &self.uri
     }
 
     /// The spool file, when calls were spooled.
@@ -169,7 +175,7 @@ impl Tracker {
 
     /// The server's run, when it was created there.
     pub fn server_run(&self, run: RunHandle) -> Option<RunRef> {
-        self.state.lock().expect("tracker lock").runs.get(&run).cloned()
+        self.state.lock().expect("tracker lock").link.runs.get(&run).cloned()
     }
 
     /// Starts a run (nested under `parent` when given).
@@ -222,15 +228,12 @@ impl Tracker {
     fn submit(&self, call: Call) {
         let mut state = self.state.lock().expect("tracker lock");
         if state.spool.is_none() {
-            let State {
-                experiment_id, runs, ..
-            } = &mut *state;
-            match send_with_retries(&self.client, experiment_id, runs, &call, None) {
+            match state.link.send_with_retries(&call, None) {
                 Ok(()) => return,
                 Err(e) if e.is_transient() => {
                     eprintln!(
                         "warning: MLflow at {}: {e}; spooling tracking calls to {} (replay with `pipeline mlflow sync`)",
-                        self.client.uri(),
+                        self.uri,
                         self.spool_dir.display()
                     );
                 }
@@ -256,7 +259,7 @@ impl Tracker {
         let path = self
             .spool_dir
             .join(format!("{}-{}.jsonl", now_ms(), std::process::id()));
-        let mut known: Vec<(&RunHandle, &RunRef)> = state.runs.iter().collect();
+        let mut known: Vec<(&RunHandle, &RunRef)> = state.link.runs.iter().collect();
         known.sort_by_key(|(h, _)| h.0);
         let mut text = String::new();
         for (&run, server) in known {
@@ -294,88 +297,89 @@ impl Tracker {
     }
 }
 
-/// Sends one call, retrying transient failures with backoff; `base`
-/// resolves relative upload paths (replays).
-fn send_with_retries(
-    client: &Client,
-    experiment_id: &mut Option<String>,
-    runs: &mut HashMap<RunHandle, RunRef>,
-    call: &Call,
-    base: Option<&Path>,
-) -> Result<(), Error> {
-    let mut attempt = 0;
-    loop {
-        match send(client, experiment_id, runs, call, base) {
-            Err(e) if e.is_transient() && attempt < BACKOFF.len() => {
-                tracing::debug!(error = %e, attempt, "MLflow call failed; retrying");
-                std::thread::sleep(BACKOFF[attempt]);
-                attempt += 1;
-            }
-            other => return other,
+impl Link {
+    fn new(uri: &str) -> Link {
+        Link {
+            client: Client::new(uri),
+            experiment_id: None,
+            runs: HashMap::new(),
         }
     }
-}
 
-/// Sends one call.
-fn send(
-    client: &Client,
-    experiment_id: &mut Option<String>,
-    runs: &mut HashMap<RunHandle, RunRef>,
-    call: &Call,
-    base: Option<&Path>,
-) -> Result<(), Error> {
-    let server = |run: &RunHandle| {
-        runs.get(run).cloned().ok_or_else(|| Error::Api {
+    /// Sends one call, retrying transient failures with backoff; `base`
+    /// resolves relative upload paths (replays).
+    fn send_with_retries(&mut self, call: &Call, base: Option<&Path>) -> Result<(), Error> {
+        let mut attempt = 0;
+        loop {
+            match self.send(call, base) {
+                Err(e) if e.is_transient() && attempt < BACKOFF.len() => {
+                    tracing::debug!(error = %e, attempt, "MLflow call failed; retrying");
+                    std::thread::sleep(BACKOFF[attempt]);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The server's run of a handle.
+    fn server(&self, run: &RunHandle) -> Result<RunRef, Error> {
+        self.runs.get(run).cloned().ok_or_else(|| Error::Api {
             status: 400,
             code: "UNKNOWN_RUN".into(),
             message: "the run was never created on the server".into(),
         })
-    };
-    match call {
-        Call::Known { run, server } => {
-            runs.insert(*run, server.clone());
-        }
-        Call::CreateRun {
-            run,
-            experiment,
-            name,
-            start_ms,
-            tags,
-            parent,
-        } => {
-            let id = match experiment_id {
-                Some(id) => id.clone(),
-                None => {
-                    let id = client.experiment_id(experiment)?;
-                    *experiment_id = Some(id.clone());
-                    id
-                }
-            };
-            let mut tags = tags.clone();
-            if let Some(parent) = parent {
-                tags.push(("mlflow.parentRunId".into(), server(parent)?.run_id));
-            }
-            let created = client.create_run(&id, name, *start_ms, &tags)?;
-            runs.insert(*run, created);
-        }
-        Call::LogBatch {
-            run,
-            metrics,
-            params,
-            tags,
-        } => {
-            let metrics: Vec<Metric> = metrics.iter().map(Metric::from).collect();
-            client.log_batch(&server(run)?.run_id, &metrics, params, tags)?;
-        }
-        Call::Upload { run, file, dest } => {
-            let path = base.map_or_else(|| file.clone(), |b| b.join(file));
-            client.upload(&server(run)?, &path, dest)?;
-        }
-        Call::UpdateRun { run, status, end_ms } => {
-            client.update_run(&server(run)?.run_id, *status, *end_ms)?;
-        }
     }
-    Ok(())
+
+    /// Sends one call.
+    fn send(&mut self, call: &Call, base: Option<&Path>) -> Result<(), Error> {
+        match call {
+            Call::Known { run, server } => {
+                self.runs.insert(*run, server.clone());
+            }
+            Call::CreateRun {
+                run,
+                experiment,
+                name,
+                start_ms,
+                tags,
+                parent,
+            } => {
+                let id = match &self.experiment_id {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id = self.client.experiment_id(experiment)?;
+                        self.experiment_id = Some(id.clone());
+                        id
+                    }
+                };
+                let mut tags = tags.clone();
+                if let Some(parent) = parent {
+                    tags.push(("mlflow.parentRunId".into(), self.server(parent)?.run_id));
+                }
+                let created = self.client.create_run(&id, name, *start_ms, &tags)?;
+                self.runs.insert(*run, created);
+            }
+            Call::LogBatch {
+                run,
+                metrics,
+                params,
+                tags,
+            } => {
+                let metrics: Vec<Metric> = metrics.iter().map(Metric::from).collect();
+                self.client
+                    .log_batch(&self.server(run)?.run_id, &metrics, params, tags)?;
+            }
+            Call::Upload { run, file, dest } => {
+                let path = base.map_or_else(|| file.clone(), |b| b.join(file));
+                self.client.upload(&self.server(run)?, &path, dest)?;
+            }
+            Call::UpdateRun { run, status, end_ms } => {
+                self.client.update_run(&self.server(run)?.run_id, *status, *end_ms)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What [`sync`] did.
@@ -391,7 +395,6 @@ pub struct SyncReport {
 /// server at `uri`. A file is removed once all its calls went through; on a
 /// failure the calls not yet sent are kept, so running it again resumes.
 pub fn sync(uri: &str, spool_dir: &Path) -> anyhow::Result<SyncReport> {
-    let client = Client::new(uri);
     let mut report = SyncReport::default();
     let Ok(entries) = std::fs::read_dir(spool_dir) else {
         return Ok(report);
@@ -413,12 +416,12 @@ pub fn sync(uri: &str, spool_dir: &Path) -> anyhow::Result<SyncReport> {
                     .with_context(|| format!("{}:{}: not a spooled MLflow call", file.display(), i + 1))
             })
             .collect::<anyhow::Result<_>>()?;
-        let mut experiment_id = None;
-        let mut runs = HashMap::new();
+        let mut link = Link::new(uri);
         for (i, call) in calls.iter().enumerate() {
-            if let Err(e) = send_with_retries(&client, &mut experiment_id, &mut runs, call, Some(spool_dir)) {
+            if let Err(e) = link.send_with_retries(call, Some(spool_dir)) {
                 // Keep what is left, with the runs created so far, and stop.
-                let mut rest: Vec<Call> = runs
+                let mut rest: Vec<Call> = link
+                    .runs
                     .iter()
                     .map(|(&run, server)| Call::Known {
                         run,
