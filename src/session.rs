@@ -11,7 +11,7 @@ use crate::console::Console;
 use crate::dag::{ExecOptions, Execution, Graph, GraphNode, NodeState, Reporter, execute};
 use crate::spec::Pipeline;
 use crate::stage::{Progress, Registry};
-use crate::store::{LockFile, LockedStage, Lookup, Store};
+use crate::store::{LockFile, LockedStage, Lookup, Manifest, Store};
 use crate::tracking::record::{self, StageRecord};
 use crate::tracking::{RunHandle, RunStatus, Tracker};
 
@@ -302,14 +302,15 @@ fn finalize(
     let mut metrics = BTreeMap::new();
     let mut error = None;
     let mut interrupted = false;
+    let mut manifests = Vec::new();
     for (stage, &n) in instance.pipeline.stages.iter().zip(&session.nodes[i]) {
         let node = &session.graph.nodes[n];
         let (state, node_seconds) = live.ended[n].clone().unwrap_or((NodeState::Interrupted, 0.0));
         if session.is_own(n) {
             seconds += node_seconds;
         }
-        let manifest = match store.lookup(&node.material.kind, &node.key) {
-            Lookup::Valid(manifest) if state.succeeded() => Some(manifest),
+        let manifest = match state.succeeded().then(|| store.lookup(&node.material.kind, &node.key)) {
+            Some(Lookup::Valid(manifest)) => Some(manifest),
             _ => None,
         };
         match &state {
@@ -329,6 +330,7 @@ fn finalize(
                 .then(|| store.out_dir(&node.material.kind, &node.key)),
             metrics: stage_metrics,
         });
+        manifests.push(manifest);
     }
     let ending = match (error, interrupted) {
         (Some(e), _) => Ending::Failed(e),
@@ -347,18 +349,19 @@ fn finalize(
     };
     if let Some(tracking) = tracking {
         let run = *live.runs[i].get_or_insert_with(|| start_run(instance, tracking));
-        log_run(session, i, run, &result, store, registry, tracking);
+        log_run(session, i, run, &result, &manifests, registry, tracking);
     }
     result
 }
 
-/// Sends an instance's params, metrics, tags and artifacts, and ends its run.
+/// Sends an instance's params, metrics, tags and artifacts, and ends its
+/// run; `manifests` are its stages' entries (in stage order) when they succeeded.
 fn log_run(
     session: &Session,
     i: usize,
     run: RunHandle,
     result: &InstanceResult,
-    store: &Store,
+    manifests: &[Option<Box<Manifest>>],
     registry: &Registry,
     tracking: &Tracking,
 ) {
@@ -381,9 +384,10 @@ fn log_run(
     for (file, dest) in record::artifacts(registry, &result.stages) {
         tracker.upload(run, &file, &dest);
     }
-    let outputs = |n: usize| match store.lookup(&session.graph.nodes[n].material.kind, &session.graph.nodes[n].key) {
-        Lookup::Valid(m) => Some((m.files.clone(), m.metrics.clone())),
-        _ => None,
+    let outputs = |n: usize| {
+        let stage = session.nodes[i].iter().position(|&m| m == n)?;
+        let manifest = manifests[stage].as_ref()?;
+        Some((manifest.files.clone(), manifest.metrics.clone()))
     };
     if let Some(lock) = lock_file(session, i, outputs) {
         let path = std::env::temp_dir().join(format!(
