@@ -118,6 +118,44 @@ stages:
 }
 
 #[test]
+fn truncation_side_left_keeps_the_end_of_long_texts() {
+    let project = Project::new();
+    let yaml = |name: &str, tokenize: &str| {
+        project.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "name: {name}
+seed: 0
+stages:
+  data: {{kind: download, source: ../data/imdb-sample/train.parquet}}
+  load: {{splits: {{train: train.parquet}}, limit: 50}}
+  tokenize:
+    tokenizer: {{pretrained: ../data/tokenizers/bert-base-cased/tokenizer.json}}
+{tokenize}"
+            ),
+        )
+    };
+    let ids = |file: String| {
+        let (code, result) = project.run_json(&["run", &file], &[]);
+        assert_eq!(code, 0, "{result}");
+        ids_column(&read_parquet(&project.out(&result, "tokenize").join("train.parquet")))
+    };
+    let full = ids(yaml("full", "    max_length: 4096\n"));
+    let left = ids(yaml("left", "    max_length: 16\n    truncation_side: left\n"));
+    let right = ids(yaml("right", "    max_length: 16\n"));
+    for ((full, left), right) in full.iter().zip(&left).zip(&right) {
+        let (cls, sep, words) = (full[0], full[full.len() - 1], &full[1..full.len() - 1]);
+        if words.len() <= 14 {
+            assert_eq!((left, right), (full, full));
+            continue;
+        }
+        let expected_left = [&[cls][..], &words[words.len() - 14..], &[sep]].concat();
+        let expected_right = [&[cls][..], &words[..14], &[sep]].concat();
+        assert_eq!((left, right), (&expected_left, &expected_right));
+    }
+}
+
+#[test]
 fn full_imdb_train_ids_equal_the_python_tokenizers_library() {
     let project = Project::new();
     let file = project.write(

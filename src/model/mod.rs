@@ -2,8 +2,10 @@
 //! Elman / LSTM / GRU networks with a choice of pooling over time, optional
 //! LayerNorm, an MLP head and pretrained (GloVe) embeddings.
 
+pub mod embedding;
 pub mod glove;
 pub mod init;
+pub mod layer;
 pub mod recurrent;
 
 use burn::module::{Module, Param};
@@ -314,7 +316,7 @@ impl Model {
     /// Logits `[batch, outputs]`. With `dropout` (a seeded stream), dropout is
     /// applied between recurrent layers; without it the model is in evaluation mode.
     pub fn forward(&self, inputs: &Inputs, mut dropout: Option<&mut ChaCha8Rng>) -> Tensor<2> {
-        let mut x = self.embedding.forward(inputs.ids.clone());
+        let mut x = embedding::embedding_lookup(self.embedding.weight.val(), inputs.ids.clone());
         if let Some(norm) = &self.input_norm {
             x = norm.forward(x);
         }

@@ -1,17 +1,17 @@
 //! Recurrent layers (Elman, LSTM, GRU) on burn tensors, with PyTorch's
 //! equations and parameter layout.
 //!
-//! The input projection of all time steps is one matrix product before the
-//! loop; each step then adds the recurrent product and applies the cell. Like
-//! PyTorch without packed sequences, padding steps are processed too; the
+//! Each direction of each layer (input projection and recurrence) is one
+//! fused operation with a hand-written backward pass ([`super::layer`]).
+//! Like PyTorch without packed sequences, padding steps are processed too; the
 //! pooling step reads the states by true length.
 
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{relu, sigmoid, tanh};
 use serde::{Deserialize, Serialize};
 
 use super::init::Initializer;
+use super::layer;
 
 /// The recurrent cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +29,7 @@ pub enum Cell {
 
 impl Cell {
     /// Rows of the stacked gate matrices, in units of the hidden size.
-    fn gates(self) -> usize {
+    pub(crate) fn gates(self) -> usize {
         match self {
             Cell::Tanh | Cell::Relu => 1,
             Cell::Lstm => 4,
@@ -78,67 +78,14 @@ impl Direction {
     }
 
     /// Runs over `x: [batch, time, input]`, returning every state `[batch, time, hidden]`.
-    fn run(&self, cell: Cell, hidden: usize, x: Tensor<3>, reverse: bool) -> Tensor<3> {
-        let [batch, time, input] = x.dims();
-        let device = x.device();
-        let width = cell.gates() * hidden;
-        let mut bias = self.b_ih.val();
-        if cell != Cell::Gru {
-            // Only the GRU needs b_hh inside the reset gate; elsewhere both biases add up front.
-            bias = bias + self.b_hh.val();
-        }
-        // Time-major `[time * batch, width]`: one `narrow` gives a step's rows.
-        let projected = (x.reshape([batch * time, input]).matmul(self.w_ih.val()) + bias.unsqueeze::<2>())
-            .reshape([batch, time, width])
-            .swap_dims(0, 1)
-            .reshape([time * batch, width]);
-        // The backward of a `narrow` writes a zero tensor of the input's size, so
-        // slicing every step straight from `projected` would cost O(time^2); two
-        // levels (blocks of about sqrt(time) steps, then steps) cost O(time^1.5).
-        let block = (time as f64).sqrt().ceil() as usize;
-        let w_hh = self.w_hh.val();
-        let b_hh = self.b_hh.val().unsqueeze::<2>();
-        let mut h: Tensor<2> = Tensor::zeros([batch, hidden], &device);
-        let mut c: Tensor<2> = Tensor::zeros([batch, hidden], &device);
-        let mut states: Vec<Option<Tensor<2>>> = vec![None; time];
-        let mut current: Option<(usize, Tensor<2>)> = None;
-        for step in 0..time {
-            let t = if reverse { time - 1 - step } else { step };
-            let start = t / block * block;
-            if current.as_ref().is_none_or(|(s, _)| *s != start) {
-                let length = block.min(time - start);
-                current = Some((start, projected.clone().narrow(0, start * batch, length * batch)));
-            }
-            let rows = &current.as_ref().expect("a block").1;
-            let x_t = rows.clone().narrow(0, (t - start) * batch, batch);
-            let recurrent = h.clone().matmul(w_hh.clone());
-            h = match cell {
-                Cell::Tanh => tanh(x_t + recurrent),
-                Cell::Relu => relu(x_t + recurrent),
-                Cell::Lstm => {
-                    let mut gates = (x_t + recurrent).chunk(4, 1).into_iter();
-                    let mut next = || gates.next().expect("four gates");
-                    let (i, f, g, o) = (sigmoid(next()), sigmoid(next()), tanh(next()), sigmoid(next()));
-                    c = f * c + i * g;
-                    o * tanh(c.clone())
-                }
-                Cell::Gru => {
-                    let mut xs = x_t.chunk(3, 1).into_iter();
-                    let mut hs = (recurrent + b_hh.clone()).chunk(3, 1).into_iter();
-                    let mut pair = || (xs.next().expect("three gates"), hs.next().expect("three gates"));
-                    let (xr, hr) = pair();
-                    let (xz, hz) = pair();
-                    let (xn, hn) = pair();
-                    let r = sigmoid(xr + hr);
-                    let z = sigmoid(xz + hz);
-                    let n = tanh(xn + r * hn);
-                    n.clone() + z * (h - n)
-                }
-            };
-            states[t] = Some(h.clone());
-        }
-        let states: Vec<Tensor<2>> = states.into_iter().map(|s| s.expect("every step ran")).collect();
-        Tensor::cat(states, 0).reshape([time, batch, hidden]).swap_dims(0, 1)
+    fn run(&self, cell: Cell, x: Tensor<3>, reverse: bool) -> Tensor<3> {
+        layer::recurrent_layer(
+            x,
+            [self.w_ih.val(), self.w_hh.val()],
+            [self.b_ih.val(), self.b_hh.val()],
+            cell,
+            reverse,
+        )
     }
 }
 
@@ -173,9 +120,9 @@ impl Recurrent {
             if index > 0 {
                 x = between(x);
             }
-            let forward = layer.forward.run(self.cell, self.hidden, x.clone(), false);
+            let forward = layer.forward.run(self.cell, x.clone(), false);
             x = match &layer.backward {
-                Some(backward) => Tensor::cat(vec![forward, backward.run(self.cell, self.hidden, x, true)], 2),
+                Some(backward) => Tensor::cat(vec![forward, backward.run(self.cell, x, true)], 2),
                 None => forward,
             };
         }
@@ -198,6 +145,7 @@ mod tests {
     use super::*;
     use crate::model::init::Init;
     use burn::nn::{GateController, GruConfig, Linear, LstmConfig};
+    use burn::tensor::Gradients;
     use burn::tensor::{Device, TensorData};
 
     const INPUT: usize = 3;
@@ -219,72 +167,176 @@ mod tests {
         }
     }
 
-    fn input(device: &Device) -> Tensor<3> {
-        let values: Vec<f32> = (0..2 * 5 * INPUT).map(|i| ((i * 37 % 11) as f32 - 5.0) / 4.0).collect();
-        Tensor::from_data(TensorData::new(values, [2, 5, INPUT]), device).require_grad()
+    fn input(device: &Device, batch: usize, time: usize) -> Tensor<3> {
+        let values: Vec<f32> = (0..batch * time * INPUT)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        Tensor::from_data(TensorData::new(values, [batch, time, INPUT]), device).require_grad()
     }
 
-    /// Outputs and input gradients of ours and burn's layer agree.
-    fn assert_same(ours: impl Fn(Tensor<3>) -> Tensor<3>, theirs: impl Fn(Tensor<3>) -> Tensor<3>) {
-        let device = Device::flex().autodiff();
-        let (x1, x2) = (input(&device), input(&device));
-        let (a, b) = (ours(x1.clone()), theirs(x2.clone()));
-        let close = |p: Vec<f32>, q: Vec<f32>| {
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    /// The outputs, then the gradients of the input and of `w_ih, w_hh, b_ih,
+    /// b_hh` (each flattened), of a weighted sum of a layer's states.
+    type Run = (Vec<f32>, Vec<Vec<f32>>);
+
+    fn differentiate(x: Tensor<3>, states: Tensor<3>, params: impl Fn(&Gradients) -> Vec<Vec<f32>>) -> Run {
+        let n = states.dims().iter().product::<usize>();
+        let weights: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let weights = Tensor::<3>::from_data(TensorData::new(weights, states.dims()), &states.device());
+        let grads = (states.clone() * weights).sum().backward();
+        let mut all = vec![values(x.grad(&grads).unwrap())];
+        all.extend(params(&grads));
+        (values(states), all)
+    }
+
+    fn ours(d: &Direction, cell: Cell, x: Tensor<3>, reverse: bool) -> Run {
+        let states = d.run(cell, x.clone(), reverse);
+        differentiate(x, states, |g| {
+            let grad = |p: &Param<Tensor<2>>| values(p.val().grad(g).unwrap());
+            let grad1 = |p: &Param<Tensor<1>>| values(p.val().grad(g).unwrap());
+            vec![grad(&d.w_ih), grad(&d.w_hh), grad1(&d.b_ih), grad1(&d.b_hh)]
+        })
+    }
+
+    fn assert_close(ours: &Run, theirs: &Run) {
+        let close = |p: &[f32], q: &[f32]| {
             assert_eq!(p.len(), q.len());
-            for (u, v) in p.iter().zip(&q) {
+            for (u, v) in p.iter().zip(q) {
                 assert!((u - v).abs() < 1e-5, "{p:?}\n{q:?}");
             }
         };
-        close(
-            a.to_data().try_into_vec::<f32>().unwrap(),
-            b.to_data().try_into_vec::<f32>().unwrap(),
-        );
-        let ga = x1.grad(&(a * 1.5).sum().backward()).unwrap();
-        let gb = x2.grad(&(b * 1.5).sum().backward()).unwrap();
-        close(
-            ga.into_data().try_into_vec::<f32>().unwrap(),
-            gb.into_data().try_into_vec::<f32>().unwrap(),
-        );
+        close(&ours.0, &theirs.0);
+        assert_eq!(ours.1.len(), theirs.1.len());
+        for (a, b) in ours.1.iter().zip(&theirs.1) {
+            close(a, b);
+        }
+    }
+
+    /// Gradients of burn's gate controllers in our stacked layout: `[w_ih, w_hh, b_ih, b_hh]`.
+    fn gate_grads(gates: &[&GateController], g: &Gradients) -> Vec<Vec<f32>> {
+        let weight = |l: &Linear| l.weight.val().grad(g).unwrap();
+        let bias = |l: &Linear| l.bias.as_ref().unwrap().val().grad(g).unwrap();
+        let stack2 =
+            |f: &dyn Fn(&GateController) -> Tensor<2>| values(Tensor::cat(gates.iter().map(|c| f(c)).collect(), 1));
+        let stack1 =
+            |f: &dyn Fn(&GateController) -> Tensor<1>| values(Tensor::cat(gates.iter().map(|c| f(c)).collect(), 0));
+        vec![
+            stack2(&|c| weight(&c.input_transform)),
+            stack2(&|c| weight(&c.hidden_transform)),
+            stack1(&|c| bias(&c.input_transform)),
+            stack1(&|c| bias(&c.hidden_transform)),
+        ]
     }
 
     #[test]
-    fn lstm_matches_burns_lstm() {
+    fn lstm_states_and_every_gradient_match_burns_lstm() {
         let device = Device::flex().autodiff();
         let init = Initializer::new(3, Init::Default, &device);
-        let ours = Direction::new(&init, "t", Cell::Lstm, INPUT, HIDDEN);
+        let ours_layer = Direction::new(&init, "t", Cell::Lstm, INPUT, HIDDEN);
         let mut theirs = LstmConfig::new(INPUT, HIDDEN, true)
             .with_batch_first(true)
             .init(&device);
-        theirs.input_gate = gate(&ours, 0);
-        theirs.forget_gate = Some(gate(&ours, 1));
-        theirs.cell_gate = gate(&ours, 2);
-        theirs.output_gate = gate(&ours, 3);
-        assert_same(
-            |x| ours.run(Cell::Lstm, HIDDEN, x, false),
-            |x| theirs.forward(x, None).0,
-        );
+        theirs.input_gate = gate(&ours_layer, 0);
+        theirs.forget_gate = Some(gate(&ours_layer, 1));
+        theirs.cell_gate = gate(&ours_layer, 2);
+        theirs.output_gate = gate(&ours_layer, 3);
+        let x = input(&device, 3, 7);
+        let states = theirs.forward(x.clone(), None).0;
+        let expected = differentiate(x, states, |g| {
+            let forget = theirs.forget_gate.as_ref().unwrap();
+            gate_grads(&[&theirs.input_gate, forget, &theirs.cell_gate, &theirs.output_gate], g)
+        });
+        assert_close(&ours(&ours_layer, Cell::Lstm, input(&device, 3, 7), false), &expected);
     }
 
     #[test]
-    fn gru_matches_burns_gru_with_reset_after() {
+    fn gru_states_and_every_gradient_match_burns_gru_with_reset_after() {
         let device = Device::flex().autodiff();
         let init = Initializer::new(4, Init::Default, &device);
-        let ours = Direction::new(&init, "t", Cell::Gru, INPUT, HIDDEN);
+        let ours_layer = Direction::new(&init, "t", Cell::Gru, INPUT, HIDDEN);
         let mut theirs = GruConfig::new(INPUT, HIDDEN, true).with_reset_after(true).init(&device);
-        theirs.reset_gate = gate(&ours, 0);
-        theirs.update_gate = gate(&ours, 1);
-        theirs.new_gate = gate(&ours, 2);
-        assert_same(|x| ours.run(Cell::Gru, HIDDEN, x, false), |x| theirs.forward(x, None));
+        theirs.reset_gate = gate(&ours_layer, 0);
+        theirs.update_gate = gate(&ours_layer, 1);
+        theirs.new_gate = gate(&ours_layer, 2);
+        let x = input(&device, 3, 7);
+        let states = theirs.forward(x.clone(), None);
+        let expected = differentiate(x, states, |g| {
+            gate_grads(&[&theirs.reset_gate, &theirs.update_gate, &theirs.new_gate], g)
+        });
+        assert_close(&ours(&ours_layer, Cell::Gru, input(&device, 3, 7), false), &expected);
+    }
+
+    /// The Elman recurrence step by step from burn tensor ops.
+    fn elman_from_burn_ops(d: &Direction, relu: bool, x: Tensor<3>) -> Tensor<3> {
+        let [batch, time, _] = x.dims();
+        let mut h: Tensor<2> = Tensor::zeros([batch, HIDDEN], &x.device());
+        let mut states = Vec::new();
+        for t in 0..time {
+            let x_t = x.clone().narrow(1, t, 1).reshape([batch, INPUT]);
+            let a = x_t.matmul(d.w_ih.val()) + h.matmul(d.w_hh.val()) + (d.b_ih.val() + d.b_hh.val()).unsqueeze::<2>();
+            h = if relu {
+                burn::tensor::activation::relu(a)
+            } else {
+                burn::tensor::activation::tanh(a)
+            };
+            states.push(h.clone().unsqueeze_dim::<3>(1));
+        }
+        Tensor::cat(states, 1)
     }
 
     #[test]
-    fn reverse_direction_is_the_forward_run_of_the_flipped_sequence() {
+    fn elman_states_and_every_gradient_match_burn_ops_in_both_directions() {
         let device = Device::flex().autodiff();
-        let init = Initializer::new(5, Init::Default, &device);
-        let d = Direction::new(&init, "t", Cell::Tanh, INPUT, HIDDEN);
-        assert_same(
-            |x| d.run(Cell::Tanh, HIDDEN, x, true),
-            |x| d.run(Cell::Tanh, HIDDEN, x.flip([1]), false).flip([1]),
-        );
+        for (seed, cell) in [(5, Cell::Tanh), (6, Cell::Relu)] {
+            let init = Initializer::new(seed, Init::Default, &device);
+            let d = Direction::new(&init, "t", cell, INPUT, HIDDEN);
+            let relu = cell == Cell::Relu;
+            for reverse in [false, true] {
+                let x = input(&device, 3, 7);
+                let states = if reverse {
+                    elman_from_burn_ops(&d, relu, x.clone().flip([1])).flip([1])
+                } else {
+                    elman_from_burn_ops(&d, relu, x.clone())
+                };
+                let expected = differentiate(x, states, |g| {
+                    let grad = |p: &Param<Tensor<2>>| values(p.val().grad(g).unwrap());
+                    let grad1 = |p: &Param<Tensor<1>>| values(p.val().grad(g).unwrap());
+                    vec![grad(&d.w_ih), grad(&d.w_hh), grad1(&d.b_ih), grad1(&d.b_hh)]
+                });
+                assert_close(&ours(&d, cell, input(&device, 3, 7), reverse), &expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reverse_direction_is_the_forward_run_of_the_flipped_sequence() {
+        let device = Device::flex().autodiff();
+        for (seed, cell) in [(7, Cell::Lstm), (8, Cell::Gru)] {
+            let init = Initializer::new(seed, Init::Default, &device);
+            let d = Direction::new(&init, "t", cell, INPUT, HIDDEN);
+            let x = input(&device, 2, 6);
+            let flipped = d.run(cell, x.clone().flip([1]), false).flip([1]);
+            let expected = differentiate(x, flipped, |g| {
+                let grad = |p: &Param<Tensor<2>>| values(p.val().grad(g).unwrap());
+                let grad1 = |p: &Param<Tensor<1>>| values(p.val().grad(g).unwrap());
+                vec![grad(&d.w_ih), grad(&d.w_hh), grad1(&d.b_ih), grad1(&d.b_hh)]
+            });
+            assert_close(&ours(&d, cell, input(&device, 2, 6), true), &expected);
+        }
+    }
+
+    #[test]
+    fn without_autodiff_the_scan_gives_the_same_states() {
+        let device = Device::flex().autodiff();
+        let init = Initializer::new(9, Init::Default, &device);
+        let d = Direction::new(&init, "t", Cell::Gru, INPUT, HIDDEN);
+        let tracked = values(d.run(Cell::Gru, input(&device, 2, 5), true));
+        let plain = d.valid();
+        let x = Tensor::<3>::from_data(input(&device, 2, 5).into_data(), &Device::flex());
+        let untracked = values(plain.run(Cell::Gru, x, true));
+        assert_eq!(tracked, untracked);
     }
 }

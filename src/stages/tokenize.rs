@@ -10,6 +10,7 @@ use polars::prelude::{
 use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+use crate::data::batches::Side;
 use crate::data::fetch::{self, Source};
 use crate::data::table::{self, TableMeta};
 use crate::data::vocab::{self, VocabSettings};
@@ -36,6 +37,11 @@ pub struct TokenizeConfig {
     /// Cut longer sequences to `max_length` (default true); if false they are an error.
     #[serde(default = "super::enabled")]
     pub truncation: bool,
+    /// Which end of a longer sequence is cut: `right` (the default, keeps the
+    /// beginning) or `left` (keeps the end, like Keras' `truncating="pre"`).
+    /// Left out of the cache key when `right`, so older entries stay valid.
+    #[serde(default, skip_serializing_if = "is_right")]
+    pub truncation_side: Side,
     /// Add the tokenizer's special tokens, e.g. `[CLS]` and `[SEP]` (default true).
     #[serde(default = "super::enabled")]
     pub add_special_tokens: bool,
@@ -111,6 +117,9 @@ impl TokensMeta {
     }
 }
 
+fn is_right(side: &Side) -> bool {
+    *side == Side::Right
+}
 fn default_max_length() -> usize {
     512
 }
@@ -234,7 +243,10 @@ impl Stage for Tokenize {
             }
         };
         let truncation = TruncationParams {
-            direction: TruncationDirection::Right,
+            direction: match config.truncation_side {
+                Side::Right => TruncationDirection::Right,
+                Side::Left => TruncationDirection::Left,
+            },
             max_length: config.max_length,
             strategy: TruncationStrategy::LongestFirst,
             stride: 0,

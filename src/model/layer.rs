@@ -1,0 +1,616 @@
+//! One direction of one recurrent layer as a single operation with a
+//! hand-written backward pass.
+//!
+//! Built from burn tensor ops, a recurrent layer costs some 40 autodiff nodes
+//! per time step, and on the CPU such a step is bound by per-op overhead
+//! rather than arithmetic. Here the layer (input projection and recurrence)
+//! is one node: the forward pass loops over time on host memory and keeps
+//! what the backward pass needs (states, gate activations); the backward pass
+//! runs backpropagation through time in one loop. Every sum runs in a fixed
+//! order, so results are bit-identical from run to run.
+//!
+//! The operation is a burn backend extension ([`LayerOps`]): the `flex` CPU
+//! backend runs the host loops directly, and burn's autodiff wrapper records
+//! one node whose backward is [`backward`].
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension, read_sync};
+use burn::tensor::{Tensor, TensorData};
+
+use super::recurrent::Cell;
+
+/// The recurrent layer as a backend operation.
+#[backend_extension(Flex, Autodiff)]
+pub trait LayerOps: Backend {
+    /// Runs `cell` over `x: [batch, time, input]` with input weights
+    /// `w_ih: [input, gates * hidden]`, recurrent weights
+    /// `w_hh: [hidden, gates * hidden]` and biases `b_ih`, `b_hh`
+    /// (`[gates * hidden]`), from a zero state, last step first when
+    /// `reverse`. Returns every state, `[batch, time, hidden]`.
+    fn recurrent_layer(
+        x: FloatTensor<Self>,
+        w_ih: FloatTensor<Self>,
+        b_ih: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+        b_hh: FloatTensor<Self>,
+        cell: Cell,
+        reverse: bool,
+    ) -> FloatTensor<Self> {
+        let device = x.device();
+        let inputs = Inputs::read::<Self>([x, w_ih, b_ih, w_hh, b_hh], cell);
+        let dims = inputs.dims;
+        let saved = forward(&inputs, cell, reverse, false);
+        Self::float_from_data(
+            TensorData::new(saved.states, [dims.batch, dims.time, dims.hidden]),
+            &device,
+        )
+    }
+}
+
+impl LayerOps for Flex {}
+
+/// Every state of a recurrent layer on burn tensors: see [`LayerOps::recurrent_layer`].
+pub fn recurrent_layer(
+    x: Tensor<3>,
+    [w_ih, w_hh]: [Tensor<2>; 2],
+    [b_ih, b_hh]: [Tensor<1>; 2],
+    cell: Cell,
+    reverse: bool,
+) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as LayerOps>::recurrent_layer(
+        x.into_dispatch(),
+        w_ih.into_dispatch(),
+        b_ih.into_dispatch(),
+        w_hh.into_dispatch(),
+        b_hh.into_dispatch(),
+        cell,
+        reverse,
+    ))
+}
+
+/// Sizes of one layer run.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    time: usize,
+    input: usize,
+    hidden: usize,
+    /// `gates * hidden`.
+    width: usize,
+}
+
+/// The layer's inputs as host vectors.
+#[derive(Debug)]
+struct Inputs {
+    dims: Dims,
+    x: Vec<f32>,
+    w_ih: Vec<f32>,
+    b_ih: Vec<f32>,
+    w_hh: Vec<f32>,
+    b_hh: Vec<f32>,
+}
+
+fn host<B: Backend>(tensor: FloatTensor<B>) -> Vec<f32> {
+    read_sync(B::float_into_data(tensor))
+        .expect("a readable tensor")
+        .try_into_vec::<f32>()
+        .expect("f32 values")
+}
+
+impl Inputs {
+    /// Reads `[x, w_ih, b_ih, w_hh, b_hh]` to the host, checking their shapes.
+    fn read<B: Backend>([x, w_ih, b_ih, w_hh, b_hh]: [FloatTensor<B>; 5], cell: Cell) -> Inputs {
+        let [batch, time, input] = x.shape().as_slice().try_into().expect("x is [batch, time, input]");
+        let width = w_ih.shape()[1];
+        let dims = Dims {
+            batch,
+            time,
+            input,
+            hidden: width / cell.gates(),
+            width,
+        };
+        assert_eq!(
+            w_ih.shape().as_slice(),
+            [input, width],
+            "w_ih is [input, gates * hidden]"
+        );
+        assert_eq!(
+            w_hh.shape().as_slice(),
+            [dims.hidden, width],
+            "w_hh is [hidden, gates * hidden]"
+        );
+        assert_eq!(b_ih.shape().as_slice(), [width], "b_ih is [gates * hidden]");
+        assert_eq!(b_hh.shape().as_slice(), [width], "b_hh is [gates * hidden]");
+        Inputs {
+            dims,
+            x: host::<B>(x),
+            w_ih: host::<B>(w_ih),
+            b_ih: host::<B>(b_ih),
+            w_hh: host::<B>(w_hh),
+            b_hh: host::<B>(b_hh),
+        }
+    }
+}
+
+/// What the forward pass leaves for the backward pass.
+#[derive(Debug)]
+struct Saved {
+    /// Every state `[batch, time, hidden]`.
+    states: Vec<f32>,
+    /// Per step and row, the activated gates (`i f g o` for the LSTM, `r z n`
+    /// for the GRU) `[batch, time, gates * hidden]`; empty for Elman cells.
+    gates: Vec<f32>,
+    /// LSTM cell states, GRU `h W_hn + b_hn`, `[batch, time, hidden]`; empty for Elman cells.
+    extra: Vec<f32>,
+}
+
+/// Flushes denormal floats to zero on this thread (x86's FTZ and DAZ bits)
+/// until dropped. Gradients that vanish over many time steps become denormal,
+/// and each operation on a denormal costs some hundred cycles: unflushed, an
+/// Elman layer ran 20 times slower than its arithmetic.
+struct FlushDenormals {
+    #[cfg(target_arch = "x86_64")]
+    saved: u32,
+}
+
+impl FlushDenormals {
+    #[allow(deprecated)] // `_mm_getcsr` has no replacement yet
+    fn new() -> FlushDenormals {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+            // SAFETY: MXCSR exists on every x86_64 CPU; bits 15 (FTZ) and 6 (DAZ) only change denormal handling.
+            let saved = unsafe { _mm_getcsr() };
+            unsafe { _mm_setcsr(saved | 0x8040) };
+            FlushDenormals { saved }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        FlushDenormals {}
+    }
+}
+
+impl Drop for FlushDenormals {
+    #[allow(deprecated)]
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: restores the value read in `new`.
+        unsafe {
+            std::arch::x86_64::_mm_setcsr(self.saved)
+        };
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Columns per register block of the matrix products: wide enough to hide
+/// the latency of the additions, narrow enough to stay in registers. Rows
+/// narrower than a block are finished in blocks of 8 and 1.
+const BLOCK: usize = 32;
+
+/// `(start, width)` of the column blocks of a row of `n`.
+fn blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let rest = n - start;
+        let width = match rest {
+            0 => return None,
+            r if r >= BLOCK => BLOCK,
+            r if r >= 8 => 8,
+            _ => 1,
+        };
+        start += width;
+        Some((start - width, width))
+    })
+}
+
+/// Runs `$block::<W>(args...)` with the block width `$width` as a constant.
+macro_rules! by_width {
+    ($width:expr, $block:ident($($arg:expr),*)) => {
+        match $width {
+            BLOCK => $block::<BLOCK>($($arg),*),
+            8 => $block::<8>($($arg),*),
+            _ => $block::<1>($($arg),*),
+        }
+    };
+}
+
+/// `out[i, :] += sum_p a[i, p] * b[p, :]` for row-major `a: [m, k]`,
+/// `b: [k, n]`, `out: [m, n]`. Every element sums over `p` in order, so the
+/// result does not depend on the block width or the instruction set.
+fn matmul_add(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize) {
+    for (a_row, out_row) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+        for (start, width) in blocks(n) {
+            by_width!(width, row_block(a_row, b, n, &mut out_row[start..start + width], start));
+        }
+    }
+}
+
+#[inline(always)]
+fn row_block<const W: usize>(a_row: &[f32], b: &[f32], n: usize, out: &mut [f32], start: usize) {
+    let mut acc: [f32; W] = (&*out).try_into().expect("a block");
+    for (p, &a) in a_row.iter().enumerate() {
+        let b: &[f32; W] = b[p * n + start..p * n + start + W].try_into().expect("a block");
+        for l in 0..W {
+            acc[l] += a * b[l];
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
+/// `out[p, :] += sum_i a[i, p] * b[i, :]` (`a` transposed) for row-major
+/// `a: [m, k]`, `b: [m, n]`, `out: [k, n]`, summing over `i` in order.
+fn matmul_tn_add(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize) {
+    for (p, out_row) in out.chunks_exact_mut(n).enumerate() {
+        for (start, width) in blocks(n) {
+            by_width!(
+                width,
+                column_block(a, b, k, n, p, &mut out_row[start..start + width], start)
+            );
+        }
+    }
+}
+
+#[inline(always)]
+fn column_block<const W: usize>(a: &[f32], b: &[f32], k: usize, n: usize, p: usize, out: &mut [f32], start: usize) {
+    let mut acc: [f32; W] = (&*out).try_into().expect("a block");
+    for (a_row, b_row) in a.chunks_exact(k).zip(b.chunks_exact(n)) {
+        let a = a_row[p];
+        let b: &[f32; W] = b_row[start..start + W].try_into().expect("a block");
+        for l in 0..W {
+            acc[l] += a * b[l];
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
+/// `[rows, cols]` row-major `m` transposed.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// The time index of processing step `step`.
+fn time_at(step: usize, time: usize, reverse: bool) -> usize {
+    if reverse { time - 1 - step } else { step }
+}
+
+/// `matrix: [rows, n]` summed over its rows, in order.
+fn column_sums(matrix: &[f32], n: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; n];
+    for row in matrix.chunks_exact(n) {
+        for (sum, &v) in sums.iter_mut().zip(row) {
+            *sum += v;
+        }
+    }
+    sums
+}
+
+/// Runs the layer; with `save`, keeps the gates the backward pass needs.
+fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
+    let _flush = FlushDenormals::new();
+    let Dims {
+        batch,
+        time,
+        input,
+        hidden,
+        width,
+    } = inputs.dims;
+    let mut projected = vec![0.0f32; batch * time * width];
+    for row in projected.chunks_exact_mut(width) {
+        row.copy_from_slice(&inputs.b_ih);
+    }
+    matmul_add(&inputs.x, &inputs.w_ih, &mut projected, input, width);
+    let keeps_gates = save && matches!(cell, Cell::Lstm | Cell::Gru);
+    let mut saved = Saved {
+        states: vec![0.0; batch * time * hidden],
+        gates: if keeps_gates {
+            vec![0.0; batch * time * width]
+        } else {
+            Vec::new()
+        },
+        extra: if keeps_gates {
+            vec![0.0; batch * time * hidden]
+        } else {
+            Vec::new()
+        },
+    };
+    let mut h = vec![0.0f32; batch * hidden];
+    let mut c = vec![0.0f32; batch * hidden];
+    let mut recurrent = vec![0.0f32; batch * width];
+    for step in 0..time {
+        let t = time_at(step, time, reverse);
+        for row in recurrent.chunks_exact_mut(width) {
+            row.copy_from_slice(&inputs.b_hh);
+        }
+        matmul_add(&h, &inputs.w_hh, &mut recurrent, hidden, width);
+        for b in 0..batch {
+            let at = (b * time + t) * width;
+            let x = &projected[at..at + width];
+            let r = &recurrent[b * width..(b + 1) * width];
+            let h_b = &mut h[b * hidden..(b + 1) * hidden];
+            let state = (b * time + t) * hidden;
+            match cell {
+                Cell::Tanh => {
+                    for j in 0..hidden {
+                        h_b[j] = (x[j] + r[j]).tanh();
+                    }
+                }
+                Cell::Relu => {
+                    for j in 0..hidden {
+                        h_b[j] = (x[j] + r[j]).max(0.0);
+                    }
+                }
+                Cell::Lstm => {
+                    let c_b = &mut c[b * hidden..(b + 1) * hidden];
+                    for j in 0..hidden {
+                        let i = sigmoid(x[j] + r[j]);
+                        let f = sigmoid(x[hidden + j] + r[hidden + j]);
+                        let g = (x[2 * hidden + j] + r[2 * hidden + j]).tanh();
+                        let o = sigmoid(x[3 * hidden + j] + r[3 * hidden + j]);
+                        c_b[j] = f * c_b[j] + i * g;
+                        h_b[j] = o * c_b[j].tanh();
+                        if keeps_gates {
+                            let gates = &mut saved.gates[at..at + width];
+                            (
+                                gates[j],
+                                gates[hidden + j],
+                                gates[2 * hidden + j],
+                                gates[3 * hidden + j],
+                            ) = (i, f, g, o);
+                        }
+                    }
+                    if keeps_gates {
+                        saved.extra[state..state + hidden].copy_from_slice(c_b);
+                    }
+                }
+                Cell::Gru => {
+                    for j in 0..hidden {
+                        let reset = sigmoid(x[j] + r[j]);
+                        let update = sigmoid(x[hidden + j] + r[hidden + j]);
+                        let hn = r[2 * hidden + j];
+                        let n = (x[2 * hidden + j] + reset * hn).tanh();
+                        h_b[j] = n + update * (h_b[j] - n);
+                        if keeps_gates {
+                            let gates = &mut saved.gates[at..at + width];
+                            (gates[j], gates[hidden + j], gates[2 * hidden + j]) = (reset, update, n);
+                            saved.extra[state + j] = hn;
+                        }
+                    }
+                }
+            }
+            saved.states[state..state + hidden].copy_from_slice(h_b);
+        }
+    }
+    saved
+}
+
+/// Gradients of the layer's inputs, in the order of [`Inputs::read`].
+struct Grads {
+    x: Vec<f32>,
+    w_ih: Vec<f32>,
+    b_ih: Vec<f32>,
+    w_hh: Vec<f32>,
+    b_hh: Vec<f32>,
+}
+
+/// Backpropagation through time: from `d_states` (`[batch, time, hidden]`)
+/// to the gradients of every input.
+fn backward(inputs: &Inputs, saved: &Saved, d_states: &[f32], cell: Cell, reverse: bool) -> Grads {
+    let _flush = FlushDenormals::new();
+    let Dims {
+        batch,
+        time,
+        input,
+        hidden,
+        width,
+    } = inputs.dims;
+    let w_hh_t = transpose(&inputs.w_hh, hidden, width);
+    // Gradients of the input projection `x w_ih + b_ih` and of the recurrent
+    // term `h w_hh + b_hh` at every step; they differ only in the GRU's `n` gate.
+    let mut d_projected = vec![0.0f32; batch * time * width];
+    let mut d_recurrent_all = if cell == Cell::Gru {
+        vec![0.0f32; batch * time * width]
+    } else {
+        Vec::new()
+    };
+    let state = |b: usize, t: usize| (b * time + t) * hidden;
+    let zeros = vec![0.0f32; hidden];
+    // Gradients flowing into the previous step's state (and LSTM cell).
+    let mut dh_carry = vec![0.0f32; batch * hidden];
+    let mut dc_carry = vec![0.0f32; batch * hidden];
+    let mut d_recurrent = vec![0.0f32; batch * width];
+    let mut dh = vec![0.0f32; hidden];
+    for step in (0..time).rev() {
+        let t = time_at(step, time, reverse);
+        let previous = (step > 0).then(|| time_at(step - 1, time, reverse));
+        for b in 0..batch {
+            let at = state(b, t);
+            let h = &saved.states[at..at + hidden];
+            let carry = &mut dh_carry[b * hidden..(b + 1) * hidden];
+            for j in 0..hidden {
+                dh[j] = d_states[at + j] + carry[j];
+                carry[j] = 0.0;
+            }
+            let gate_at = (b * time + t) * width;
+            let dx = &mut d_projected[gate_at..gate_at + width];
+            let dr = &mut d_recurrent[b * width..(b + 1) * width];
+            match cell {
+                Cell::Tanh => {
+                    for j in 0..hidden {
+                        dx[j] = dh[j] * (1.0 - h[j] * h[j]);
+                    }
+                    dr.copy_from_slice(dx);
+                }
+                Cell::Relu => {
+                    for j in 0..hidden {
+                        dx[j] = if h[j] > 0.0 { dh[j] } else { 0.0 };
+                    }
+                    dr.copy_from_slice(dx);
+                }
+                Cell::Lstm => {
+                    let gates = &saved.gates[gate_at..gate_at + width];
+                    let c = &saved.extra[at..at + hidden];
+                    let c_prev = previous.map_or(&zeros[..], |p| &saved.extra[state(b, p)..state(b, p) + hidden]);
+                    let dc_b = &mut dc_carry[b * hidden..(b + 1) * hidden];
+                    for j in 0..hidden {
+                        let (i, f, g, o) = (
+                            gates[j],
+                            gates[hidden + j],
+                            gates[2 * hidden + j],
+                            gates[3 * hidden + j],
+                        );
+                        let tanh_c = c[j].tanh();
+                        let dc = dc_b[j] + dh[j] * o * (1.0 - tanh_c * tanh_c);
+                        dx[j] = dc * g * i * (1.0 - i);
+                        dx[hidden + j] = dc * c_prev[j] * f * (1.0 - f);
+                        dx[2 * hidden + j] = dc * i * (1.0 - g * g);
+                        dx[3 * hidden + j] = dh[j] * tanh_c * o * (1.0 - o);
+                        dc_b[j] = dc * f;
+                    }
+                    dr.copy_from_slice(dx);
+                }
+                Cell::Gru => {
+                    let gates = &saved.gates[gate_at..gate_at + width];
+                    let hn = &saved.extra[at..at + hidden];
+                    let h_prev = previous.map_or(&zeros[..], |p| &saved.states[state(b, p)..state(b, p) + hidden]);
+                    for j in 0..hidden {
+                        let (reset, update, n) = (gates[j], gates[hidden + j], gates[2 * hidden + j]);
+                        let dn = dh[j] * (1.0 - update) * (1.0 - n * n);
+                        let dz = dh[j] * (h_prev[j] - n) * update * (1.0 - update);
+                        let d_reset = dn * hn[j] * reset * (1.0 - reset);
+                        (dx[j], dx[hidden + j], dx[2 * hidden + j]) = (d_reset, dz, dn);
+                        (dr[j], dr[hidden + j], dr[2 * hidden + j]) = (d_reset, dz, dn * reset);
+                        carry[j] = dh[j] * update;
+                    }
+                    d_recurrent_all[gate_at..gate_at + width].copy_from_slice(dr);
+                }
+            }
+        }
+        // The previous step's state gradient: d_recurrent w_hh^T.
+        matmul_add(&d_recurrent, &w_hh_t, &mut dh_carry, width, hidden);
+    }
+    // Parameter gradients as single products over every step: the state each
+    // step started from, `[batch * time, hidden]`, against the step's gradient.
+    let mut h_prev = vec![0.0f32; batch * time * hidden];
+    for b in 0..batch {
+        for step in 1..time {
+            let (t, p) = (time_at(step, time, reverse), time_at(step - 1, time, reverse));
+            h_prev[state(b, t)..state(b, t) + hidden].copy_from_slice(&saved.states[state(b, p)..state(b, p) + hidden]);
+        }
+    }
+    let d_recurrent_all = if cell == Cell::Gru {
+        &d_recurrent_all
+    } else {
+        &d_projected
+    };
+    let mut grads = Grads {
+        x: vec![0.0; batch * time * input],
+        w_ih: vec![0.0; input * width],
+        b_ih: column_sums(&d_projected, width),
+        w_hh: vec![0.0; hidden * width],
+        b_hh: column_sums(d_recurrent_all, width),
+    };
+    matmul_tn_add(&h_prev, d_recurrent_all, &mut grads.w_hh, hidden, width);
+    matmul_tn_add(&inputs.x, &d_projected, &mut grads.w_ih, input, width);
+    let w_ih_t = transpose(&inputs.w_ih, input, width);
+    matmul_add(&d_projected, &w_ih_t, &mut grads.x, width, input);
+    grads
+}
+
+/// The autodiff node of a layer run.
+#[derive(Debug)]
+struct LayerBackward;
+
+/// What the backward pass of a layer run needs.
+#[derive(Debug, Clone)]
+struct LayerState {
+    inputs: Arc<Inputs>,
+    saved: Arc<Saved>,
+    cell: Cell,
+    reverse: bool,
+}
+
+impl<B: Backend> Backward<B, 5> for LayerBackward {
+    type State = LayerState;
+
+    fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let d_states = grads.consume::<B>(&ops.node);
+        let device = d_states.device();
+        let LayerState {
+            inputs,
+            saved,
+            cell,
+            reverse,
+        } = ops.state;
+        let result = backward(&inputs, &saved, &host::<B>(d_states), cell, reverse);
+        let Dims {
+            batch,
+            time,
+            input,
+            hidden,
+            width,
+        } = inputs.dims;
+        let values = [
+            (result.x, vec![batch, time, input]),
+            (result.w_ih, vec![input, width]),
+            (result.b_ih, vec![width]),
+            (result.w_hh, vec![hidden, width]),
+            (result.b_hh, vec![width]),
+        ];
+        for (parent, (values, shape)) in ops.parents.into_iter().zip(values) {
+            if let Some(node) = parent {
+                grads.register::<B>(node.id, B::float_from_data(TensorData::new(values, shape), &device));
+            }
+        }
+    }
+}
+
+impl<B: Backend + LayerOps, C: CheckpointStrategy> LayerOps for Autodiff<B, C> {
+    fn recurrent_layer(
+        x: FloatTensor<Self>,
+        w_ih: FloatTensor<Self>,
+        b_ih: FloatTensor<Self>,
+        w_hh: FloatTensor<Self>,
+        b_hh: FloatTensor<Self>,
+        cell: Cell,
+        reverse: bool,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), w_ih.node(), b_ih.node(), w_hh.node(), b_hh.node()];
+        let primitives = [x, w_ih, b_ih, w_hh, b_hh].map(|t| t.into_primitive());
+        let device = primitives[0].device();
+        let inputs = Inputs::read::<B>(primitives, cell);
+        let dims = inputs.dims;
+        let prep = LayerBackward.prepare::<C>(nodes).compute_bound().stateful();
+        let tracked = matches!(prep, OpsKind::Tracked(_));
+        let saved = forward(&inputs, cell, reverse, tracked);
+        let output = B::float_from_data(
+            TensorData::new(saved.states.clone(), [dims.batch, dims.time, dims.hidden]),
+            &device,
+        );
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish(
+                LayerState {
+                    inputs: Arc::new(inputs),
+                    saved: Arc::new(saved),
+                    cell,
+                    reverse,
+                },
+                output,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+}
