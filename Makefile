@@ -34,7 +34,7 @@ bench: .venv-bench/bin/python
 # Training throughput against the PyTorch reference scripts in ../shared/bench/pytorch
 # (torch is a ~3 GB download, so it has a venv of its own).
 bench-train: .venv-torch/bin/python
-	PYTHON=$(CURDIR)/.venv-torch/bin/python $(CARGO) bench --bench train
+	PYTHON=$(CURDIR)/.venv-torch/bin/python $(CARGO) bench --profile dev --bench train
 
 .venv-torch/bin/python:
 	python3 -m venv .venv-torch

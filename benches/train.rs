@@ -7,7 +7,10 @@
 //! `(long - short) / (t_long - t_short)` from the train stage's time at two
 //! step counts, so start-up, model initialisation and saving cancel out.
 //! Environment: `REPS` (default 3), `MODELS` (default `cnn,rnn,lstm,gru`),
-//! `THREADS` (default 1).
+//! `THREADS` (default 1). With `PYTHON`, every repetition runs ours and then
+//! the PyTorch script (fused and plain AdamW) back to back, and the ratio is
+//! the median of those paired ratios: this machine's speed drifts over
+//! minutes, so figures measured far apart do not compare.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +36,14 @@ fn main() {
     let store = work.path().join("store");
 
     println!("training throughput, batch 8, max_length 128, {threads} thread(s), medians of {reps}");
-    let mut rows = Vec::new();
+    let python = std::env::var("PYTHON").ok();
+    match &python {
+        Some(python) => println!(
+            "PyTorch reference ({python}) interleaved: each repetition runs ours, then torch fused and plain AdamW"
+        ),
+        None => println!("PYTHON is not set: no PyTorch reference in this run"),
+    }
+    let script_dir = repo.join("../shared/bench/pytorch");
     for model in models.split(',') {
         let sets = match model {
             "cnn" => vec![],
@@ -42,29 +52,39 @@ fn main() {
             "gru" => vec!["stages.train.model.type=gru", "stages.train.model.hidden_size=96"],
             other => panic!("unknown model {other}"),
         };
-        let mut rates = Vec::new();
+        // The PyTorch scripts have the cnn and rnn models at this size.
+        let torch = python.as_deref().filter(|_| matches!(model, "cnn" | "rnn"));
+        let optims = ["adamw_fused", "adamw"];
+        let mut ours = Vec::new();
+        let mut theirs: [Vec<f64>; 2] = Default::default();
+        let mut ratios: [Vec<f64>; 2] = Default::default();
         for _ in 0..reps {
             let short = train_seconds(&binary, &file, &store, &sets, SHORT, &threads);
             let long = train_seconds(&binary, &file, &store, &sets, LONG, &threads);
-            rates.push((LONG - SHORT) as f64 / (long - short));
+            let rate = (LONG - SHORT) as f64 / (long - short);
+            ours.push(rate);
+            if let Some(python) = torch {
+                for (k, optim) in optims.iter().enumerate() {
+                    let steps = pytorch_steps(python, &script_dir, model, optim, &threads, work.path());
+                    theirs[k].push(steps);
+                    ratios[k].push(rate / steps);
+                }
+            }
         }
-        let ours = median(&mut rates);
-        println!("  pipeline {model:5} {ours:7.1} steps/s  (runs: {})", list(&rates));
-        rows.push((model.to_string(), ours));
-    }
-
-    let Ok(python) = std::env::var("PYTHON") else {
-        println!("PYTHON is not set: no PyTorch reference in this run");
-        return;
-    };
-    println!("PyTorch reference ({python}), same machine, same run:");
-    let script_dir = repo.join("../shared/bench/pytorch");
-    for (model, ours) in &rows {
-        let mut line = format!("  {model:5} pipeline {ours:7.1} steps/s");
-        if matches!(model.as_str(), "cnn" | "rnn") {
-            for optim in ["adamw_fused", "adamw"] {
-                let torch = pytorch_steps(&python, &script_dir, model, optim, reps, &threads, work.path());
-                line += &format!(" | torch {optim} {torch:6.1} (ratio {:.2}x)", ours / torch);
+        let mut line = format!(
+            "  {model:5} pipeline {:7.1} steps/s (runs: {})",
+            median(&mut ours.clone()),
+            list(&ours)
+        );
+        if torch.is_some() {
+            for (k, optim) in optims.iter().enumerate() {
+                line += &format!(
+                    " | torch {optim} {:6.1} (runs: {}), ratio {:.2}x (per run: {})",
+                    median(&mut theirs[k].clone()),
+                    list(&theirs[k]),
+                    median(&mut ratios[k].clone()),
+                    list2(&ratios[k])
+                );
             }
         }
         println!("{line}");
@@ -98,9 +118,10 @@ fn train_seconds(binary: &Path, file: &Path, store: &Path, sets: &[&str], steps:
     stage["seconds"].as_f64().expect("seconds")
 }
 
-/// Median steps/s of the PyTorch script over `reps` repetitions.
-fn pytorch_steps(python: &str, dir: &Path, model: &str, optim: &str, reps: usize, threads: &str, work: &Path) -> f64 {
+/// Steps/s of one repetition of the PyTorch script.
+fn pytorch_steps(python: &str, dir: &Path, model: &str, optim: &str, threads: &str, work: &Path) -> f64 {
     let out = work.join(format!("torch-{model}-{optim}.jsonl"));
+    let _ = std::fs::remove_file(&out);
     let status = Command::new(python)
         .args([
             "bench_train.py",
@@ -113,15 +134,7 @@ fn pytorch_steps(python: &str, dir: &Path, model: &str, optim: &str, reps: usize
             "--eval-n",
             "200",
         ])
-        .args([
-            "--reps",
-            &reps.to_string(),
-            "--threads",
-            threads,
-            "--optim",
-            optim,
-            "--out",
-        ])
+        .args(["--reps", "1", "--threads", threads, "--optim", optim, "--out"])
         .arg(&out)
         .current_dir(dir)
         .stdout(std::process::Stdio::null())
@@ -144,6 +157,10 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn list(values: &[f64]) -> String {
     values.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
+}
+
+fn list2(values: &[f64]) -> String {
+    values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ")
 }
 
 fn env_or(name: &str, default: &str) -> String {

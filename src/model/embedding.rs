@@ -14,6 +14,8 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension, read_sync};
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::kernels::host;
+
 /// The embedding lookup as a backend operation.
 #[backend_extension(Flex, Autodiff)]
 pub trait EmbeddingOps: Backend {
@@ -48,10 +50,7 @@ impl<B: Backend> Backward<B, 1> for LookupBackward {
         };
         let device = output_grad.device();
         let (ids, [vocab, dim]) = ops.state;
-        let rows = read_sync(B::float_into_data(output_grad))
-            .expect("a readable gradient")
-            .try_into_vec::<f32>()
-            .expect("f32 gradients");
+        let rows = host::<B>(output_grad);
         let ids = read_sync(B::int_into_data(ids)).expect("readable ids").convert::<i64>();
         let ids = ids.as_slice::<i64>().expect("i64 ids");
         let mut dense = vec![0.0f32; vocab * dim];

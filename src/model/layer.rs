@@ -20,9 +20,10 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension, read_sync};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 
+use super::kernels::{FlushDenormals, column_sums, host, matmul_add, matmul_tn_add, transpose};
 use super::recurrent::Cell;
 
 /// The recurrent layer as a backend operation.
@@ -96,13 +97,6 @@ struct Inputs {
     b_hh: Vec<f32>,
 }
 
-fn host<B: Backend>(tensor: FloatTensor<B>) -> Vec<f32> {
-    read_sync(B::float_into_data(tensor))
-        .expect("a readable tensor")
-        .try_into_vec::<f32>()
-        .expect("f32 values")
-}
-
 impl Inputs {
     /// Reads `[x, w_ih, b_ih, w_hh, b_hh]` to the host, checking their shapes.
     fn read<B: Backend>([x, w_ih, b_ih, w_hh, b_hh]: [FloatTensor<B>; 5], cell: Cell) -> Inputs {
@@ -150,136 +144,8 @@ struct Saved {
     extra: Vec<f32>,
 }
 
-/// Flushes denormal floats to zero on this thread (x86's FTZ and DAZ bits)
-/// until dropped. Gradients that vanish over many time steps become denormal,
-/// and each operation on a denormal costs some hundred cycles: unflushed, an
-/// Elman layer ran 20 times slower than its arithmetic.
-struct FlushDenormals {
-    #[cfg(target_arch = "x86_64")]
-    saved: u32,
-}
-
-impl FlushDenormals {
-    #[allow(deprecated)] // `_mm_getcsr` has no replacement yet
-    fn new() -> FlushDenormals {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
-            // SAFETY: MXCSR exists on every x86_64 CPU; bits 15 (FTZ) and 6 (DAZ) only change denormal handling.
-            let saved = unsafe { _mm_getcsr() };
-            unsafe { _mm_setcsr(saved | 0x8040) };
-            FlushDenormals { saved }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        FlushDenormals {}
-    }
-}
-
-impl Drop for FlushDenormals {
-    #[allow(deprecated)]
-    fn drop(&mut self) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: restores the value read in `new`.
-        unsafe {
-            std::arch::x86_64::_mm_setcsr(self.saved)
-        };
-    }
-}
-
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-/// Columns per register block of the matrix products: wide enough to hide
-/// the latency of the additions, narrow enough to stay in registers. Rows
-/// narrower than a block are finished in blocks of 8 and 1.
-const BLOCK: usize = 32;
-
-/// `(start, width)` of the column blocks of a row of `n`.
-fn blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        let rest = n - start;
-        let width = match rest {
-            0 => return None,
-            r if r >= BLOCK => BLOCK,
-            r if r >= 8 => 8,
-            _ => 1,
-        };
-        start += width;
-        Some((start - width, width))
-    })
-}
-
-/// Runs `$block::<W>(args...)` with the block width `$width` as a constant.
-macro_rules! by_width {
-    ($width:expr, $block:ident($($arg:expr),*)) => {
-        match $width {
-            BLOCK => $block::<BLOCK>($($arg),*),
-            8 => $block::<8>($($arg),*),
-            _ => $block::<1>($($arg),*),
-        }
-    };
-}
-
-/// `out[i, :] += sum_p a[i, p] * b[p, :]` for row-major `a: [m, k]`,
-/// `b: [k, n]`, `out: [m, n]`. Every element sums over `p` in order, so the
-/// result does not depend on the block width or the instruction set.
-fn matmul_add(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize) {
-    for (a_row, out_row) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
-        for (start, width) in blocks(n) {
-            by_width!(width, row_block(a_row, b, n, &mut out_row[start..start + width], start));
-        }
-    }
-}
-
-#[inline(always)]
-fn row_block<const W: usize>(a_row: &[f32], b: &[f32], n: usize, out: &mut [f32], start: usize) {
-    let mut acc: [f32; W] = (&*out).try_into().expect("a block");
-    for (p, &a) in a_row.iter().enumerate() {
-        let b: &[f32; W] = b[p * n + start..p * n + start + W].try_into().expect("a block");
-        for l in 0..W {
-            acc[l] += a * b[l];
-        }
-    }
-    out.copy_from_slice(&acc);
-}
-
-/// `out[p, :] += sum_i a[i, p] * b[i, :]` (`a` transposed) for row-major
-/// `a: [m, k]`, `b: [m, n]`, `out: [k, n]`, summing over `i` in order.
-fn matmul_tn_add(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize) {
-    for (p, out_row) in out.chunks_exact_mut(n).enumerate() {
-        for (start, width) in blocks(n) {
-            by_width!(
-                width,
-                column_block(a, b, k, n, p, &mut out_row[start..start + width], start)
-            );
-        }
-    }
-}
-
-#[inline(always)]
-fn column_block<const W: usize>(a: &[f32], b: &[f32], k: usize, n: usize, p: usize, out: &mut [f32], start: usize) {
-    let mut acc: [f32; W] = (&*out).try_into().expect("a block");
-    for (a_row, b_row) in a.chunks_exact(k).zip(b.chunks_exact(n)) {
-        let a = a_row[p];
-        let b: &[f32; W] = b_row[start..start + W].try_into().expect("a block");
-        for l in 0..W {
-            acc[l] += a * b[l];
-        }
-    }
-    out.copy_from_slice(&acc);
-}
-
-/// `[rows, cols]` row-major `m` transposed.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0f32; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
-        }
-    }
-    t
 }
 
 /// The time index of processing step `step`.
@@ -287,20 +153,9 @@ fn time_at(step: usize, time: usize, reverse: bool) -> usize {
     if reverse { time - 1 - step } else { step }
 }
 
-/// `matrix: [rows, n]` summed over its rows, in order.
-fn column_sums(matrix: &[f32], n: usize) -> Vec<f32> {
-    let mut sums = vec![0.0f32; n];
-    for row in matrix.chunks_exact(n) {
-        for (sum, &v) in sums.iter_mut().zip(row) {
-            *sum += v;
-        }
-    }
-    sums
-}
-
 /// Runs the layer; with `save`, keeps the gates the backward pass needs.
 fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
-    let _flush = FlushDenormals::new();
+    let _flush = FlushDenormals::start();
     let Dims {
         batch,
         time,
@@ -409,7 +264,7 @@ struct Grads {
 /// Backpropagation through time: from `d_states` (`[batch, time, hidden]`)
 /// to the gradients of every input.
 fn backward(inputs: &Inputs, saved: &Saved, d_states: &[f32], cell: Cell, reverse: bool) -> Grads {
-    let _flush = FlushDenormals::new();
+    let _flush = FlushDenormals::start();
     let Dims {
         batch,
         time,

@@ -2,9 +2,11 @@
 //! Elman / LSTM / GRU networks with a choice of pooling over time, optional
 //! LayerNorm, an MLP head and pretrained (GloVe) embeddings.
 
+pub mod convolution;
 pub mod embedding;
 pub mod glove;
 pub mod init;
+pub mod kernels;
 pub mod layer;
 pub mod recurrent;
 
@@ -321,9 +323,11 @@ impl Model {
             x = norm.forward(x);
         }
         let mut pooled = if let Some(conv) = &self.conv {
-            let features = relu(conv.forward(x.swap_dims(1, 2)));
-            let [batch, channels, _] = features.dims();
-            features.max_dim(2).reshape([batch, channels])
+            let bias = conv.bias.as_ref().expect("the conv has a bias").val();
+            let padding = self.config.padding.unwrap_or(self.config.filter_size / 2);
+            let features = relu(convolution::conv_over_time(x, conv.weight.val(), bias, padding));
+            let [batch, _, filters] = features.dims();
+            features.max_dim(1).reshape([batch, filters])
         } else {
             let recurrent = self.recurrent.as_ref().expect("a recurrent model");
             let p = self.config.dropout;

@@ -215,7 +215,7 @@ impl Vectorized {
 impl Stage for Train {
     type Config = TrainConfig;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const ARTIFACTS: &'static [&'static str] = &["model.safetensors", "history.csv", "train.json"];
 
     fn validate(&self, config: &TrainConfig) -> Result<(), Invalid> {

@@ -330,10 +330,39 @@ impl Rule {
 
     /// The fused update of one chunk. `m` is Adam's first moment, SGD's
     /// momentum buffer or RMSprop's square average; `v` is Adam's second
-    /// moment or RMSprop's momentum buffer (empty when unused). Options are
-    /// folded into coefficients so that the loops have no branches and
-    /// vectorise.
+    /// moment or RMSprop's momentum buffer (empty when unused).
+    ///
+    /// Compiled for AVX-512 and AVX2 too, used when the CPU has them: the
+    /// update is element-wise with separate multiplies and adds (no fused
+    /// multiply-add) and correctly rounded square roots and divisions, so
+    /// every instruction set gives the same bits.
     fn update(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            fn avx512(rule: &Rule, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+                rule.update_portable(p, m, v, g)
+            }
+            #[target_feature(enable = "avx2")]
+            fn avx2(rule: &Rule, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+                rule.update_portable(p, m, v, g)
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                return unsafe { avx512(self, p, m, v, g) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { avx2(self, p, m, v, g) };
+            }
+        }
+        self.update_portable(p, m, v, g)
+    }
+
+    /// [`Rule::update`] for any instruction set. Options are folded into
+    /// coefficients so that the loops have no branches and vectorise.
+    #[inline(always)]
+    fn update_portable(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
         let (lo, hi) = self.max_value.map_or((f32::NEG_INFINITY, f32::INFINITY), |c| (-c, c));
         let scale = self.scale;
         let clip = move |x: f32| (x * scale).max(lo).min(hi);
