@@ -103,7 +103,7 @@ fn recurrent_models_train_with_every_pooling() {
     for (kind, pooling, extra) in [
         ("rnn", "last", "bidirectional: true"),
         ("lstm", "mean", "num_layers: 2, dropout: 0.2"),
-        ("gru", "max", "layer_norm: true, head: [16]"),
+        ("gru", "max", "layer_norm: true, head: [16], recurrent_init: orthogonal"),
         ("rnn", "attention", "init: xavier_uniform"),
     ] {
         let project = Project::new();

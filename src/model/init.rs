@@ -25,12 +25,26 @@ pub enum Init {
     KaimingUniform,
 }
 
+/// `model.recurrent_init`: how hidden-to-hidden weights start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecurrentInit {
+    /// As `init` says for every other weight.
+    #[default]
+    Default,
+    /// Each gate's `[hidden, hidden]` block an orthogonal matrix: the Q of a
+    /// seeded standard normal matrix's QR decomposition with R's diagonal
+    /// made positive (`torch.nn.init.orthogonal_`; Keras' recurrent default).
+    Orthogonal,
+}
+
 /// Draws parameters from per-name streams under one seed. Parameter ids are
 /// numbered in creation order (burn's are random), so saved records are
 /// reproducible too.
 pub struct Initializer<'a> {
     seed: u64,
     rule: Init,
+    recurrent: RecurrentInit,
     device: &'a Device,
     next_id: Cell<u64>,
 }
@@ -41,9 +55,35 @@ impl<'a> Initializer<'a> {
         Initializer {
             seed,
             rule,
+            recurrent: RecurrentInit::Default,
             device,
             next_id: Cell::new(1),
         }
+    }
+
+    /// The same, with hidden-to-hidden weights drawn per `recurrent`.
+    pub fn with_recurrent(self, recurrent: RecurrentInit) -> Initializer<'a> {
+        Initializer { recurrent, ..self }
+    }
+
+    /// Hidden-to-hidden weights `[hidden, gates * hidden]`; `default_bound` as for [`Initializer::weight`].
+    pub fn recurrent(&self, name: &str, hidden: usize, gates: usize, default_bound: f32) -> Param<Tensor<2>> {
+        let width = gates * hidden;
+        if self.recurrent == RecurrentInit::Default {
+            return self.weight(name, [hidden, width], hidden, width, default_bound);
+        }
+        let mut stream = rng::stream(self.seed, &format!("init/{name}"));
+        let mut values = vec![0.0f32; hidden * width];
+        for gate in 0..gates {
+            let q = orthogonal(hidden, || f64::from(rng::normal(&mut stream)));
+            for (row, q_row) in q.chunks_exact(hidden).enumerate() {
+                let at = row * width + gate * hidden;
+                for (v, &x) in values[at..at + hidden].iter_mut().zip(q_row) {
+                    *v = x as f32;
+                }
+            }
+        }
+        self.param(values, [hidden, width])
     }
 
     /// A weight of `shape` with the given fans; `default_bound` is the bound of the default rule.
@@ -99,5 +139,68 @@ impl<'a> Initializer<'a> {
             tensor = tensor.require_grad();
         }
         Param::initialized(ParamId::from(id), tensor)
+    }
+}
+
+/// An `n x n` orthogonal matrix, row-major: modified Gram-Schmidt (in f64) on
+/// the columns of a matrix drawn from `draw`, which leaves the diagonal of R
+/// positive, as `torch.nn.init.orthogonal_`'s sign correction does.
+fn orthogonal(n: usize, mut draw: impl FnMut() -> f64) -> Vec<f64> {
+    let mut columns: Vec<Vec<f64>> = (0..n).map(|_| (0..n).map(|_| draw()).collect()).collect();
+    for j in 0..n {
+        for i in 0..j {
+            let dot: f64 = columns[i].iter().zip(&columns[j]).map(|(a, b)| a * b).sum();
+            let (done, rest) = columns.split_at_mut(j);
+            for (x, q) in rest[0].iter_mut().zip(&done[i]) {
+                *x -= dot * q;
+            }
+        }
+        let norm = columns[j].iter().map(|x| x * x).sum::<f64>().sqrt();
+        columns[j].iter_mut().for_each(|x| *x /= norm);
+    }
+    let mut matrix = vec![0.0; n * n];
+    for (j, column) in columns.iter().enumerate() {
+        for (i, &x) in column.iter().enumerate() {
+            matrix[i * n + j] = x;
+        }
+    }
+    matrix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orthogonal_recurrent_blocks_are_orthogonal_and_seeded() {
+        let device = Device::flex();
+        let init = Initializer::new(7, Init::Default, &device).with_recurrent(RecurrentInit::Orthogonal);
+        let (hidden, gates) = (6, 3);
+        let w = init
+            .recurrent("w", hidden, gates, 0.1)
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        for gate in 0..gates {
+            let at = |r: usize, c: usize| f64::from(w[r * gates * hidden + gate * hidden + c]);
+            for a in 0..hidden {
+                for b in 0..hidden {
+                    let dot: f64 = (0..hidden).map(|r| at(r, a) * at(r, b)).sum();
+                    let expected = if a == b { 1.0 } else { 0.0 };
+                    assert!(
+                        (dot - expected).abs() < 1e-5,
+                        "gate {gate}: columns {a}, {b} give {dot}"
+                    );
+                }
+            }
+        }
+        let again = init
+            .recurrent("w", hidden, gates, 0.1)
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(w, again);
     }
 }

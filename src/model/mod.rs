@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::batches::{Batch, Side};
 use crate::data::rng;
-use init::{Init, Initializer};
+use init::{Init, Initializer, RecurrentInit};
 use recurrent::{Cell, Recurrent};
 
 /// `stages.train.model`.
@@ -79,6 +79,14 @@ pub struct ModelConfig {
     /// Weight initialisation: `default`, `xavier_uniform`, `kaiming_uniform`.
     #[serde(default)]
     pub init: Init,
+    /// Hidden-to-hidden weights: `default` (as `init`) or `orthogonal`.
+    #[serde(default, skip_serializing_if = "is_default_recurrent")]
+    pub recurrent_init: RecurrentInit,
+}
+
+/// Keeps `recurrent_init: default` out of cache keys made before it existed.
+fn is_default_recurrent(init: &RecurrentInit) -> bool {
+    *init == RecurrentInit::Default
 }
 
 fn default_embedding_dim() -> usize {
@@ -230,7 +238,7 @@ impl Inputs {
 impl Model {
     /// A freshly initialised model; `embedding` replaces the random embedding table.
     pub fn new(config: &ModelConfig, shape: Shape, seed: u64, embedding: Option<Vec<f32>>, device: &Device) -> Model {
-        let init = Initializer::new(seed, config.init, device);
+        let init = Initializer::new(seed, config.init, device).with_recurrent(config.recurrent_init);
         let dim = config.embedding_dim;
         let mut weight = match embedding {
             Some(values) => init.param(values, [shape.vocab_size, dim]),

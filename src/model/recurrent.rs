@@ -71,7 +71,7 @@ impl Direction {
         let width = cell.gates() * hidden;
         Direction {
             w_ih: init.weight(&format!("{name}.w_ih"), [input, width], input, width, bound),
-            w_hh: init.weight(&format!("{name}.w_hh"), [hidden, width], hidden, width, bound),
+            w_hh: init.recurrent(&format!("{name}.w_hh"), hidden, cell.gates(), bound),
             b_ih: init.bias(&format!("{name}.b_ih"), width, bound),
             b_hh: init.bias(&format!("{name}.b_hh"), width, bound),
         }
