@@ -192,13 +192,16 @@ mod tests {
         (values(states), all)
     }
 
+    /// The gradients of a direction's `w_ih, w_hh, b_ih, b_hh`, flattened.
+    fn direction_grads(d: &Direction, g: &Gradients) -> Vec<Vec<f32>> {
+        let grad = |p: &Param<Tensor<2>>| values(p.val().grad(g).unwrap());
+        let grad1 = |p: &Param<Tensor<1>>| values(p.val().grad(g).unwrap());
+        vec![grad(&d.w_ih), grad(&d.w_hh), grad1(&d.b_ih), grad1(&d.b_hh)]
+    }
+
     fn ours(d: &Direction, cell: Cell, x: Tensor<3>, reverse: bool) -> Run {
         let states = d.run(cell, x.clone(), reverse);
-        differentiate(x, states, |g| {
-            let grad = |p: &Param<Tensor<2>>| values(p.val().grad(g).unwrap());
-            let grad1 = |p: &Param<Tensor<1>>| values(p.val().grad(g).unwrap());
-            vec![grad(&d.w_ih), grad(&d.w_hh), grad1(&d.b_ih), grad1(&d.b_hh)]
-        })
+        differentiate(x, states, |g| direction_grads(d, g))
     }
 
     fn assert_close(ours: &Run, theirs: &Run) {
@@ -301,11 +304,7 @@ mod tests {
                 } else {
                     elman_from_burn_ops(&d, relu, x.clone())
                 };
-                let expected = differentiate(x, states, |g| {
-                    let grad = |p: &Param<Tensor<2>>| values(p.val().grad(g).unwrap());
-                    let grad1 = |p: &Param<Tensor<1>>| values(p.val().grad(g).unwrap());
-                    vec![grad(&d.w_ih), grad(&d.w_hh), grad1(&d.b_ih), grad1(&d.b_hh)]
-                });
+                let expected = differentiate(x, states, |g| direction_grads(&d, g));
                 assert_close(&ours(&d, cell, input(&device, 3, 7), reverse), &expected);
             }
         }
@@ -319,11 +318,7 @@ mod tests {
             let d = Direction::new(&init, "t", cell, INPUT, HIDDEN);
             let x = input(&device, 2, 6);
             let flipped = d.run(cell, x.clone().flip([1]), false).flip([1]);
-            let expected = differentiate(x, flipped, |g| {
-                let grad = |p: &Param<Tensor<2>>| values(p.val().grad(g).unwrap());
-                let grad1 = |p: &Param<Tensor<1>>| values(p.val().grad(g).unwrap());
-                vec![grad(&d.w_ih), grad(&d.w_hh), grad1(&d.b_ih), grad1(&d.b_hh)]
-            });
+            let expected = differentiate(x, flipped, |g| direction_grads(&d, g));
             assert_close(&ours(&d, cell, input(&device, 2, 6), true), &expected);
         }
     }
