@@ -74,16 +74,16 @@ fn main() {
         let mut line = format!(
             "  {model:5} pipeline {:7.1} steps/s (runs: {})",
             median(&mut ours.clone()),
-            list(&ours)
+            list(&ours, 1)
         );
         if torch.is_some() {
             for (k, optim) in optims.iter().enumerate() {
                 line += &format!(
                     " | torch {optim} {:6.1} (runs: {}), ratio {:.2}x (per run: {})",
                     median(&mut theirs[k].clone()),
-                    list(&theirs[k]),
+                    list(&theirs[k], 1),
                     median(&mut ratios[k].clone()),
-                    list2(&ratios[k])
+                    list(&ratios[k], 2)
                 );
             }
         }
@@ -155,12 +155,13 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn list(values: &[f64]) -> String {
-    values.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(", ")
-}
-
-fn list2(values: &[f64]) -> String {
-    values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ")
+/// `values` with `decimals` digits after the point, comma-separated.
+fn list(values: &[f64], decimals: usize) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn env_or(name: &str, default: &str) -> String {

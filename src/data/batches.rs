@@ -10,14 +10,16 @@ use serde::{Deserialize, Serialize};
 
 use super::rng;
 
-/// Which side padding goes on.
+/// An end of a token sequence: where padding goes (vectorize) or which end
+/// truncation cuts (tokenize).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
-    /// Pads after the tokens (the default).
+    /// After the tokens (the default): pads after them, cuts their end.
     #[default]
     Right,
-    /// Pads before the tokens, so the last real token is the last column.
+    /// Before the tokens: pads before them, so the last real token is the last
+    /// column; cuts their beginning.
     Left,
 }
 

@@ -17,7 +17,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 
-use super::kernels::{column_sums, host, matmul_add, matmul_tn_add, transpose};
+use super::kernels::{column_sums, host, matmul_add, matmul_tn_add, register_host_grads, transpose};
 
 /// The convolution as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -106,16 +106,7 @@ impl Inputs {
             padding,
             time_out: time + 2 * padding - width + 1,
         };
-        // [filters, channels * width] -> [channels * width, filters] -> per tap [channels, filters].
-        let weight_t = transpose(&host::<B>(weight), filters, channels * width);
-        let mut taps = vec![0.0f32; width * channels * filters];
-        for c in 0..channels {
-            for k in 0..width {
-                let from = (c * width + k) * filters;
-                let to = (k * channels + c) * filters;
-                taps[to..to + filters].copy_from_slice(&weight_t[from..from + filters]);
-            }
-        }
+        let taps = swap_outer_axes(&host::<B>(weight), [filters, channels, width]);
         Inputs {
             dims,
             x: host::<B>(x),
@@ -129,6 +120,20 @@ impl Inputs {
         let size = self.dims.channels * self.dims.filters;
         &self.taps[k * size..(k + 1) * size]
     }
+}
+
+/// `values: [a, b, c]` as `[c, b, a]`: burn's `[filters, channels, width]`
+/// weight as per-tap `[width, channels, filters]` matrices, and back.
+fn swap_outer_axes(values: &[f32], [a, b, c]: [usize; 3]) -> Vec<f32> {
+    let mut swapped = vec![0.0f32; values.len()];
+    for i in 0..a {
+        for j in 0..b {
+            for k in 0..c {
+                swapped[(k * b + j) * a + i] = values[(i * b + j) * c + k];
+            }
+        }
+    }
+    swapped
 }
 
 /// `[batch, time_out, filters]`: the bias plus, tap by tap, the shifted input times the tap.
@@ -206,15 +211,7 @@ fn backward(inputs: &Inputs, d_out: &[f32]) -> [Vec<f32>; 3] {
             );
         }
     }
-    // [width, channels, filters] -> [filters, channels, width].
-    let mut d_weight = vec![0.0f32; filters * channels * width];
-    for k in 0..width {
-        for c in 0..channels {
-            for f in 0..filters {
-                d_weight[(f * channels + c) * width + k] = d_taps[(k * channels + c) * filters + f];
-            }
-        }
-    }
+    let d_weight = swap_outer_axes(&d_taps, [width, channels, filters]);
     [dx, d_weight, column_sums(d_out, filters)]
 }
 
@@ -243,11 +240,12 @@ impl<B: Backend> Backward<B, 3> for ConvBackward {
             vec![filters],
         ];
         let values = backward(&inputs, &host::<B>(d_out));
-        for ((parent, values), shape) in ops.parents.into_iter().zip(values).zip(shapes) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, B::float_from_data(TensorData::new(values, shape), &device));
-            }
-        }
+        register_host_grads::<B>(
+            grads,
+            ops.parents.map(|p| p.map(|node| node.id)),
+            values.into_iter().zip(shapes),
+            &device,
+        );
     }
 }
 

@@ -176,12 +176,11 @@ mod tests {
         let device = Device::flex();
         let init = Initializer::new(7, Init::Default, &device).with_recurrent(RecurrentInit::Orthogonal);
         let (hidden, gates) = (6, 3);
-        let w = init
-            .recurrent("w", hidden, gates, 0.1)
-            .val()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let draw = || {
+            let param = init.recurrent("w", hidden, gates, 0.1);
+            param.val().into_data().try_into_vec::<f32>().unwrap()
+        };
+        let w = draw();
         for gate in 0..gates {
             let at = |r: usize, c: usize| f64::from(w[r * gates * hidden + gate * hidden + c]);
             for a in 0..hidden {
@@ -195,12 +194,6 @@ mod tests {
                 }
             }
         }
-        let again = init
-            .recurrent("w", hidden, gates, 0.1)
-            .val()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap();
-        assert_eq!(w, again);
+        assert_eq!(w, draw());
     }
 }

@@ -1,8 +1,11 @@
 //! Host-side building blocks of the fused operations: reading tensors to
 //! host memory and small dense matrix products that sum in a fixed order.
 
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::grads::Gradients;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, read_sync};
+use burn::tensor::TensorData;
 
 /// A float tensor's values on the host.
 pub fn host<B: Backend>(tensor: FloatTensor<B>) -> Vec<f32> {
@@ -10,6 +13,21 @@ pub fn host<B: Backend>(tensor: FloatTensor<B>) -> Vec<f32> {
         .expect("a readable tensor")
         .try_into_vec::<f32>()
         .expect("f32 values")
+}
+
+/// Registers host gradients, each with its shape, for the parents of an
+/// autodiff node that are tracked (`Some` id); the others' are dropped.
+pub fn register_host_grads<B: Backend>(
+    grads: &mut Gradients,
+    parents: impl IntoIterator<Item = Option<NodeId>>,
+    values: impl IntoIterator<Item = (Vec<f32>, Vec<usize>)>,
+    device: &B::Device,
+) {
+    for (parent, (values, shape)) in parents.into_iter().zip(values) {
+        if let Some(node) = parent {
+            grads.register::<B>(node, B::float_from_data(TensorData::new(values, shape), device));
+        }
+    }
 }
 
 /// Flushes denormal floats to zero on this thread (x86's FTZ and DAZ bits)

@@ -23,7 +23,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 
-use super::kernels::{FlushDenormals, column_sums, host, matmul_add, matmul_tn_add, transpose};
+use super::kernels::{FlushDenormals, column_sums, host, matmul_add, matmul_tn_add, register_host_grads, transpose};
 use super::recurrent::Cell;
 
 /// The recurrent layer as a backend operation.
@@ -425,11 +425,7 @@ impl<B: Backend> Backward<B, 5> for LayerBackward {
             (result.w_hh, vec![hidden, width]),
             (result.b_hh, vec![width]),
         ];
-        for (parent, (values, shape)) in ops.parents.into_iter().zip(values) {
-            if let Some(node) = parent {
-                grads.register::<B>(node.id, B::float_from_data(TensorData::new(values, shape), &device));
-            }
-        }
+        register_host_grads::<B>(grads, ops.parents.map(|p| p.map(|node| node.id)), values, &device);
     }
 }
 
