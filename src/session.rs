@@ -13,7 +13,7 @@ use crate::spec::Pipeline;
 use crate::stage::{Progress, Registry};
 use crate::store::{LockFile, LockedStage, Lookup, Manifest, Store};
 use crate::tracking::record::{self, StageRecord};
-use crate::tracking::{RunHandle, RunStatus, Tracker};
+use crate::tracking::{LiveMetrics, RunHandle, RunStatus, Tracker};
 
 /// A pipeline instance of the session.
 #[derive(Debug)]
@@ -149,6 +149,7 @@ impl Session {
             state: Mutex::new(LiveState {
                 ended: vec![None; self.graph.nodes.len()],
                 runs: vec![None; self.instances.len()],
+                streamed: vec![Vec::new(); self.instances.len()],
                 results: vec![None; self.instances.len()],
             }),
         };
@@ -213,6 +214,8 @@ struct LiveState {
     ended: Vec<Option<(NodeState, f64)>>,
     /// Per instance: its run, once started.
     runs: Vec<Option<RunHandle>>,
+    /// Per instance: the nodes that sent their step metrics to its run as they ran.
+    streamed: Vec<Vec<usize>>,
     /// Per instance: its result, once complete.
     results: Vec<Option<InstanceResult>>,
 }
@@ -259,16 +262,28 @@ impl Reporter for Live<'_> {
     }
 
     fn started<'b>(&'b self, node: &'b GraphNode) -> Box<dyn Progress + 'b> {
-        if let Some(tracking) = self.tracking {
-            let n = self.index(node);
+        let Some(tracking) = self.tracking else {
+            return self.console.started(node);
+        };
+        let n = self.index(node);
+        let mut runs = Vec::new();
+        {
             let mut live = self.state.lock().expect("session lock");
             for &i in &self.session.owners[n] {
                 if live.runs[i].is_none() && self.session.is_own(n) {
                     live.runs[i] = Some(start_run(&self.session.instances[i], tracking));
                 }
+                if let Some(run) = live.runs[i] {
+                    runs.push(run);
+                    live.streamed[i].push(n);
+                }
             }
         }
-        self.console.started(node)
+        let progress = self.console.started(node);
+        if runs.is_empty() {
+            return progress;
+        }
+        Box::new(LiveMetrics::new(progress, tracking.tracker, runs))
     }
 
     fn waiting(&self, node: &GraphNode) {
@@ -329,6 +344,8 @@ fn finalize(
                 .is_some()
                 .then(|| store.out_dir(&node.material.kind, &node.key)),
             metrics: stage_metrics,
+            // Only a stage that ran here reported its steps (not one another process computed).
+            streamed: state == NodeState::Ran && live.streamed[i].contains(&n),
         });
         manifests.push(manifest);
     }

@@ -109,6 +109,9 @@ pub trait Progress: Send + Sync {
     fn advance(&self, n: u64);
     /// Shows a short status message.
     fn message(&self, text: &str);
+    /// Records step metrics as the stage logs them (they reach experiment
+    /// tracking live); a stage reports here exactly the rows of its `history.csv`.
+    fn metrics(&self, _step: u64, _values: &[(&str, f64)]) {}
 }
 
 /// Everything a stage's run may use.

@@ -41,6 +41,29 @@ fn read_back(server: &Server, experiment: &str) -> Vec<Value> {
     server.python(&script).as_array().unwrap().clone()
 }
 
+/// The steps of a read-back run's `loss` history.
+fn loss_steps(run: &Value) -> Vec<i64> {
+    run["loss_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_i64().unwrap())
+        .collect()
+}
+
+/// Sends SIGINT to a child and waits for it; returns its exit code.
+fn interrupt(child: &mut std::process::Child) -> Option<i32> {
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    child.wait().unwrap().code()
+}
+
 /// The `step` column of rows with a loss in a trial's `history.csv`.
 fn history_steps(project: &Project, result: &Value, trial: &str) -> Vec<i64> {
     let stage = result["stages"]
@@ -105,14 +128,8 @@ fn assert_sweep_logged(project: &Project, runs: &[Value], result: &Value, sweep:
             child["params"].as_object().unwrap().len() > 100,
             "the whole resolved config"
         );
-        let steps: Vec<i64> = child["loss_steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_i64().unwrap())
-            .collect();
         assert_eq!(
-            steps,
+            loss_steps(child),
             history_steps(project, result, name),
             "{name}: the full history at the global steps"
         );
@@ -199,7 +216,7 @@ fn runs_params_histories_and_artifacts_reach_a_real_mlflow_server() {
     let outage = "tracking:\n  mlflow: {experiment: sweep-b}\n";
     let sweep = sample_grid(&project, "outage", &["2.0e-3", "5.0e-4"], outage);
     let proxied = [("MLFLOW_TRACKING_URI", proxy.uri.as_str())];
-    let (mut child, _, rest) = run_until(&project, &sweep, &proxied, |line| line.contains("/report in"));
+    let (mut child, _, rest) = run_until(&project, &["run", &sweep], &proxied, |line| line.contains("/report in"));
     proxy.cut();
     let status = child.wait().unwrap();
     let stderr = rest.join().unwrap();
@@ -236,18 +253,10 @@ fn runs_params_histories_and_artifacts_reach_a_real_mlflow_server() {
     // Ctrl-C after the first trial: nothing is left RUNNING.
     let interrupted = "tracking:\n  mlflow: {experiment: sweep-c}\n";
     let sweep = sample_grid(&project, "interrupted", &["4.0e-3", "6.0e-4"], interrupted);
-    let (mut child, ran, rest) = run_until(&project, &sweep, &env, |line| line.contains("/report in"));
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
+    let (mut child, ran, rest) = run_until(&project, &["run", &sweep], &env, |line| line.contains("/report in"));
+    let code = interrupt(&mut child);
     let stderr = rest.join().unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(code, Some(130), "{stderr}");
     let runs = read_back(&server, "sweep-c");
     assert_eq!(runs.len(), 5, "{runs:?}");
     let finished: BTreeSet<&str> = ran.iter().filter_map(|l| l.strip_suffix("/report")).collect();
@@ -265,4 +274,33 @@ fn runs_params_histories_and_artifacts_reach_a_real_mlflow_server() {
             }
         }
     }
+
+    // Step metrics reach the server while the model trains (the run is still
+    // RUNNING), and a run interrupted then keeps them, every logged step once.
+    let live = [
+        ("MLFLOW_TRACKING_URI", server.uri.as_str()),
+        ("RUST_LOG", "pipeline::train=info"),
+    ];
+    let args = [
+        "run",
+        "pipelines/imdb-sample.yaml",
+        "--set",
+        "stages.train.epochs=50",
+        "--set",
+        "tracking.mlflow.experiment=live",
+    ];
+    let (mut child, _, rest) = run_until(&project, &args, &live, |line| line.contains("training step=50 "));
+    let during = read_back(&server, "live");
+    assert_eq!(during.len(), 1, "{during:?}");
+    assert_eq!(during[0]["status"], "RUNNING", "{during:?}");
+    assert_eq!(loss_steps(&during[0]).first(), Some(&25), "{during:?}");
+    let code = interrupt(&mut child);
+    let stderr = rest.join().unwrap();
+    assert_eq!(code, Some(130), "{stderr}");
+    let after = read_back(&server, "live");
+    assert_eq!(after[0]["status"], "FAILED");
+    let steps = loss_steps(&after[0]);
+    let every_logging_step: Vec<i64> = (1..=steps.len() as i64).map(|k| 25 * k).collect();
+    assert!(steps.len() >= 2, "{steps:?}");
+    assert_eq!(steps, every_logging_step);
 }

@@ -108,7 +108,7 @@ fn an_eight_trial_grid_runs_the_shared_stages_once_and_ranks_the_trials() {
 fn a_killed_sweep_reruns_only_its_unfinished_trials() {
     let project = Project::new();
     let sweep = sample_grid(&project, "resume", &["1.0e-2", "3.0e-3", "1.0e-3", "3.0e-4"], "");
-    let (mut child, ran, _) = run_until(&project, &sweep, &[], |line| line.contains("/report in"));
+    let (mut child, ran, _) = run_until(&project, &["run", &sweep], &[], |line| line.contains("/report in"));
     child.kill().unwrap();
     child.wait().unwrap();
     let trained: BTreeSet<String> = ran.iter().filter(|l| l.ends_with("/train")).cloned().collect();

@@ -130,9 +130,10 @@ enum Command {
 enum MlflowCommand {
     /// Send the spooled calls in the store to the server, oldest first.
     Sync {
-        /// The tracking server (default: MLFLOW_TRACKING_URI).
+        /// The tracking server (default: MLFLOW_TRACKING_URI, else the server
+        /// each spool file was written for).
         #[arg(long, env = "MLFLOW_TRACKING_URI")]
-        uri: String,
+        uri: Option<String>,
     },
 }
 
@@ -222,7 +223,7 @@ pub fn main(registry: &Registry) -> ExitCode {
         Command::Gc { locks, dry_run } => gc::gc(&env, locks, *dry_run),
         Command::Mlflow {
             command: MlflowCommand::Sync { uri },
-        } => sync(&env, uri),
+        } => sync(&env, uri.as_deref()),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -246,10 +247,15 @@ pub fn main(registry: &Registry) -> ExitCode {
 }
 
 /// `pipeline mlflow sync`.
-fn sync(env: &Env, uri: &str) -> anyhow::Result<u8> {
+fn sync(env: &Env, uri: Option<&str>) -> anyhow::Result<u8> {
     let report = tracking::sync(uri, &tracking::spool_dir(env.store.root()))?;
+    let servers = if report.servers.is_empty() {
+        "no server".to_string()
+    } else {
+        report.servers.join(", ")
+    };
     eprintln!(
-        "mlflow sync: {} spool file(s) replayed, {} calls sent to {uri}",
+        "mlflow sync: {} spool file(s) replayed, {} calls sent to {servers}",
         report.replayed.len(),
         report.calls
     );

@@ -2,10 +2,12 @@
 //! REST client, with a spool in the store when the server is out of reach.
 
 pub mod client;
+pub mod live;
 pub mod record;
 pub mod tracker;
 
 pub use client::{Client, Metric, RunRef, RunStatus};
+pub use live::LiveMetrics;
 pub use tracker::{RunHandle, SyncReport, Tracker, sync};
 
 use std::path::{Path, PathBuf};

@@ -31,6 +31,8 @@ pub struct StageRecord {
     pub out_dir: Option<PathBuf>,
     /// Its headline metrics.
     pub metrics: BTreeMap<String, f64>,
+    /// Whether its step metrics already went to the run while it ran.
+    pub streamed: bool,
 }
 
 /// The resolved config flattened to `a.b.c = value` strings (lists as JSON),
@@ -125,9 +127,9 @@ pub fn end_tags(stages: &[StageRecord], error: Option<&str>) -> Vec<(String, Str
     tags
 }
 
-/// Step metrics from every stage's `history.csv` (at their global step), then
-/// each stage metric at the last step; a metric name reported by several
-/// stages is prefixed with the stage name.
+/// Step metrics from the `history.csv` of every stage that did not stream
+/// them (at their global step), then each stage metric at the last step; a
+/// metric name reported by several stages is prefixed with the stage name.
 pub fn metrics(stages: &[StageRecord]) -> anyhow::Result<Vec<Metric>> {
     let timestamp = now_ms();
     let mut out = Vec::new();
@@ -144,6 +146,9 @@ pub fn metrics(stages: &[StageRecord]) -> anyhow::Result<Vec<Metric>> {
         let history = History::read_csv(&path)?;
         for row in &history.rows {
             last_step = last_step.max(row.step);
+            if stage.streamed {
+                continue;
+            }
             out.extend(row.values.iter().map(|(key, &value)| Metric {
                 key: key.clone(),
                 value,
@@ -221,6 +226,7 @@ mod tests {
             state: "ran",
             out_dir: None,
             metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            streamed: false,
         };
         let stages = [stage("a", &[("bytes", 1.0), ("x", 2.0)]), stage("b", &[("bytes", 3.0)])];
         let keys: Vec<String> = metrics(&stages).unwrap().into_iter().map(|m| m.key).collect();

@@ -37,6 +37,8 @@ pub struct RunHandle(usize);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "snake_case")]
 enum Call {
+    /// The server the calls were meant for (the first line of a spool file).
+    Server { uri: String },
     /// A run that the server already has (first lines of a spool file).
     Known { run: RunHandle, server: RunRef },
     /// Create a run; `parent` makes it a nested run.
@@ -261,7 +263,8 @@ impl Tracker {
             .join(format!("{}-{}.jsonl", now_ms(), std::process::id()));
         let mut known: Vec<(&RunHandle, &RunRef)> = state.link.runs.iter().collect();
         known.sort_by_key(|(h, _)| h.0);
-        let mut text = String::new();
+        let server = Call::Server { uri: self.uri.clone() };
+        let mut text = serde_json::to_string(&server)? + "\n";
         for (&run, server) in known {
             let call = Call::Known {
                 run,
@@ -334,6 +337,7 @@ impl Link {
     /// Sends one call.
     fn send(&mut self, call: &Call, base: Option<&Path>) -> Result<(), Error> {
         match call {
+            Call::Server { .. } => {}
             Call::Known { run, server } => {
                 self.runs.insert(*run, server.clone());
             }
@@ -387,14 +391,17 @@ impl Link {
 pub struct SyncReport {
     /// Spool files replayed completely (and removed).
     pub replayed: Vec<PathBuf>,
+    /// The servers they were sent to, in replay order, without repeats.
+    pub servers: Vec<String>,
     /// Calls sent.
     pub calls: usize,
 }
 
 /// Replays every spool file in `spool_dir` (oldest first) against the
-/// server at `uri`. A file is removed once all its calls went through; on a
-/// failure the calls not yet sent are kept, so running it again resumes.
-pub fn sync(uri: &str, spool_dir: &Path) -> anyhow::Result<SyncReport> {
+/// server at `uri`, or else the server each file was written for. A file is
+/// removed once all its calls went through; on a failure the calls not yet
+/// sent are kept, so running it again resumes.
+pub fn sync(uri: Option<&str>, spool_dir: &Path) -> anyhow::Result<SyncReport> {
     let mut report = SyncReport::default();
     let Ok(entries) = std::fs::read_dir(spool_dir) else {
         return Ok(report);
@@ -416,25 +423,44 @@ pub fn sync(uri: &str, spool_dir: &Path) -> anyhow::Result<SyncReport> {
                     .with_context(|| format!("{}:{}: not a spooled MLflow call", file.display(), i + 1))
             })
             .collect::<anyhow::Result<_>>()?;
-        let mut link = Link::new(uri);
+        let written_for = calls.iter().find_map(|c| match c {
+            Call::Server { uri } => Some(uri.clone()),
+            _ => None,
+        });
+        let Some(target) = uri.map(str::to_string).or_else(|| written_for.clone()) else {
+            anyhow::bail!(
+                "{} does not say which server it was written for; name one with --uri or MLFLOW_TRACKING_URI",
+                file.display()
+            );
+        };
+        let mut link = Link::new(&target);
         for (i, call) in calls.iter().enumerate() {
             if let Err(e) = link.send_with_retries(call, Some(spool_dir)) {
-                // Keep what is left, with the runs created so far, and stop.
-                let mut rest: Vec<Call> = link
-                    .runs
+                // Keep what is left, with its server and the runs created so far, and stop.
+                let mut rest: Vec<Call> = written_for
                     .iter()
-                    .map(|(&run, server)| Call::Known {
-                        run,
-                        server: server.clone(),
-                    })
+                    .map(|uri| Call::Server { uri: uri.clone() })
                     .collect();
-                rest.extend(calls[i..].iter().filter(|c| !matches!(c, Call::Known { .. })).cloned());
+                rest.extend(link.runs.iter().map(|(&run, server)| Call::Known {
+                    run,
+                    server: server.clone(),
+                }));
+                rest.extend(
+                    calls[i..]
+                        .iter()
+                        .filter(|c| !matches!(c, Call::Known { .. } | Call::Server { .. }))
+                        .cloned(),
+                );
                 let text: String = rest
                     .iter()
                     .map(|c| serde_json::to_string(c).expect("calls serialize") + "\n")
                     .collect();
                 std::fs::write(&file, text)?;
-                anyhow::bail!("replaying {} stopped at call {}: {e}", file.display(), i + 1);
+                anyhow::bail!(
+                    "replaying {} against {target} stopped at call {}: {e}",
+                    file.display(),
+                    i + 1
+                );
             }
             report.calls += 1;
         }
@@ -444,6 +470,9 @@ pub fn sync(uri: &str, spool_dir: &Path) -> anyhow::Result<SyncReport> {
             std::fs::remove_dir_all(&files)?;
         }
         report.replayed.push(file);
+        if !report.servers.contains(&target) {
+            report.servers.push(target);
+        }
     }
     Ok(report)
 }
@@ -471,24 +500,30 @@ mod tests {
         tracker.upload(child, &file, "report/report.html");
         tracker.finish(child, RunStatus::Finished);
         let spool = tracker.spool_file().expect("spooled");
-        let calls: Vec<Call> = std::fs::read_to_string(&spool)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(calls.len(), 5);
-        assert!(matches!(&calls[1], Call::CreateRun { parent: Some(p), .. } if *p == parent));
-        let Call::LogBatch { metrics, .. } = &calls[2] else {
+        let spooled = std::fs::read_to_string(&spool).unwrap();
+        let calls: Vec<Call> = spooled.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(calls.len(), 6);
+        assert!(matches!(&calls[0], Call::Server { uri } if uri == "http://127.0.0.1:9"));
+        assert!(matches!(&calls[2], Call::CreateRun { parent: Some(p), .. } if *p == parent));
+        let Call::LogBatch { metrics, .. } = &calls[3] else {
             panic!()
         };
         assert!(Metric::from(&metrics[0]).value.is_nan());
-        let Call::Upload { file, .. } = &calls[3] else { panic!() };
+        let Call::Upload { file, .. } = &calls[4] else { panic!() };
         assert_eq!(
             std::fs::read_to_string(spool.parent().unwrap().join(file)).unwrap(),
             "<html></html>"
         );
-        // Replaying against a server that is still down keeps every call.
-        assert!(sync("http://127.0.0.1:9", &dir.path().join("spool")).is_err());
-        assert_eq!(std::fs::read_to_string(&spool).unwrap().lines().count(), 5);
+        // Replaying goes to the server the file was written for; while it is
+        // still down, every call is kept, the server line first.
+        let error = sync(None, &dir.path().join("spool")).unwrap_err().to_string();
+        assert!(error.contains("against http://127.0.0.1:9"), "{error}");
+        assert_eq!(std::fs::read_to_string(&spool).unwrap(), spooled);
+        // Another server named on the command line wins; it is down too.
+        let error = sync(Some("http://127.0.0.1:7"), &dir.path().join("spool"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("against http://127.0.0.1:7"), "{error}");
+        assert_eq!(std::fs::read_to_string(&spool).unwrap(), spooled);
     }
 }

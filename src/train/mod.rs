@@ -148,6 +148,12 @@ pub struct Data<'a> {
     pub labels: usize,
 }
 
+/// Adds a row to the history and reports it as step metrics.
+fn log_row(history: &mut History, ctx: &StageContext, step: usize, epoch: f64, values: &[(&str, f64)]) {
+    history.push(step, epoch, values.iter().copied());
+    ctx.progress.metrics(step as u64, values);
+}
+
 /// Trains `model` on `data` following `plan`; `device` is the autodiff device.
 pub fn fit(model: Model, data: &Data, plan: &Plan, device: &Device, ctx: &StageContext) -> anyhow::Result<Fitted> {
     let mut model = model;
@@ -209,11 +215,8 @@ pub fn fit(model: Model, data: &Data, plan: &Plan, device: &Device, ctx: &StageC
         if logging {
             let mean = window_loss / window_steps as f64;
             let grad_norm = grad_norm.expect("computed on logging steps");
-            history.push(
-                step,
-                epoch_float,
-                [("loss", mean), ("learning_rate", lr), ("grad_norm", grad_norm)],
-            );
+            let values = [("loss", mean), ("learning_rate", lr), ("grad_norm", grad_norm)];
+            log_row(&mut history, ctx, step, epoch_float, &values);
             ctx.progress.message(&format!("loss {mean:.4}"));
             tracing::info!(step, loss = mean, lr, grad_norm, "training");
             (window_loss, window_steps) = (0.0, 0);
@@ -231,7 +234,8 @@ pub fn fit(model: Model, data: &Data, plan: &Plan, device: &Device, ctx: &StageC
                 );
             };
             tracing::info!(step, metric = %plan.selection.metric, value = current, "evaluated");
-            history.push(step, epoch_float, metrics.iter().map(|(k, v)| (k.as_str(), *v)));
+            let values: Vec<(&str, f64)> = metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            log_row(&mut history, ctx, step, epoch_float, &values);
             let improved = match &best {
                 None => true,
                 Some((_, _, b)) if plan.selection.maximize => current > b + plan.selection.min_delta,

@@ -26,17 +26,17 @@ pub fn sample_grid(project: &Project, name: &str, lrs: &[&str], extra: &str) -> 
     )
 }
 
-/// Starts `pipeline run` on a sweep with stderr piped and reads it until
+/// Starts `pipeline` with `args` and stderr piped and reads it until
 /// `stop` says so; returns the child, the labels of the stages that ran by
 /// then, and a thread that drains (and returns) the rest of stderr.
 pub fn run_until(
     project: &Project,
-    sweep: &str,
+    args: &[&str],
     env: &[(&str, &str)],
     mut stop: impl FnMut(&str) -> bool,
 ) -> (Child, Vec<String>, JoinHandle<String>) {
     let mut child = project
-        .command(&["run", sweep], env)
+        .command(args, env)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -54,5 +54,5 @@ pub fn run_until(
         }
     }
     let status = child.wait().unwrap();
-    panic!("the sweep ended ({status}) before the stop condition; stages that ran: {ran:?}");
+    panic!("the run ended ({status}) before the stop condition; stages that ran: {ran:?}");
 }
