@@ -38,6 +38,22 @@ pub enum RecurrentInit {
     Orthogonal,
 }
 
+/// `model.embedding_init`: how a learned embedding table starts (a GloVe
+/// table follows its own rule, see `model::glove`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingInit {
+    /// `N(0, 1)`: PyTorch's `nn.Embedding` and burn's default.
+    #[default]
+    Normal,
+    /// `U(-0.05, 0.05)`: Keras' `Embedding` default. Small vectors move
+    /// quickly under per-weight adaptive steps (RMSprop, Adam).
+    Uniform,
+}
+
+/// The bound of [`EmbeddingInit::Uniform`].
+const KERAS_EMBEDDING_BOUND: f32 = 0.05;
+
 /// Draws parameters from per-name streams under one seed. Parameter ids are
 /// numbered in creation order (burn's are random), so saved records are
 /// reproducible too.
@@ -119,6 +135,14 @@ impl<'a> Initializer<'a> {
         self.param(values, shape)
     }
 
+    /// A learned embedding table `[vocab, dim]` drawn per `rule`.
+    pub fn embedding(&self, name: &str, shape: [usize; 2], rule: EmbeddingInit) -> Param<Tensor<2>> {
+        match rule {
+            EmbeddingInit::Normal => self.normal(name, shape),
+            EmbeddingInit::Uniform => self.uniform(name, shape, KERAS_EMBEDDING_BOUND),
+        }
+    }
+
     /// `N(0, 1)` values.
     pub fn normal<const D: usize>(&self, name: &str, shape: [usize; D]) -> Param<Tensor<D>> {
         let mut stream = rng::stream(self.seed, &format!("init/{name}"));
@@ -195,5 +219,26 @@ mod tests {
             }
         }
         assert_eq!(w, draw());
+    }
+
+    #[test]
+    fn uniform_embeddings_stay_within_the_keras_bound_and_are_seeded() {
+        let device = Device::flex();
+        let init = Initializer::new(7, Init::Default, &device);
+        let draw = |rule| {
+            let param = init.embedding("embedding", [500, 8], rule);
+            param.val().into_data().try_into_vec::<f32>().unwrap()
+        };
+        let uniform = draw(EmbeddingInit::Uniform);
+        assert!(uniform.iter().all(|v| v.abs() <= 0.05));
+        let largest = uniform.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(largest > 0.049, "{largest}: the draws fill the range");
+        assert_eq!(uniform, draw(EmbeddingInit::Uniform));
+        let normal = draw(EmbeddingInit::Normal);
+        let spread = (normal.iter().map(|v| v * v).sum::<f32>() / normal.len() as f32).sqrt();
+        assert!(
+            (0.9..1.1).contains(&spread),
+            "N(0, 1) has a standard deviation of {spread}"
+        );
     }
 }

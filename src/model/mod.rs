@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::batches::{Batch, Side};
 use crate::data::rng;
-use init::{Init, Initializer, RecurrentInit};
+use init::{EmbeddingInit, Init, Initializer, RecurrentInit};
 use recurrent::{Cell, Recurrent};
 
 /// `stages.train.model`.
@@ -80,13 +80,16 @@ pub struct ModelConfig {
     #[serde(default)]
     pub init: Init,
     /// Hidden-to-hidden weights: `default` (as `init`) or `orthogonal`.
-    #[serde(default, skip_serializing_if = "is_default_recurrent")]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub recurrent_init: RecurrentInit,
+    /// A learned embedding table: `normal` (default, N(0, 1)) or `uniform` (U(-0.05, 0.05), Keras').
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub embedding_init: EmbeddingInit,
 }
 
-/// Keeps `recurrent_init: default` out of cache keys made before it existed.
-fn is_default_recurrent(init: &RecurrentInit) -> bool {
-    *init == RecurrentInit::Default
+/// Keeps keys added with their default value out of cache keys made before they existed.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_embedding_dim() -> usize {
@@ -180,6 +183,12 @@ impl ModelConfig {
         if self.freeze && self.glove.is_none() {
             return Err(("freeze", "freezing needs pretrained vectors (`glove`)".into()));
         }
+        if self.embedding_init != EmbeddingInit::default() && self.glove.is_some() {
+            return Err((
+                "embedding_init",
+                "applies to a learned table; GloVe tables start from the vectors".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -242,7 +251,7 @@ impl Model {
         let dim = config.embedding_dim;
         let mut weight = match embedding {
             Some(values) => init.param(values, [shape.vocab_size, dim]),
-            None => init.normal("embedding", [shape.vocab_size, dim]),
+            None => init.embedding("embedding", [shape.vocab_size, dim], config.embedding_init),
         };
         if config.freeze {
             weight = weight.set_require_grad(false);
