@@ -83,7 +83,7 @@ fn sample_pipeline_trains_evaluates_and_reports() {
 }
 
 #[test]
-fn training_gives_the_same_weights_in_fresh_stores_and_thread_counts() {
+fn training_gives_the_same_outputs_in_fresh_stores_and_thread_counts() {
     let weights = |threads: &str| {
         let project = Project::new();
         let file = project.copy("imdb-cnn.yaml");
@@ -91,7 +91,8 @@ fn training_gives_the_same_weights_in_fresh_stores_and_thread_counts() {
         let threads = format!("stages.train.threads={threads}");
         let (code, result) = project.run_json(&["run", &file, "--set", max_steps, "--set", &threads], &[]);
         assert_eq!(code, 0, "{result}");
-        std::fs::read(project.out(&result, "train").join("model.safetensors")).unwrap()
+        let out = project.out(&result, "train");
+        ["model.safetensors", "train.json", "history.csv"].map(|f| std::fs::read(out.join(f)).unwrap())
     };
     let first = weights("1");
     assert_eq!(first, weights("1"), "two fresh runs differ");

@@ -13,6 +13,7 @@
 //! backend runs the host loops directly, and burn's autodiff wrapper records
 //! one node whose backward is [`backward`].
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -22,6 +23,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 
 use super::kernels::{FlushDenormals, column_sums, host, matmul_add, matmul_tn_add, register_host_grads, transpose};
 use super::recurrent::Cell;
@@ -153,35 +155,82 @@ fn time_at(step: usize, time: usize, reverse: bool) -> usize {
     if reverse { time - 1 - step } else { step }
 }
 
+/// Batch rows per parallel task: the rows spread evenly over the pool's
+/// threads. Rows never meet inside a layer and every sum runs in the same
+/// order whatever the split, so results do not depend on the thread count.
+fn rows_per_task(batch: usize) -> usize {
+    batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// `buffer` cut into `count` pieces of `len` values (the last may be
+/// shorter); a buffer the cell does not keep (empty) gives empty pieces.
+fn pieces(buffer: &mut [f32], len: usize, count: usize) -> Vec<&mut [f32]> {
+    if buffer.is_empty() {
+        return (0..count).map(|_| <&mut [f32]>::default()).collect();
+    }
+    buffer.chunks_mut(len).collect()
+}
+
 /// Runs the layer; with `save`, keeps the gates the backward pass needs.
+/// Groups of batch rows run as parallel tasks.
 fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
-    let _flush = FlushDenormals::start();
     let Dims {
         batch,
+        time,
+        hidden,
+        width,
+        ..
+    } = inputs.dims;
+    let keeps_gates = save && matches!(cell, Cell::Lstm | Cell::Gru);
+    let kept = |len: usize| if keeps_gates { vec![0.0; len] } else { Vec::new() };
+    let mut saved = Saved {
+        states: vec![0.0; batch * time * hidden],
+        gates: kept(batch * time * width),
+        extra: kept(batch * time * hidden),
+    };
+    let rows = rows_per_task(batch);
+    let tasks = batch.div_ceil(rows);
+    let states = pieces(&mut saved.states, rows * time * hidden, tasks);
+    let gates = pieces(&mut saved.gates, rows * time * width, tasks);
+    let extra = pieces(&mut saved.extra, rows * time * hidden, tasks);
+    states
+        .into_par_iter()
+        .zip(gates)
+        .zip(extra)
+        .enumerate()
+        .for_each(|(task, ((states, gates), extra))| {
+            let first = task * rows;
+            let range = first..(first + rows).min(batch);
+            forward_rows(inputs, range, cell, reverse, [states, gates, extra]);
+        });
+    saved
+}
+
+/// The forward pass of batch rows `rows` into their pieces of the saved
+/// `[states, gates, extra]` (gates and extra empty unless kept).
+fn forward_rows(
+    inputs: &Inputs,
+    rows: Range<usize>,
+    cell: Cell,
+    reverse: bool,
+    [states, gates, extra]: [&mut [f32]; 3],
+) {
+    let _flush = FlushDenormals::start();
+    let Dims {
         time,
         input,
         hidden,
         width,
+        ..
     } = inputs.dims;
+    let batch = rows.len();
+    let keeps_gates = !gates.is_empty();
     let mut projected = vec![0.0f32; batch * time * width];
     for row in projected.chunks_exact_mut(width) {
         row.copy_from_slice(&inputs.b_ih);
     }
-    matmul_add(&inputs.x, &inputs.w_ih, &mut projected, input, width);
-    let keeps_gates = save && matches!(cell, Cell::Lstm | Cell::Gru);
-    let mut saved = Saved {
-        states: vec![0.0; batch * time * hidden],
-        gates: if keeps_gates {
-            vec![0.0; batch * time * width]
-        } else {
-            Vec::new()
-        },
-        extra: if keeps_gates {
-            vec![0.0; batch * time * hidden]
-        } else {
-            Vec::new()
-        },
-    };
+    let x = &inputs.x[rows.start * time * input..rows.end * time * input];
+    matmul_add(x, &inputs.w_ih, &mut projected, input, width);
     let mut h = vec![0.0f32; batch * hidden];
     let mut c = vec![0.0f32; batch * hidden];
     let mut recurrent = vec![0.0f32; batch * width];
@@ -218,7 +267,7 @@ fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
                         c_b[j] = f * c_b[j] + i * g;
                         h_b[j] = o * c_b[j].tanh();
                         if keeps_gates {
-                            let gates = &mut saved.gates[at..at + width];
+                            let gates = &mut gates[at..at + width];
                             (
                                 gates[j],
                                 gates[hidden + j],
@@ -228,7 +277,7 @@ fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
                         }
                     }
                     if keeps_gates {
-                        saved.extra[state..state + hidden].copy_from_slice(c_b);
+                        extra[state..state + hidden].copy_from_slice(c_b);
                     }
                 }
                 Cell::Gru => {
@@ -239,17 +288,16 @@ fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
                         let n = (x[2 * hidden + j] + reset * hn).tanh();
                         h_b[j] = n + update * (h_b[j] - n);
                         if keeps_gates {
-                            let gates = &mut saved.gates[at..at + width];
+                            let gates = &mut gates[at..at + width];
                             (gates[j], gates[hidden + j], gates[2 * hidden + j]) = (reset, update, n);
-                            saved.extra[state + j] = hn;
+                            extra[state + j] = hn;
                         }
                     }
                 }
             }
-            saved.states[state..state + hidden].copy_from_slice(h_b);
+            states[state..state + hidden].copy_from_slice(h_b);
         }
     }
-    saved
 }
 
 /// Gradients of the layer's inputs, in the order of [`Inputs::read`].
@@ -262,7 +310,9 @@ struct Grads {
 }
 
 /// Backpropagation through time: from `d_states` (`[batch, time, hidden]`)
-/// to the gradients of every input.
+/// to the gradients of every input. Groups of batch rows run back through
+/// time as parallel tasks; the weight gradients then sum over every row and
+/// step in order.
 fn backward(inputs: &Inputs, saved: &Saved, d_states: &[f32], cell: Cell, reverse: bool) -> Grads {
     let _flush = FlushDenormals::start();
     let Dims {
@@ -272,93 +322,40 @@ fn backward(inputs: &Inputs, saved: &Saved, d_states: &[f32], cell: Cell, revers
         hidden,
         width,
     } = inputs.dims;
-    let w_hh_t = transpose(&inputs.w_hh, hidden, width);
     // Gradients of the input projection `x w_ih + b_ih` and of the recurrent
     // term `h w_hh + b_hh` at every step; they differ only in the GRU's `n` gate.
     let mut d_projected = vec![0.0f32; batch * time * width];
-    let mut d_recurrent_all = if cell == Cell::Gru {
+    let mut d_recurrent = if cell == Cell::Gru {
         vec![0.0f32; batch * time * width]
     } else {
         Vec::new()
     };
-    let state = |b: usize, t: usize| (b * time + t) * hidden;
-    let zeros = vec![0.0f32; hidden];
-    // Gradients flowing into the previous step's state (and LSTM cell).
-    let mut dh_carry = vec![0.0f32; batch * hidden];
-    let mut dc_carry = vec![0.0f32; batch * hidden];
-    let mut d_recurrent = vec![0.0f32; batch * width];
-    let mut dh = vec![0.0f32; hidden];
-    for step in (0..time).rev() {
-        let t = time_at(step, time, reverse);
-        let previous = (step > 0).then(|| time_at(step - 1, time, reverse));
-        for b in 0..batch {
-            let at = state(b, t);
-            let h = &saved.states[at..at + hidden];
-            let carry = &mut dh_carry[b * hidden..(b + 1) * hidden];
-            for j in 0..hidden {
-                dh[j] = d_states[at + j] + carry[j];
-                carry[j] = 0.0;
-            }
-            let gate_at = (b * time + t) * width;
-            let dx = &mut d_projected[gate_at..gate_at + width];
-            let dr = &mut d_recurrent[b * width..(b + 1) * width];
-            match cell {
-                Cell::Tanh => {
-                    for j in 0..hidden {
-                        dx[j] = dh[j] * (1.0 - h[j] * h[j]);
-                    }
-                    dr.copy_from_slice(dx);
-                }
-                Cell::Relu => {
-                    for j in 0..hidden {
-                        dx[j] = if h[j] > 0.0 { dh[j] } else { 0.0 };
-                    }
-                    dr.copy_from_slice(dx);
-                }
-                Cell::Lstm => {
-                    let gates = &saved.gates[gate_at..gate_at + width];
-                    let c = &saved.extra[at..at + hidden];
-                    let c_prev = previous.map_or(&zeros[..], |p| &saved.extra[state(b, p)..state(b, p) + hidden]);
-                    let dc_b = &mut dc_carry[b * hidden..(b + 1) * hidden];
-                    for j in 0..hidden {
-                        let (i, f, g, o) = (
-                            gates[j],
-                            gates[hidden + j],
-                            gates[2 * hidden + j],
-                            gates[3 * hidden + j],
-                        );
-                        let tanh_c = c[j].tanh();
-                        let dc = dc_b[j] + dh[j] * o * (1.0 - tanh_c * tanh_c);
-                        dx[j] = dc * g * i * (1.0 - i);
-                        dx[hidden + j] = dc * c_prev[j] * f * (1.0 - f);
-                        dx[2 * hidden + j] = dc * i * (1.0 - g * g);
-                        dx[3 * hidden + j] = dh[j] * tanh_c * o * (1.0 - o);
-                        dc_b[j] = dc * f;
-                    }
-                    dr.copy_from_slice(dx);
-                }
-                Cell::Gru => {
-                    let gates = &saved.gates[gate_at..gate_at + width];
-                    let hn = &saved.extra[at..at + hidden];
-                    let h_prev = previous.map_or(&zeros[..], |p| &saved.states[state(b, p)..state(b, p) + hidden]);
-                    for j in 0..hidden {
-                        let (reset, update, n) = (gates[j], gates[hidden + j], gates[2 * hidden + j]);
-                        let dn = dh[j] * (1.0 - update) * (1.0 - n * n);
-                        let dz = dh[j] * (h_prev[j] - n) * update * (1.0 - update);
-                        let d_reset = dn * hn[j] * reset * (1.0 - reset);
-                        (dx[j], dx[hidden + j], dx[2 * hidden + j]) = (d_reset, dz, dn);
-                        (dr[j], dr[hidden + j], dr[2 * hidden + j]) = (d_reset, dz, dn * reset);
-                        carry[j] = dh[j] * update;
-                    }
-                    d_recurrent_all[gate_at..gate_at + width].copy_from_slice(dr);
-                }
-            }
-        }
-        // The previous step's state gradient: d_recurrent w_hh^T.
-        matmul_add(&d_recurrent, &w_hh_t, &mut dh_carry, width, hidden);
-    }
+    let mut d_x = vec![0.0f32; batch * time * input];
+    let rows = rows_per_task(batch);
+    let tasks = batch.div_ceil(rows);
+    let projected_pieces = pieces(&mut d_projected, rows * time * width, tasks);
+    let recurrent_pieces = pieces(&mut d_recurrent, rows * time * width, tasks);
+    let x_pieces = pieces(&mut d_x, rows * time * input, tasks);
+    projected_pieces
+        .into_par_iter()
+        .zip(recurrent_pieces)
+        .zip(x_pieces)
+        .enumerate()
+        .for_each(|(task, ((projected, recurrent), x))| {
+            let first = task * rows;
+            let range = first..(first + rows).min(batch);
+            let pass = Pass {
+                inputs,
+                saved,
+                d_states,
+                cell,
+                reverse,
+            };
+            pass.backward_rows(range, [projected, recurrent, x]);
+        });
     // Parameter gradients as single products over every step: the state each
     // step started from, `[batch * time, hidden]`, against the step's gradient.
+    let state = |b: usize, t: usize| (b * time + t) * hidden;
     let mut h_prev = vec![0.0f32; batch * time * hidden];
     for b in 0..batch {
         for step in 1..time {
@@ -366,23 +363,140 @@ fn backward(inputs: &Inputs, saved: &Saved, d_states: &[f32], cell: Cell, revers
             h_prev[state(b, t)..state(b, t) + hidden].copy_from_slice(&saved.states[state(b, p)..state(b, p) + hidden]);
         }
     }
-    let d_recurrent_all = if cell == Cell::Gru {
-        &d_recurrent_all
-    } else {
-        &d_projected
-    };
+    let d_recurrent = if cell == Cell::Gru { &d_recurrent } else { &d_projected };
     let mut grads = Grads {
-        x: vec![0.0; batch * time * input],
+        x: d_x,
         w_ih: vec![0.0; input * width],
         b_ih: column_sums(&d_projected, width),
         w_hh: vec![0.0; hidden * width],
-        b_hh: column_sums(d_recurrent_all, width),
+        b_hh: column_sums(d_recurrent, width),
     };
-    matmul_tn_add(&h_prev, d_recurrent_all, &mut grads.w_hh, hidden, width);
-    matmul_tn_add(&inputs.x, &d_projected, &mut grads.w_ih, input, width);
-    let w_ih_t = transpose(&inputs.w_ih, input, width);
-    matmul_add(&d_projected, &w_ih_t, &mut grads.x, width, input);
+    rayon::join(
+        || {
+            let _flush = FlushDenormals::start();
+            matmul_tn_add(&h_prev, d_recurrent, &mut grads.w_hh, hidden, width);
+        },
+        || {
+            let _flush = FlushDenormals::start();
+            matmul_tn_add(&inputs.x, &d_projected, &mut grads.w_ih, input, width);
+        },
+    );
     grads
+}
+
+/// What backpropagation through a group of rows reads.
+struct Pass<'a> {
+    inputs: &'a Inputs,
+    saved: &'a Saved,
+    d_states: &'a [f32],
+    cell: Cell,
+    reverse: bool,
+}
+
+impl Pass<'_> {
+    /// Backpropagation through time for batch rows `rows`, into their pieces
+    /// of the gradients of the input projection, of the recurrent term (GRU
+    /// only, else empty) and of `x`.
+    fn backward_rows(&self, rows: Range<usize>, [d_projected, d_recurrent_all, d_x]: [&mut [f32]; 3]) {
+        let _flush = FlushDenormals::start();
+        let Pass {
+            inputs,
+            saved,
+            d_states,
+            cell,
+            reverse,
+        } = *self;
+        let Dims {
+            time,
+            input,
+            hidden,
+            width,
+            ..
+        } = inputs.dims;
+        let batch = rows.len();
+        let w_hh_t = transpose(&inputs.w_hh, hidden, width);
+        // Indices into the whole batch (reads) and into this group's pieces (writes).
+        let state = |b: usize, t: usize| (b * time + t) * hidden;
+        let own = |b: usize, t: usize| ((b - rows.start) * time + t) * width;
+        let zeros = vec![0.0f32; hidden];
+        // Gradients flowing into the previous step's state (and LSTM cell).
+        let mut dh_carry = vec![0.0f32; batch * hidden];
+        let mut dc_carry = vec![0.0f32; batch * hidden];
+        let mut d_recurrent = vec![0.0f32; batch * width];
+        let mut dh = vec![0.0f32; hidden];
+        for step in (0..time).rev() {
+            let t = time_at(step, time, reverse);
+            let previous = (step > 0).then(|| time_at(step - 1, time, reverse));
+            for b in rows.clone() {
+                let local = b - rows.start;
+                let at = state(b, t);
+                let h = &saved.states[at..at + hidden];
+                let carry = &mut dh_carry[local * hidden..(local + 1) * hidden];
+                for j in 0..hidden {
+                    dh[j] = d_states[at + j] + carry[j];
+                    carry[j] = 0.0;
+                }
+                let gate_at = (b * time + t) * width;
+                let dx = &mut d_projected[own(b, t)..own(b, t) + width];
+                let dr = &mut d_recurrent[local * width..(local + 1) * width];
+                match cell {
+                    Cell::Tanh => {
+                        for j in 0..hidden {
+                            dx[j] = dh[j] * (1.0 - h[j] * h[j]);
+                        }
+                        dr.copy_from_slice(dx);
+                    }
+                    Cell::Relu => {
+                        for j in 0..hidden {
+                            dx[j] = if h[j] > 0.0 { dh[j] } else { 0.0 };
+                        }
+                        dr.copy_from_slice(dx);
+                    }
+                    Cell::Lstm => {
+                        let gates = &saved.gates[gate_at..gate_at + width];
+                        let c = &saved.extra[at..at + hidden];
+                        let c_prev = previous.map_or(&zeros[..], |p| &saved.extra[state(b, p)..state(b, p) + hidden]);
+                        let dc_b = &mut dc_carry[local * hidden..(local + 1) * hidden];
+                        for j in 0..hidden {
+                            let (i, f, g, o) = (
+                                gates[j],
+                                gates[hidden + j],
+                                gates[2 * hidden + j],
+                                gates[3 * hidden + j],
+                            );
+                            let tanh_c = c[j].tanh();
+                            let dc = dc_b[j] + dh[j] * o * (1.0 - tanh_c * tanh_c);
+                            dx[j] = dc * g * i * (1.0 - i);
+                            dx[hidden + j] = dc * c_prev[j] * f * (1.0 - f);
+                            dx[2 * hidden + j] = dc * i * (1.0 - g * g);
+                            dx[3 * hidden + j] = dh[j] * tanh_c * o * (1.0 - o);
+                            dc_b[j] = dc * f;
+                        }
+                        dr.copy_from_slice(dx);
+                    }
+                    Cell::Gru => {
+                        let gates = &saved.gates[gate_at..gate_at + width];
+                        let hn = &saved.extra[at..at + hidden];
+                        let h_prev = previous.map_or(&zeros[..], |p| &saved.states[state(b, p)..state(b, p) + hidden]);
+                        for j in 0..hidden {
+                            let (reset, update, n) = (gates[j], gates[hidden + j], gates[2 * hidden + j]);
+                            let dn = dh[j] * (1.0 - update) * (1.0 - n * n);
+                            let dz = dh[j] * (h_prev[j] - n) * update * (1.0 - update);
+                            let d_reset = dn * hn[j] * reset * (1.0 - reset);
+                            (dx[j], dx[hidden + j], dx[2 * hidden + j]) = (d_reset, dz, dn);
+                            (dr[j], dr[hidden + j], dr[2 * hidden + j]) = (d_reset, dz, dn * reset);
+                            carry[j] = dh[j] * update;
+                        }
+                        d_recurrent_all[own(b, t)..own(b, t) + width].copy_from_slice(dr);
+                    }
+                }
+            }
+            // The previous step's state gradient: d_recurrent w_hh^T.
+            matmul_add(&d_recurrent, &w_hh_t, &mut dh_carry, width, hidden);
+        }
+        let w_ih_t = transpose(&inputs.w_ih, input, width);
+        matmul_add(d_projected, &w_ih_t, d_x, width, input);
+    }
 }
 
 /// The autodiff node of a layer run.

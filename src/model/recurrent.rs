@@ -334,4 +334,21 @@ mod tests {
         let untracked = values(plain.run(Cell::Gru, x, true));
         assert_eq!(tracked, untracked);
     }
+
+    #[test]
+    fn every_cell_gives_the_same_bits_on_one_thread_and_on_several() {
+        let device = Device::flex().autodiff();
+        for (seed, cell) in [(10, Cell::Tanh), (11, Cell::Relu), (12, Cell::Lstm), (13, Cell::Gru)] {
+            let init = Initializer::new(seed, Init::Default, &device);
+            let d = Direction::new(&init, "t", cell, INPUT, HIDDEN);
+            for reverse in [false, true] {
+                // Five rows: groups of 5 on one thread, of 2, 2 and 1 on three.
+                let on = |threads| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| ours(&d, cell, input(&device, 5, 6), reverse))
+                };
+                assert_eq!(on(1), on(3), "{cell:?}, reverse {reverse}");
+            }
+        }
+    }
 }

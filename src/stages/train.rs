@@ -85,9 +85,10 @@ pub struct TrainConfig {
     /// Clamp every gradient value to `[-v, v]` (default: no clamping).
     #[serde(default)]
     pub clip_grad_value: Option<f64>,
-    /// CPU threads (default 1).
-    #[serde(default = "default_threads")]
-    pub threads: usize,
+    /// CPU threads (default: every thread of the run's `--jobs`; a sweep
+    /// gives each trial its share of the cores). Outputs never depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 /// Whether a smaller or larger metric is better.
@@ -109,14 +110,11 @@ fn default_eval_split() -> String {
 fn default_metric() -> String {
     "eval_loss".into()
 }
-fn default_threads() -> usize {
-    1
-}
 
 /// `train.json`: what evaluation and reports need to know about a trained model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainInfo {
-    /// The stage's config, defaults filled in.
+    /// The stage's config, defaults filled in (`threads` left out: outputs do not depend on it).
     pub config: TrainConfig,
     /// Rows of the embedding table.
     pub vocab_size: usize,
@@ -215,7 +213,7 @@ impl Vectorized {
 impl Stage for Train {
     type Config = TrainConfig;
     const KIND: &'static str = "train";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
     const ARTIFACTS: &'static [&'static str] = &["model.safetensors", "history.csv", "train.json"];
 
     fn validate(&self, config: &TrainConfig) -> Result<(), Invalid> {
@@ -235,7 +233,7 @@ impl Stage for Train {
             ("eval_steps", config.eval_steps),
             ("patience", config.patience),
             ("logging_steps", Some(config.logging_steps)),
-            ("threads", Some(config.threads)),
+            ("threads", config.threads),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == Some(0)) {
             return Err(Invalid::at(key, "must be at least 1"));
@@ -273,7 +271,7 @@ impl Stage for Train {
     }
 
     fn threads(&self, config: &TrainConfig) -> usize {
-        config.threads
+        config.threads.unwrap_or(usize::MAX)
     }
 
     fn run(&self, config: &TrainConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
@@ -382,7 +380,10 @@ impl Stage for Train {
             .map_err(|e| anyhow::anyhow!("cannot save the burn record: {e:?}"))?;
         fitted.history.write_csv(&ctx.out_dir.join("history.csv"))?;
         let info = TrainInfo {
-            config: config.clone(),
+            config: TrainConfig {
+                threads: None,
+                ..config.clone()
+            },
             vocab_size: shape.vocab_size,
             labels,
             padding: batching.padding,
