@@ -155,20 +155,31 @@ fn time_at(step: usize, time: usize, reverse: bool) -> usize {
     if reverse { time - 1 - step } else { step }
 }
 
-/// Batch rows per parallel task: the rows spread evenly over the pool's
-/// threads. Rows never meet inside a layer and every sum runs in the same
-/// order whatever the split, so results do not depend on the thread count.
-fn rows_per_task(batch: usize) -> usize {
-    batch.div_ceil(rayon::current_num_threads().max(1)).max(1)
-}
-
-/// `buffer` cut into `count` pieces of `len` values (the last may be
-/// shorter); a buffer the cell does not keep (empty) gives empty pieces.
-fn pieces(buffer: &mut [f32], len: usize, count: usize) -> Vec<&mut [f32]> {
-    if buffer.is_empty() {
-        return (0..count).map(|_| <&mut [f32]>::default()).collect();
-    }
-    buffer.chunks_mut(len).collect()
+/// Runs `task` on groups of batch rows as parallel tasks, the rows spread
+/// evenly over the pool's threads; each task gets its rows and their pieces
+/// of `buffers` (`(buffer, values per row)`; a buffer left empty because it is
+/// not kept gives empty pieces). Rows never meet inside a layer and every sum
+/// runs in the same order whatever the split, so results do not depend on the
+/// thread count.
+fn in_row_groups(batch: usize, buffers: [(&mut [f32], usize); 3], task: impl Fn(Range<usize>, [&mut [f32]; 3]) + Sync) {
+    let rows = batch.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let groups = batch.div_ceil(rows);
+    let [first, second, third] = buffers.map(|(buffer, per_row)| {
+        if buffer.is_empty() {
+            (0..groups).map(|_| <&mut [f32]>::default()).collect::<Vec<_>>()
+        } else {
+            buffer.chunks_mut(rows * per_row).collect()
+        }
+    });
+    first
+        .into_par_iter()
+        .zip(second)
+        .zip(third)
+        .enumerate()
+        .for_each(|(group, ((a, b), c))| {
+            let start = group * rows;
+            task(start..(start + rows).min(batch), [a, b, c]);
+        });
 }
 
 /// Runs the layer; with `save`, keeps the gates the backward pass needs.
@@ -188,21 +199,15 @@ fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
         gates: kept(batch * time * width),
         extra: kept(batch * time * hidden),
     };
-    let rows = rows_per_task(batch);
-    let tasks = batch.div_ceil(rows);
-    let states = pieces(&mut saved.states, rows * time * hidden, tasks);
-    let gates = pieces(&mut saved.gates, rows * time * width, tasks);
-    let extra = pieces(&mut saved.extra, rows * time * hidden, tasks);
-    states
-        .into_par_iter()
-        .zip(gates)
-        .zip(extra)
-        .enumerate()
-        .for_each(|(task, ((states, gates), extra))| {
-            let first = task * rows;
-            let range = first..(first + rows).min(batch);
-            forward_rows(inputs, range, cell, reverse, [states, gates, extra]);
-        });
+    in_row_groups(
+        batch,
+        [
+            (&mut saved.states, time * hidden),
+            (&mut saved.gates, time * width),
+            (&mut saved.extra, time * hidden),
+        ],
+        |rows, pieces| forward_rows(inputs, rows, cell, reverse, pieces),
+    );
     saved
 }
 
@@ -331,28 +336,24 @@ fn backward(inputs: &Inputs, saved: &Saved, d_states: &[f32], cell: Cell, revers
         Vec::new()
     };
     let mut d_x = vec![0.0f32; batch * time * input];
-    let rows = rows_per_task(batch);
-    let tasks = batch.div_ceil(rows);
-    let projected_pieces = pieces(&mut d_projected, rows * time * width, tasks);
-    let recurrent_pieces = pieces(&mut d_recurrent, rows * time * width, tasks);
-    let x_pieces = pieces(&mut d_x, rows * time * input, tasks);
-    projected_pieces
-        .into_par_iter()
-        .zip(recurrent_pieces)
-        .zip(x_pieces)
-        .enumerate()
-        .for_each(|(task, ((projected, recurrent), x))| {
-            let first = task * rows;
-            let range = first..(first + rows).min(batch);
-            let pass = Pass {
-                inputs,
-                saved,
-                d_states,
-                cell,
-                reverse,
-            };
-            pass.backward_rows(range, [projected, recurrent, x]);
-        });
+    let pass = Pass {
+        inputs,
+        saved,
+        d_states,
+        w_hh_t: transpose(&inputs.w_hh, hidden, width),
+        w_ih_t: transpose(&inputs.w_ih, input, width),
+        cell,
+        reverse,
+    };
+    in_row_groups(
+        batch,
+        [
+            (&mut d_projected, time * width),
+            (&mut d_recurrent, time * width),
+            (&mut d_x, time * input),
+        ],
+        |rows, pieces| pass.backward_rows(rows, pieces),
+    );
     // Parameter gradients as single products over every step: the state each
     // step started from, `[batch * time, hidden]`, against the step's gradient.
     let state = |b: usize, t: usize| (b * time + t) * hidden;
@@ -389,6 +390,9 @@ struct Pass<'a> {
     inputs: &'a Inputs,
     saved: &'a Saved,
     d_states: &'a [f32],
+    /// `w_hh` and `w_ih` transposed, once for every group.
+    w_hh_t: Vec<f32>,
+    w_ih_t: Vec<f32>,
     cell: Cell,
     reverse: bool,
 }
@@ -403,6 +407,8 @@ impl Pass<'_> {
             inputs,
             saved,
             d_states,
+            ref w_hh_t,
+            ref w_ih_t,
             cell,
             reverse,
         } = *self;
@@ -414,7 +420,6 @@ impl Pass<'_> {
             ..
         } = inputs.dims;
         let batch = rows.len();
-        let w_hh_t = transpose(&inputs.w_hh, hidden, width);
         // Indices into the whole batch (reads) and into this group's pieces (writes).
         let state = |b: usize, t: usize| (b * time + t) * hidden;
         let own = |b: usize, t: usize| ((b - rows.start) * time + t) * width;
@@ -492,10 +497,9 @@ impl Pass<'_> {
                 }
             }
             // The previous step's state gradient: d_recurrent w_hh^T.
-            matmul_add(&d_recurrent, &w_hh_t, &mut dh_carry, width, hidden);
+            matmul_add(&d_recurrent, w_hh_t, &mut dh_carry, width, hidden);
         }
-        let w_ih_t = transpose(&inputs.w_ih, input, width);
-        matmul_add(d_projected, &w_ih_t, d_x, width, input);
+        matmul_add(d_projected, w_ih_t, d_x, width, input);
     }
 }
 
