@@ -1,26 +1,39 @@
 # `make run` builds the CLI and runs the main job; `make test` runs every check CI runs.
-# Both use the dev profile (dependencies optimised, see Cargo.toml), so they share one build.
+# Both use the dev profile (dependencies optimised, see Cargo.toml); tests and lints build with
+# the `tch` feature (libtorch), the main job without.
 
 CARGO ?= cargo
 # The MLflow server the tests start (pinned: 3.18.0's metadata resolves to it anyway).
 # The venv lives outside the clone so CI installs it once per machine.
 MLFLOW_VENV ?= $(HOME)/.cache/pipeline/mlflow-3.17.2
 
+# libtorch for the `tch` feature (GPUs: `device: cuda:N`), from pip's PyTorch 2.9.0, the one
+# version tch 0.22 builds against (about 5 GB with its CUDA libraries). Lint and tests build with
+# the feature, so CI compiles the GPU backend and tests it on libtorch's CPU device.
+TORCH_VENV ?= $(HOME)/.cache/pipeline/torch-2.9.0
+WITH_TORCH = LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH" \
+	LD_LIBRARY_PATH="$$($(TORCH_VENV)/bin/python -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("torch").origin))')/lib"
+
 .PHONY: run test lint bench bench-train
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
 
-test: $(MLFLOW_VENV)/bin/mlflow
-	MLFLOW_BIN=$(MLFLOW_VENV)/bin/mlflow $(CARGO) test
+test: $(MLFLOW_VENV)/bin/mlflow $(TORCH_VENV)/bin/torchrun
+	$(WITH_TORCH) MLFLOW_BIN=$(MLFLOW_VENV)/bin/mlflow $(CARGO) test --features tch
 
 $(MLFLOW_VENV)/bin/mlflow:
 	python3 -m venv $(MLFLOW_VENV)
 	$(MLFLOW_VENV)/bin/pip install --quiet mlflow==3.17.2
 
-lint:
+# torchrun appears when pip has installed torch: an interrupted install is resumed.
+$(TORCH_VENV)/bin/torchrun:
+	python3 -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet torch==2.9.0
+
+lint: $(TORCH_VENV)/bin/torchrun
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(WITH_TORCH) $(CARGO) clippy --all-targets --features tch -- -D warnings
 
 # Benchmarks run in release; the Python reference for tokenization gets its own venv.
 bench: .venv-bench/bin/python

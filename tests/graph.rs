@@ -40,3 +40,57 @@ fn instances_with_different_overrides_share_their_common_stages() {
     assert!(execution.results.iter().all(|r| r.state == NodeState::Ran));
     assert_eq!(store.entries().unwrap().len(), 11, "each shared stage is stored once");
 }
+
+#[test]
+fn stages_on_a_device_lease_one_gpu_each_and_wait_for_a_free_one() {
+    let ws = Workspace::new();
+    let stages: String = (1..=5)
+        .map(|i| format!("  s{i}: {{kind: step, text: S{i}, on_device: true, sleep_ms: 150, needs: []}}\n"))
+        .collect();
+    let file = ws.write(
+        "p.yaml",
+        &format!("name: gpus\nseed: 1\ndevice: cuda:0\nstages:\n{stages}"),
+    );
+    let registry = common::kinds::registry();
+    let store = Store::open(&ws.store());
+    let mut graph = Graph::new();
+    let pipeline = Pipeline::load(&file, &[], &registry).unwrap();
+    let nodes = graph.add_pipeline(&pipeline, None, store.stat_cache()).unwrap();
+    let devices = ["cuda:0".to_string(), "cuda:1".to_string()];
+    let options = ExecOptions {
+        devices: &devices,
+        ..ExecOptions::with_jobs(4)
+    };
+    let execution = execute(
+        &graph,
+        &registry,
+        &store,
+        &options,
+        &Console::new(true),
+        &AtomicBool::new(false),
+    );
+    assert!(execution.succeeded());
+    // Each output ends with ` on DEVICE FROM..TO`.
+    let mut spans: Vec<(String, u128, u128)> = nodes
+        .iter()
+        .map(|&n| {
+            let dir = execution.results[n].out_dir.as_ref().unwrap();
+            let out = std::fs::read_to_string(dir.join("out.txt")).unwrap();
+            let (_, on) = out.rsplit_once(" on ").unwrap();
+            let (device, span) = on.split_once(' ').unwrap();
+            let (from, to) = span.split_once("..").unwrap();
+            (device.to_string(), from.parse().unwrap(), to.parse().unwrap())
+        })
+        .collect();
+    spans.sort_by_key(|s| s.1);
+    for device in &devices {
+        let used: Vec<_> = spans.iter().filter(|s| &s.0 == device).collect();
+        assert!(!used.is_empty(), "{device} was never leased: {spans:?}");
+        for pair in used.windows(2) {
+            assert!(pair[0].2 <= pair[1].1, "two stages held {device} at once: {spans:?}");
+        }
+    }
+    assert!(spans.iter().all(|s| devices.contains(&s.0)), "{spans:?}");
+    // Four threads, but only two devices: five stages of 150 ms take three rounds.
+    assert!(execution.elapsed.as_millis() >= 3 * 150, "{:?}", execution.elapsed);
+}

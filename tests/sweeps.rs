@@ -174,6 +174,15 @@ fn a_failing_trial_is_marked_and_the_sweep_goes_on() {
     );
 }
 
+#[cfg(feature = "tch")]
+const LIBTORCH_REFUSED_OR_MIXED: &str = "`libtorch` is not the same kind of device as `cpu`";
+#[cfg(not(feature = "tch"))]
+const LIBTORCH_REFUSED_OR_MIXED: &str = "device `libtorch` is not available: this build has no GPU backend";
+#[cfg(feature = "tch")]
+const CUDA_REFUSED: &str = "device `cuda:0` does not exist: libtorch sees 0 CUDA device(s)";
+#[cfg(not(feature = "tch"))]
+const CUDA_REFUSED: &str = "device `cuda:0` is not available: this build has no GPU backend";
+
 #[test]
 fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
     let project = Project::new();
@@ -211,6 +220,20 @@ fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
             "",
             5,
         ),
+        (
+            "seed: {values: [1]}\ndevices: [cpu, gpu]",
+            "unknown device `gpu`: expected `cpu`, `cuda:N`",
+            "",
+            5,
+        ),
+        (
+            "seed: {values: [1]}\ndevices: [cpu, libtorch]",
+            LIBTORCH_REFUSED_OR_MIXED,
+            "",
+            5,
+        ),
+        // No GPU on the test machines: refused by the build, or by libtorch.
+        ("seed: {values: [1]}\ndevices: [cuda:0]", CUDA_REFUSED, "", 5),
     ];
     for (parameter, message, help, line) in cases {
         let sweep = project.write_at(
@@ -239,4 +262,20 @@ fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
         "{stderr}"
     );
     assert_eq!(project.entries(), 0, "nothing ran");
+}
+
+/// A sweep on a device pool (`libtorch`: the GPU code path on the CPU) runs
+/// its trials' device stages one at a time on the pool's device and shares
+/// the data stages as on CPU slots.
+#[cfg(feature = "tch")]
+#[test]
+fn a_sweep_on_a_device_pool_runs_every_trial() {
+    let project = Project::new();
+    let sweep = sample_grid(&project, "pool", &["1.0e-3"], "devices: [libtorch]\n");
+    let (code, result) = project.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0, "{result}");
+    let trials = result["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 2);
+    assert!(trials.iter().all(|t| t["status"] == "finished"), "{result}");
+    assert_eq!(stages(&result).len(), 7 + 2 * 3, "{result}");
 }

@@ -177,3 +177,59 @@ fn glove_vectors_fill_the_embedding_and_stay_frozen() {
         "the padding row is zero"
     );
 }
+
+/// The `loss` and `eval_loss` values of a train stage's history.csv, in row order.
+#[cfg(feature = "tch")]
+fn losses(out: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(out.join("history.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .flat_map(|line| {
+            let fields: Vec<String> = line.split(',').map(str::to_string).collect();
+            header
+                .iter()
+                .zip(fields)
+                .filter(|(name, value)| ["loss", "eval_loss"].contains(name) && !value.is_empty())
+                .map(|(_, value)| value.parse::<f64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// libtorch (the `tch` feature's backend; here on the CPU, as `cuda:N` runs
+/// the same code on a GPU) trains every model kind to the losses flex gives,
+/// within float rounding, and gives the same weights run after run.
+#[cfg(feature = "tch")]
+#[test]
+fn libtorch_trains_every_model_like_flex_and_reproducibly() {
+    for model in [
+        "{type: cnn, embedding_dim: 16, num_filters: 8}",
+        "{type: rnn, hidden_size: 16, bidirectional: true, pooling: last}",
+        "{type: lstm, hidden_size: 16, num_layers: 2, dropout: 0.2, pooling: mean}",
+        "{type: gru, hidden_size: 16, pooling: attention}",
+    ] {
+        let train = format!("    model: {model}\n    max_steps: 20\n    eval_steps: 10\n    logging_steps: 5\n");
+        let run = |device: &str| {
+            let project = Project::new();
+            let file = project.write("m.yaml", &sample(&train));
+            let (code, result) = project.run_json(&["run", &file, "--set", &format!("device={device}")], &[]);
+            assert_eq!(code, 0, "{model} on {device}: {result}");
+            let out = project.out(&result, "train");
+            let weights = std::fs::read(out.join("model.safetensors")).unwrap();
+            (losses(&out), metric(&result, "evaluate", "test_loss"), weights)
+        };
+        let flex = run("cpu");
+        let torch = run("libtorch");
+        assert_eq!(flex.0.len(), torch.0.len(), "{model}");
+        for (a, b) in flex.0.iter().chain([&flex.1]).zip(torch.0.iter().chain([&torch.1])) {
+            assert!(
+                (a - b).abs() <= 1e-3 * a.abs().max(1.0),
+                "{model}: flex {:?} libtorch {:?}",
+                flex.0,
+                torch.0
+            );
+        }
+        assert!(torch == run("libtorch"), "{model}: two libtorch runs differ");
+    }
+}

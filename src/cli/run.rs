@@ -14,6 +14,7 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
         return super::sweep::run(env, target, jobs);
     }
     let pipeline = env.load(target)?;
+    pipeline.check_device()?;
     let tracker = env.tracker(pipeline.tracking.as_ref())?;
     let dir = pipeline.dir.clone();
     let instance = Instance {

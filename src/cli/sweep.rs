@@ -96,7 +96,10 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
         git: git.clone(),
     });
     let cancel = interrupt_flag();
-    let options = ExecOptions::with_jobs(sweep.parallel * slot_threads);
+    let options = ExecOptions {
+        devices: sweep.leased_devices(),
+        ..ExecOptions::with_jobs(sweep.parallel * slot_threads)
+    };
     let (execution, results) = session.execute(env.registry, &env.store, &options, &console, cancel, tracking.as_ref());
     env.store.save_state();
 

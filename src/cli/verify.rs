@@ -34,6 +34,7 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
         jobs: default_jobs(jobs),
         recompute: Some(&recompute),
         fallback: Some(&env.store),
+        devices: &[],
     };
     let execution = execute(
         &graph,

@@ -86,6 +86,10 @@ pub struct ExecOptions<'a> {
     pub recompute: Option<&'a [bool]>,
     /// A second store to take cached entries from (read-only).
     pub fallback: Option<&'a Store>,
+    /// GPUs (`cuda:N`) that stages using a device lease, one whole device
+    /// each, for as long as they run; such a stage waits for a free one.
+    /// Empty: every stage runs on its pipeline's device.
+    pub devices: &'a [String],
 }
 
 impl ExecOptions<'_> {
@@ -95,6 +99,7 @@ impl ExecOptions<'_> {
             jobs,
             recompute: None,
             fallback: None,
+            devices: &[],
         }
     }
 }
@@ -140,6 +145,8 @@ pub fn execute(
     let mut launched = vec![false; count];
     let mut threads_in_use = 0;
     let mut active = 0;
+    // Which node holds each device of `options.devices`.
+    let mut leases: Vec<Option<usize>> = vec![None; options.devices.len()];
     let (done_tx, done_rx) = mpsc::channel::<(usize, anyhow::Result<Built>, f64)>();
     std::thread::scope(|scope| {
         loop {
@@ -171,6 +178,16 @@ pub fn execute(
                 if active > 0 && threads_in_use + threads > jobs {
                     continue;
                 }
+                let leases_device = node.material.device.is_some() && !leases.is_empty();
+                let device = if leases_device {
+                    let Some(free) = leases.iter().position(Option::is_none) else {
+                        continue;
+                    };
+                    leases[free] = Some(i);
+                    options.devices[free].as_str()
+                } else {
+                    node.device.as_str()
+                };
                 let inputs: Vec<StageInput> = node
                     .material
                     .needs
@@ -185,14 +202,14 @@ pub fn execute(
                             .expect("succeeded deps have outputs"),
                     })
                     .collect();
-                tracing::debug!(stage = %node.label, threads, "starting");
+                tracing::debug!(stage = %node.label, threads, device, "starting");
                 launched[i] = true;
                 active += 1;
                 threads_in_use += threads;
                 let done_tx = done_tx.clone();
                 scope.spawn(move || {
                     let start = Instant::now();
-                    let result = run_node(node, registry, store, &inputs, threads, reporter, cancel);
+                    let result = run_node(node, registry, store, &inputs, threads, device, reporter, cancel);
                     let _ = done_tx.send((i, result, start.elapsed().as_secs_f64()));
                 });
             }
@@ -202,6 +219,9 @@ pub fn execute(
             let (i, result, seconds) = done_rx.recv().expect("workers report before exiting");
             active -= 1;
             threads_in_use -= graph.nodes[i].threads.min(jobs);
+            if let Some(lease) = leases.iter_mut().find(|l| **l == Some(i)) {
+                *lease = None;
+            }
             let node = &graph.nodes[i];
             let done = match result {
                 Ok(built) => NodeResult {
@@ -274,13 +294,15 @@ fn find_cached(
     None
 }
 
-/// Builds one node's entry, turning a panicking stage into an error.
+/// Builds one node's entry on `device`, turning a panicking stage into an error.
+#[allow(clippy::too_many_arguments)]
 fn run_node(
     node: &GraphNode,
     registry: &Registry,
     store: &Store,
     inputs: &[StageInput],
     threads: usize,
+    device: &str,
     reporter: &dyn Reporter,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Built> {
@@ -297,7 +319,7 @@ fn run_node(
                 inputs,
                 pipeline_dir: &node.pipeline_dir,
                 seed: node.seed,
-                device: &node.device,
+                device,
                 threads,
                 progress: progress.as_ref(),
                 cancel,

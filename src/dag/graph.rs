@@ -104,7 +104,10 @@ impl Graph {
                 })
                 .collect(),
             seed: stage.resolved.uses_seed.then_some(pipeline.seed),
-            device: stage.resolved.uses_device.then(|| pipeline.device.clone()),
+            device: stage.resolved.uses_device.then(|| {
+                let kind = crate::backend::kind(&pipeline.device);
+                kind.expect("devices are checked when a pipeline is loaded").to_string()
+            }),
             inputs,
         };
         let key = material.key();

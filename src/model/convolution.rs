@@ -15,9 +15,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::module::conv1d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
-use super::kernels::{column_sums, host, matmul_add, matmul_tn_add, register_host_grads, transpose};
+use super::kernels::{column_sums, host, matmul_add, matmul_tn_add, register_host_grads, runs_fused, transpose};
 
 /// The convolution as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -44,8 +46,12 @@ pub trait ConvOps: Backend {
 
 impl ConvOps for Flex {}
 
-/// See [`ConvOps::conv_over_time`].
+/// See [`ConvOps::conv_over_time`]; burn's `conv1d` off the flex backend.
 pub fn conv_over_time(x: Tensor<3>, weight: Tensor<3>, bias: Tensor<1>, padding: usize) -> Tensor<3> {
+    if !runs_fused(&x.device()) {
+        let options = ConvOptions::new([1], [padding], [1], 1);
+        return conv1d(x.swap_dims(1, 2), weight, Some(bias), options).swap_dims(1, 2);
+    }
     Tensor::from_dispatch(<Dispatch as ConvOps>::conv_over_time(
         x.into_dispatch(),
         weight.into_dispatch(),

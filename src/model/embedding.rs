@@ -12,9 +12,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_extension, read_sync};
+use burn::tensor::module::embedding;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::kernels::host;
+use super::kernels::{host, runs_fused};
 
 /// The embedding lookup as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -27,8 +28,12 @@ pub trait EmbeddingOps: Backend {
 
 impl EmbeddingOps for Flex {}
 
-/// `weight[ids]` on burn tensors: see [`EmbeddingOps::embedding_lookup`].
+/// `weight[ids]` on burn tensors: see [`EmbeddingOps::embedding_lookup`];
+/// burn's `embedding` off the flex backend.
 pub fn embedding_lookup(weight: Tensor<2>, ids: Tensor<2, Int>) -> Tensor<3> {
+    if !runs_fused(&weight.device()) {
+        return embedding(weight, ids);
+    }
     Tensor::from_dispatch(<Dispatch as EmbeddingOps>::embedding_lookup(
         weight.into_dispatch(),
         ids.into_dispatch(),

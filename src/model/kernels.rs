@@ -4,8 +4,15 @@
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, read_sync};
-use burn::tensor::TensorData;
+use burn::backend::{Backend, DispatchDevice, read_sync};
+use burn::tensor::{Device, TensorData};
+
+/// Whether tensors on `device` live in host memory under burn's `flex`
+/// backend, where the fused operations run. Other backends (libtorch) get
+/// the same operations composed from burn tensor ops.
+pub fn runs_fused(device: &Device) -> bool {
+    matches!(device.clone().inner().as_dispatch(), DispatchDevice::Flex(_))
+}
 
 /// A float tensor's values on the host.
 pub fn host<B: Backend>(tensor: FloatTensor<B>) -> Vec<f32> {

@@ -25,7 +25,10 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_e
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::kernels::{FlushDenormals, column_sums, host, matmul_add, matmul_tn_add, register_host_grads, transpose};
+use super::composed;
+use super::kernels::{
+    FlushDenormals, column_sums, host, matmul_add, matmul_tn_add, register_host_grads, runs_fused, transpose,
+};
 use super::recurrent::Cell;
 
 /// The recurrent layer as a backend operation.
@@ -58,7 +61,8 @@ pub trait LayerOps: Backend {
 
 impl LayerOps for Flex {}
 
-/// Every state of a recurrent layer on burn tensors: see [`LayerOps::recurrent_layer`].
+/// Every state of a recurrent layer on burn tensors: see
+/// [`LayerOps::recurrent_layer`]; composed from burn ops off the flex backend.
 pub fn recurrent_layer(
     x: Tensor<3>,
     [w_ih, w_hh]: [Tensor<2>; 2],
@@ -66,6 +70,9 @@ pub fn recurrent_layer(
     cell: Cell,
     reverse: bool,
 ) -> Tensor<3> {
+    if !runs_fused(&x.device()) {
+        return composed::recurrent_layer(x, [w_ih, w_hh], [b_ih, b_hh], cell, reverse);
+    }
     Tensor::from_dispatch(<Dispatch as LayerOps>::recurrent_layer(
         x.into_dispatch(),
         w_ih.into_dispatch(),

@@ -2,6 +2,7 @@
 //! Elman / LSTM / GRU networks with a choice of pooling over time, optional
 //! LayerNorm, an MLP head and pretrained (GloVe) embeddings.
 
+pub mod composed;
 pub mod convolution;
 pub mod embedding;
 pub mod glove;

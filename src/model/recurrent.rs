@@ -272,39 +272,23 @@ mod tests {
         assert_close(&ours(&ours_layer, Cell::Gru, input(&device, 3, 7), false), &expected);
     }
 
-    /// The Elman recurrence step by step from burn tensor ops.
-    fn elman_from_burn_ops(d: &Direction, relu: bool, x: Tensor<3>) -> Tensor<3> {
-        let [batch, time, _] = x.dims();
-        let mut h: Tensor<2> = Tensor::zeros([batch, HIDDEN], &x.device());
-        let mut states = Vec::new();
-        for t in 0..time {
-            let x_t = x.clone().narrow(1, t, 1).reshape([batch, INPUT]);
-            let a = x_t.matmul(d.w_ih.val()) + h.matmul(d.w_hh.val()) + (d.b_ih.val() + d.b_hh.val()).unsqueeze::<2>();
-            h = if relu {
-                burn::tensor::activation::relu(a)
-            } else {
-                burn::tensor::activation::tanh(a)
-            };
-            states.push(h.clone().unsqueeze_dim::<3>(1));
-        }
-        Tensor::cat(states, 1)
+    /// The same layer composed from burn tensor ops (what backends other
+    /// than flex run), differentiated by burn's autodiff.
+    fn composed(d: &Direction, cell: Cell, x: Tensor<3>, reverse: bool) -> Run {
+        let weights = [d.w_ih.val(), d.w_hh.val()];
+        let states =
+            super::super::composed::recurrent_layer(x.clone(), weights, [d.b_ih.val(), d.b_hh.val()], cell, reverse);
+        differentiate(x, states, |g| direction_grads(d, g))
     }
 
     #[test]
-    fn elman_states_and_every_gradient_match_burn_ops_in_both_directions() {
+    fn every_cell_matches_its_composition_from_burn_ops_in_both_directions() {
         let device = Device::flex().autodiff();
-        for (seed, cell) in [(5, Cell::Tanh), (6, Cell::Relu)] {
+        for (seed, cell) in [(5, Cell::Tanh), (6, Cell::Relu), (14, Cell::Lstm), (15, Cell::Gru)] {
             let init = Initializer::new(seed, Init::Default, &device);
             let d = Direction::new(&init, "t", cell, INPUT, HIDDEN);
-            let relu = cell == Cell::Relu;
             for reverse in [false, true] {
-                let x = input(&device, 3, 7);
-                let states = if reverse {
-                    elman_from_burn_ops(&d, relu, x.clone().flip([1])).flip([1])
-                } else {
-                    elman_from_burn_ops(&d, relu, x.clone())
-                };
-                let expected = differentiate(x, states, |g| direction_grads(&d, g));
+                let expected = composed(&d, cell, input(&device, 3, 7), reverse);
                 assert_close(&ours(&d, cell, input(&device, 3, 7), reverse), &expected);
             }
         }

@@ -104,6 +104,9 @@ impl Pipeline {
         }
         apply_overrides(&source, &mut root)?;
         let header: Header = source.deserialize(&root, &[], "the pipeline")?;
+        if let Err(e) = crate::backend::kind(&header.device) {
+            return Err(source.error(root.locate(["device"]), format!("{e:#}")));
+        }
         let stages_node = &root.entry("stages").expect("`stages` was required by the header").node;
         let stages = read_stages(&source, stages_node, registry)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -121,6 +124,20 @@ impl Pipeline {
             tracking: header.tracking,
             stages,
         })
+    }
+
+    /// Checks that this build and machine have the pipeline's device, when a
+    /// stage uses it: `cuda:N` needs the `tch` feature and that GPU.
+    pub fn check_device(&self) -> Result<(), SpecError> {
+        if !self.stages.iter().any(|s| s.resolved.uses_device) {
+            return Ok(());
+        }
+        match crate::backend::device(&self.device) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self
+                .source
+                .error(self.source.parse()?.locate(["device"]), format!("{e:#}"))),
+        }
     }
 
     /// The stage called `name`.

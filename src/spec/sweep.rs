@@ -30,7 +30,8 @@ pub struct Sweep {
     pub metric: Objective,
     /// Trials run at once.
     pub parallel: usize,
-    /// Devices trials lease (`cpu`: CPU slots that split the cores).
+    /// The devices trials run on: `[cpu]` (CPU slots that split the cores)
+    /// or GPUs that each trial leases whole (see [`Sweep::leased_devices`]).
     pub devices: Vec<String>,
     /// `tracking:` of the sweep, else of the pipeline.
     pub tracking: Option<Tracking>,
@@ -38,6 +39,18 @@ pub struct Sweep {
     pub parameters: Vec<String>,
     /// The trials, in expansion order.
     pub trials: Vec<Trial>,
+}
+
+impl Sweep {
+    /// The devices that trials lease one at a time, each for as long as a
+    /// stage of theirs uses it: the GPUs of `devices`, none for `[cpu]`.
+    pub fn leased_devices(&self) -> &[String] {
+        if self.devices.iter().all(|d| d == "cpu") {
+            &[]
+        } else {
+            &self.devices
+        }
+    }
 }
 
 /// One pipeline instance of a sweep.
@@ -116,18 +129,14 @@ struct Header {
     parameters: serde::de::IgnoredAny,
     #[serde(default = "one")]
     parallel: usize,
-    #[serde(default = "cpu")]
-    devices: Vec<String>,
+    #[serde(default)]
+    devices: Option<Vec<String>>,
     #[serde(default)]
     tracking: Option<Tracking>,
 }
 
 fn one() -> usize {
     1
-}
-
-fn cpu() -> Vec<String> {
-    vec!["cpu".into()]
 }
 
 /// One entry of `parameters:`.
@@ -193,12 +202,22 @@ impl Sweep {
         if header.parallel == 0 {
             return Err(source.error(at("parallel"), "`parallel` must be at least 1"));
         }
-        if header.devices.is_empty() {
+        if header.devices.as_ref().is_some_and(Vec::is_empty) {
             return Err(source.error(at("devices"), "`devices` must list at least one device, e.g. [cpu]"));
         }
-        for (i, device) in header.devices.iter().enumerate() {
+        for (i, device) in header.devices.iter().flatten().enumerate() {
+            let first = &header.devices.as_ref().expect("iterated")[0];
+            let at_device = || root.locate(["devices", &i.to_string()]);
             if let Err(e) = crate::backend::device(device) {
-                return Err(source.error(root.locate(["devices", &i.to_string()]), format!("{e:#}")));
+                return Err(source.error(at_device(), format!("{e:#}")));
+            }
+            if crate::backend::kind(device).ok() != crate::backend::kind(first).ok() {
+                return Err(source
+                    .error(
+                        at_device(),
+                        format!("`{device}` is not the same kind of device as `{first}`"),
+                    )
+                    .with_help("list either `cpu` or GPUs (`cuda:N`), not both"));
             }
         }
         let dir = path
@@ -215,6 +234,7 @@ impl Sweep {
                 .with_help("`pipeline:` is relative to the sweep file's directory"));
         }
         let base = Pipeline::load(&pipeline_file, overrides, registry)?;
+        let devices = header.devices.unwrap_or_else(|| vec![base.device.clone()]);
         let parameters = read_parameters(&source, &root, header.method)?;
         let raw = base.source.parse()?;
         for p in &parameters {
@@ -261,6 +281,12 @@ impl Sweep {
                 }
                 _ => e,
             })?;
+            // The sweep's devices decide where trials run; all are of one kind,
+            // so the first stands for every one in the cache keys.
+            let pipeline = Pipeline {
+                device: devices[0].clone(),
+                ..pipeline
+            };
             trials.push(Trial { id, params, pipeline });
         }
         let tracking = header.tracking.or_else(|| base.tracking.clone());
@@ -271,7 +297,7 @@ impl Sweep {
             method: header.method,
             metric: header.metric,
             parallel: header.parallel,
-            devices: header.devices,
+            devices,
             tracking,
             parameters: parameters.into_iter().map(|p| p.path).collect(),
             trials,

@@ -18,6 +18,10 @@ fn log_run(line: &str) {
     }
 }
 
+fn now_ms() -> u128 {
+    std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()
+}
+
 /// A configurable step: writes `text` (plus optional seed, env value, file
 /// content and every input's output) to `out.txt`.
 pub struct StepStage;
@@ -42,6 +46,10 @@ pub struct StepConfig {
     /// Size of an extra output file `data.bin`, to test work proportional to output size.
     #[serde(default)]
     pub bytes: usize,
+    /// Runs on the pipeline's device (its kind is part of the key); the
+    /// output ends with ` on DEVICE FROM..TO` (milliseconds since 1970).
+    #[serde(default)]
+    pub on_device: bool,
 }
 
 impl Stage for StepStage {
@@ -53,11 +61,16 @@ impl Stage for StepStage {
         config.seeded
     }
 
+    fn uses_device(&self, config: &StepConfig) -> bool {
+        config.on_device
+    }
+
     fn input_files(&self, config: &StepConfig) -> Vec<String> {
         config.file.iter().cloned().collect()
     }
 
     fn run(&self, config: &StepConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
+        let started = now_ms();
         log_run(&format!("start {}", config.text));
         let mut waited = 0;
         ctx.progress.set_total(config.sleep_ms, "ms");
@@ -86,6 +99,9 @@ impl Stage for StepStage {
                 input.name,
                 std::fs::read_to_string(input.dir.join("out.txt"))?
             ));
+        }
+        if config.on_device {
+            out.push_str(&format!(" on {} {started}..{}", ctx.device, now_ms()));
         }
         std::fs::write(ctx.out_dir.join("out.txt"), &out)?;
         if config.bytes > 0 {
