@@ -390,4 +390,15 @@ fn errors_in_pipeline_files_exit_2_with_a_located_message() {
     assert!(stderr.contains("p.yaml:4:19"), "{stderr}");
     assert!(stderr.contains("did you mean `text`?"), "{stderr}");
     assert!(!ws.store().exists(), "nothing is written for an invalid pipeline");
+    // No GPU on the test machines (and none at all without `--features tch`).
+    ws.write(
+        "d.yaml",
+        "name: d\nseed: 1\nstages:\n  a: {kind: step, on_device: true}\n",
+    );
+    let output = ws.run(&["run", "d.yaml", "--set", "device=cuda:0"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("error: device `cuda:0`"), "{stderr}");
+    assert!(stderr.contains("--> --set device=cuda:0"), "{stderr}");
+    assert!(!ws.store().exists(), "nothing runs without the device");
 }

@@ -132,12 +132,12 @@ impl Pipeline {
         if !self.stages.iter().any(|s| s.resolved.uses_device) {
             return Ok(());
         }
-        match crate::backend::device(&self.device) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self
-                .source
-                .error(self.source.parse()?.locate(["device"]), format!("{e:#}"))),
-        }
+        let Err(e) = crate::backend::device(&self.device) else {
+            return Ok(());
+        };
+        let mut root = self.source.parse()?;
+        apply_overrides(&self.source, &mut root)?;
+        Err(self.source.error(root.locate(["device"]), format!("{e:#}")))
     }
 
     /// The stage called `name`.
