@@ -6,9 +6,22 @@ use std::sync::atomic::AtomicBool;
 
 use common::{SEVEN_STAGES, Workspace};
 use pipeline::console::Console;
-use pipeline::dag::{ExecOptions, Graph, NodeState, execute};
+use pipeline::dag::{ExecOptions, Execution, Graph, NodeState, execute};
 use pipeline::spec::Pipeline;
+use pipeline::stage::Registry;
 use pipeline::store::Store;
+
+/// Executes `graph` quietly, never cancelled.
+fn run(graph: &Graph, registry: &Registry, store: &Store, options: &ExecOptions) -> Execution {
+    execute(
+        graph,
+        registry,
+        store,
+        options,
+        &Console::new(true),
+        &AtomicBool::new(false),
+    )
+}
 
 #[test]
 fn instances_with_different_overrides_share_their_common_stages() {
@@ -29,14 +42,7 @@ fn instances_with_different_overrides_share_their_common_stages() {
     assert_ne!(instances[0][5], instances[1][5]);
     assert_eq!(graph.nodes[instances[1][6]].label, "trial-1/g");
     let options = ExecOptions::with_jobs(2);
-    let execution = execute(
-        &graph,
-        &registry,
-        &store,
-        &options,
-        &Console::new(true),
-        &AtomicBool::new(false),
-    );
+    let execution = run(&graph, &registry, &store, &options);
     assert!(execution.results.iter().all(|r| r.state == NodeState::Ran));
     assert_eq!(store.entries().unwrap().len(), 11, "each shared stage is stored once");
 }
@@ -61,14 +67,7 @@ fn stages_on_a_device_lease_one_gpu_each_and_wait_for_a_free_one() {
         devices: &devices,
         ..ExecOptions::with_jobs(4)
     };
-    let execution = execute(
-        &graph,
-        &registry,
-        &store,
-        &options,
-        &Console::new(true),
-        &AtomicBool::new(false),
-    );
+    let execution = run(&graph, &registry, &store, &options);
     assert!(execution.succeeded());
     // Each output ends with ` on DEVICE FROM..TO`.
     let mut spans: Vec<(String, u128, u128)> = nodes

@@ -262,6 +262,19 @@ fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
         "{stderr}"
     );
     assert_eq!(project.entries(), 0, "nothing ran");
+    // Without `devices`, trials run on the pipeline's device, checked as a plain run checks it.
+    let sweep = project.write_at(
+        "sweeps/bad.yaml",
+        "pipeline: ../pipelines/imdb-sample.yaml\nmetric: {name: eval_loss, goal: minimize}\nparameters:\n  seed: {values: [1]}\n",
+    );
+    let output = project.run(&["run", &sweep, "--set", "device=cuda:0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(CUDA_REFUSED) && stderr.contains("--> --set device=cuda:0"),
+        "{stderr}"
+    );
+    assert_eq!(project.entries(), 0, "nothing ran");
 }
 
 /// A sweep on a device pool (`libtorch`: the GPU code path on the CPU) runs

@@ -178,22 +178,14 @@ fn glove_vectors_fill_the_embedding_and_stay_frozen() {
     );
 }
 
-/// The `loss` and `eval_loss` values of a train stage's history.csv, in row order.
+/// The `loss` then the `eval_loss` values of a train stage's history.csv.
 #[cfg(feature = "tch")]
 fn losses(out: &Path) -> Vec<f64> {
-    let text = std::fs::read_to_string(out.join("history.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    lines
-        .flat_map(|line| {
-            let fields: Vec<String> = line.split(',').map(str::to_string).collect();
-            header
-                .iter()
-                .zip(fields)
-                .filter(|(name, value)| ["loss", "eval_loss"].contains(name) && !value.is_empty())
-                .map(|(_, value)| value.parse::<f64>().unwrap())
-                .collect::<Vec<_>>()
-        })
+    let history = pipeline::train::history::History::read_csv(&out.join("history.csv")).unwrap();
+    ["loss", "eval_loss"]
+        .iter()
+        .flat_map(|name| history.series(name))
+        .map(|(_, value)| value)
         .collect()
 }
 

@@ -202,23 +202,8 @@ impl Sweep {
         if header.parallel == 0 {
             return Err(source.error(at("parallel"), "`parallel` must be at least 1"));
         }
-        if header.devices.as_ref().is_some_and(Vec::is_empty) {
-            return Err(source.error(at("devices"), "`devices` must list at least one device, e.g. [cpu]"));
-        }
-        for (i, device) in header.devices.iter().flatten().enumerate() {
-            let first = &header.devices.as_ref().expect("iterated")[0];
-            let at_device = || root.locate(["devices", &i.to_string()]);
-            if let Err(e) = crate::backend::device(device) {
-                return Err(source.error(at_device(), format!("{e:#}")));
-            }
-            if crate::backend::kind(device).ok() != crate::backend::kind(first).ok() {
-                return Err(source
-                    .error(
-                        at_device(),
-                        format!("`{device}` is not the same kind of device as `{first}`"),
-                    )
-                    .with_help("list either `cpu` or GPUs (`cuda:N`), not both"));
-            }
+        if let Some(devices) = &header.devices {
+            check_devices(&source, &root, devices)?;
         }
         let dir = path
             .parent()
@@ -234,7 +219,13 @@ impl Sweep {
                 .with_help("`pipeline:` is relative to the sweep file's directory"));
         }
         let base = Pipeline::load(&pipeline_file, overrides, registry)?;
-        let devices = header.devices.unwrap_or_else(|| vec![base.device.clone()]);
+        let devices = match header.devices {
+            Some(devices) => devices,
+            None => {
+                base.check_device()?;
+                vec![base.device.clone()]
+            }
+        };
         let parameters = read_parameters(&source, &root, header.method)?;
         let raw = base.source.parse()?;
         for p in &parameters {
@@ -303,6 +294,29 @@ impl Sweep {
             trials,
         })
     }
+}
+
+/// Checks that `devices` lists at least one device, that this build and
+/// machine have each, and that all are of one kind.
+fn check_devices(source: &Source, root: &Node, devices: &[String]) -> Result<(), SpecError> {
+    let Some(first) = devices.first() else {
+        return Err(source.error(
+            root.locate(["devices"]),
+            "`devices` must list at least one device, e.g. [cpu]",
+        ));
+    };
+    for (i, device) in devices.iter().enumerate() {
+        let at = || root.locate(["devices", &i.to_string()]);
+        if let Err(e) = crate::backend::device(device) {
+            return Err(source.error(at(), format!("{e:#}")));
+        }
+        if crate::backend::kind(device).ok() != crate::backend::kind(first).ok() {
+            return Err(source
+                .error(at(), format!("`{device}` is not the same kind of device as `{first}`"))
+                .with_help("list either `cpu` or GPUs (`cuda:N`), not both"));
+        }
+    }
+    Ok(())
 }
 
 /// Reads `parameters:` into typed domains, checking them for the method.
