@@ -207,6 +207,12 @@ fn a_word_vocabulary_is_trained_on_the_train_split_only() {
         row[..tensors.width - first_len].iter().all(|&id| id == 1),
         "left padding with <pad>"
     );
+    let lock = std::fs::read_to_string(project.main().join("pipelines/imdb-words.lock")).unwrap();
+    assert_eq!(
+        lock,
+        std::fs::read_to_string("pipelines/imdb-words.lock").unwrap(),
+        "pipelines/imdb-words.lock is out of date: run the pipeline and commit it"
+    );
 }
 
 #[test]

@@ -13,6 +13,8 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::model::kernels::widest_simd;
+
 /// Elements per chunk of the parallel passes; fixed so sums do not depend on threads.
 const CHUNK: usize = 1 << 15;
 
@@ -332,31 +334,13 @@ impl Rule {
     /// momentum buffer or RMSprop's square average; `v` is Adam's second
     /// moment or RMSprop's momentum buffer (empty when unused).
     ///
-    /// Compiled for AVX-512 and AVX2 too, used when the CPU has them: the
-    /// update is element-wise with separate multiplies and adds (no fused
-    /// multiply-add) and correctly rounded square roots and divisions, so
-    /// every instruction set gives the same bits.
+    /// Compiled for AVX-512 and AVX2 too, used when the CPU has them (see
+    /// [`widest_simd`]): every instruction set gives the same bits.
     fn update(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f")]
-            fn avx512(rule: &Rule, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-                rule.update_portable(p, m, v, g)
-            }
-            #[target_feature(enable = "avx2")]
-            fn avx2(rule: &Rule, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-                rule.update_portable(p, m, v, g)
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F.
-                return unsafe { avx512(self, p, m, v, g) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                return unsafe { avx2(self, p, m, v, g) };
-            }
-        }
-        self.update_portable(p, m, v, g)
+        widest_simd(
+            #[inline(always)]
+            || self.update_portable(p, m, v, g),
+        )
     }
 
     /// [`Rule::update`] for any instruction set. Options are folded into
