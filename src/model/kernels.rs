@@ -169,7 +169,7 @@ fn tile_columns<const R: usize>(lhs: &Lhs, b: &[f32], out: &mut [f32], n: usize,
 /// Index loops over constant ranges (no closures) let LLVM unroll them and
 /// keep the tile in vector registers (checked in the disassembly).
 #[inline(always)]
-#[allow(clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop, clippy::manual_memcpy)] // see the write-back
 fn tile<const R: usize, const W: usize>(lhs: &Lhs, b: &[f32], out: &mut [f32], n: usize, i: usize, start: usize) {
     let mut acc = [[0.0f32; W]; R];
     for r in 0..R {
@@ -188,8 +188,13 @@ fn tile<const R: usize, const W: usize>(lhs: &Lhs, b: &[f32], out: &mut [f32], n
             add_scaled(&mut acc[r], x, b_row);
         }
     }
+    // Element by element: copying the rows out as slices kept LLVM storing
+    // the sums to the stack on every step of the loop above.
     for r in 0..R {
-        out[(i + r) * n + start..][..W].copy_from_slice(&acc[r]);
+        let row = &mut out[(i + r) * n + start..][..W];
+        for l in 0..W {
+            row[l] = acc[r][l];
+        }
     }
 }
 
