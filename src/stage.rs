@@ -31,6 +31,10 @@ pub trait Stage: Send + Sync + 'static {
     /// names, or `*.ext` for every file with that extension.
     const ARTIFACTS: &'static [&'static str] = &[];
 
+    /// What the kind's output holds. Stages that need it find it by this
+    /// ([`StageContext::providing`]), never by probing for file names.
+    const OUTPUTS: &'static [Output] = &[];
+
     /// Checks values that types alone cannot (ranges, combinations).
     fn validate(&self, _config: &Self::Config) -> Result<(), Invalid> {
         Ok(())
@@ -90,6 +94,34 @@ pub struct StageOutcome {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// What a stage kind's output holds, as declared in [`Stage::OUTPUTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A table: one parquet file per split and `table.json` ([`crate::data::table`]).
+    Table,
+    /// Token ids in that table, `tokens.json` and the `tokenizer.json` that made them.
+    Tokens,
+    /// Padded id tensors per split and the batching settings (`vectorize`).
+    Vectors,
+    /// A trained model: `model.safetensors` and `train.json`.
+    Model,
+    /// Scores per split: `metrics.json` and the predictions.
+    Evaluation,
+}
+
+impl Output {
+    /// What the output is, in words, for error messages.
+    fn describe(self) -> &'static str {
+        match self {
+            Output::Table => "a table (load, shuffle, split or tokenize)",
+            Output::Tokens => "token ids (tokenize)",
+            Output::Vectors => "vectorized data (vectorize)",
+            Output::Model => "a trained model (train)",
+            Output::Evaluation => "evaluation metrics (evaluate)",
+        }
+    }
+}
+
 /// The output of an upstream stage, as seen by a stage that needs it.
 #[derive(Debug, Clone)]
 pub struct StageInput {
@@ -97,6 +129,8 @@ pub struct StageInput {
     pub name: String,
     /// Its kind.
     pub kind: String,
+    /// What its output holds ([`Stage::OUTPUTS`] of its kind).
+    pub outputs: &'static [Output],
     /// The directory holding its output files.
     pub dir: PathBuf,
 }
@@ -141,6 +175,38 @@ impl StageContext<'_> {
             .iter()
             .find(|i| i.name == name)
             .ok_or_else(|| anyhow::anyhow!("this stage does not need a stage called `{name}`"))
+    }
+
+    /// The one needed stage whose output holds `output`; an error naming the
+    /// needed stages when none or several do.
+    pub fn providing(&self, output: Output) -> anyhow::Result<&StageInput> {
+        let found: Vec<&StageInput> = self.inputs.iter().filter(|i| i.outputs.contains(&output)).collect();
+        match found.as_slice() {
+            [one] => Ok(one),
+            [] => anyhow::bail!(
+                "this stage needs {}, but none of the stages it needs ({}) produces it; add one to `needs`",
+                output.describe(),
+                self.inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            several => anyhow::bail!(
+                "this stage needs exactly one stage with {}, but it needs {}",
+                output.describe(),
+                several.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    /// Like [`StageContext::providing`], but `None` when no needed stage has `output`.
+    pub fn optional(&self, output: Output) -> anyhow::Result<Option<&StageInput>> {
+        if self.inputs.iter().any(|i| i.outputs.contains(&output)) {
+            self.providing(output).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Fails with [`Cancelled`] once the run is interrupted; long stages call
@@ -191,6 +257,8 @@ pub trait DynStage: Send + Sync {
     fn version(&self) -> u32;
     /// See [`Stage::ARTIFACTS`].
     fn artifacts(&self) -> &'static [&'static str];
+    /// See [`Stage::OUTPUTS`].
+    fn outputs(&self) -> &'static [Output];
     /// Types and validates a stage body; `what` names the stage in errors.
     fn resolve(&self, source: &Source, body: &Node, what: &str) -> Result<ResolvedConfig, SpecError>;
     /// Runs the stage on a resolved config.
@@ -208,6 +276,10 @@ impl<S: Stage> DynStage for S {
 
     fn artifacts(&self) -> &'static [&'static str] {
         S::ARTIFACTS
+    }
+
+    fn outputs(&self) -> &'static [Output] {
+        S::OUTPUTS
     }
 
     fn resolve(&self, source: &Source, body: &Node, what: &str) -> Result<ResolvedConfig, SpecError> {
@@ -266,5 +338,59 @@ impl Registry {
     /// All kind names, sorted.
     pub fn names(&self) -> Vec<String> {
         self.kinds.keys().map(|k| k.to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Silent;
+    impl Progress for Silent {
+        fn set_total(&self, _total: u64, _unit: &str) {}
+        fn advance(&self, _n: u64) {}
+        fn message(&self, _text: &str) {}
+    }
+
+    fn input(name: &str, outputs: &'static [Output]) -> StageInput {
+        StageInput {
+            name: name.into(),
+            kind: name.into(),
+            outputs,
+            dir: PathBuf::from(name),
+        }
+    }
+
+    #[test]
+    fn inputs_are_found_by_what_they_hold() {
+        let inputs = [
+            input("tokenize", &[Output::Table, Output::Tokens]),
+            input("train", &[Output::Model]),
+            input("split", &[Output::Table]),
+        ];
+        let cancel = AtomicBool::new(false);
+        let ctx = StageContext {
+            out_dir: Path::new("out"),
+            inputs: &inputs,
+            pipeline_dir: Path::new("."),
+            seed: 0,
+            device: "cpu",
+            threads: 1,
+            progress: &Silent,
+            cancel: &cancel,
+        };
+        assert_eq!(ctx.providing(Output::Tokens).unwrap().name, "tokenize");
+        assert_eq!(ctx.providing(Output::Model).unwrap().name, "train");
+        let several = ctx.providing(Output::Table).unwrap_err().to_string();
+        assert!(
+            several.contains("exactly one") && several.contains("tokenize, split"),
+            "{several}"
+        );
+        let none = ctx.providing(Output::Vectors).unwrap_err().to_string();
+        assert!(
+            none.contains("vectorized data") && none.contains("tokenize, train, split"),
+            "{none}"
+        );
+        assert!(ctx.optional(Output::Evaluation).unwrap().is_none());
     }
 }

@@ -225,3 +225,59 @@ fn libtorch_trains_every_model_like_flex_and_reproducibly() {
         assert!(torch == run("libtorch"), "{model}: two libtorch runs differ");
     }
 }
+
+#[test]
+fn model_keys_are_checked_per_architecture_with_located_errors() {
+    let project = Project::new();
+    let cases = [
+        // A key of another architecture set to something else than its default.
+        (
+            "    model: {type: cnn, dropout: 0.5}\n",
+            "`model.dropout` of stage `train`: does not apply to `type: cnn`; remove it",
+            "dropout: 0.5",
+        ),
+        // A misspelt key below the model keeps its suggestion.
+        (
+            "    model: {type: gru, hiden_size: 8}\n",
+            "unknown key `hiden_size` in `model` of stage `train`",
+            "did you mean `hidden_size`?",
+        ),
+        // A wrong type below the model is located at the value.
+        (
+            "    model: {type: rnn, num_layers: many}\n",
+            "`model.num_layers` of stage `train` must be a non-negative integer",
+            "num_layers: many",
+        ),
+        (
+            "    model: {type: transformer}\n",
+            "`model.type` of stage `train` cannot be `transformer`",
+            "expected one of `cnn`, `rnn`, `lstm`, `gru`",
+        ),
+    ];
+    for (model, message, detail) in cases {
+        let file = project.write("bad-model.yaml", &sample(model));
+        let output = project.run(&["plan", &file]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{err}");
+        assert!(err.contains(message) && err.contains(detail), "{err}");
+        assert!(err.contains("pipelines/bad-model.yaml:"), "located: {err}");
+    }
+    // At its default, such a key is accepted and leaves the cache key as it was.
+    let plain = project.write("plain.yaml", &sample("    model: {type: cnn}\n"));
+    let defaulted = project.write(
+        "defaulted.yaml",
+        &sample("    model: {type: cnn, dropout: 0.0, hidden_size: 64}\n"),
+    );
+    let key = |file: &str| {
+        let (code, plan) = project.run_json(&["plan", file], &[]);
+        assert_eq!(code, 0, "{plan}");
+        plan["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "train")
+            .unwrap()["key"]
+            .clone()
+    };
+    assert_eq!(key(&plain), key(&defaulted));
+}

@@ -196,6 +196,9 @@ pub fn execute(
                     .map(|(need, &d)| StageInput {
                         name: need.stage.clone(),
                         kind: graph.nodes[d].material.kind.clone(),
+                        outputs: registry
+                            .get(&graph.nodes[d].material.kind)
+                            .map_or(&[], |kind| kind.outputs()),
                         dir: results[d]
                             .as_ref()
                             .and_then(|r| r.out_dir.clone())

@@ -10,7 +10,7 @@ use polars::prelude::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{StageContext, StageInput};
+use crate::stage::{Output, StageContext, StageInput};
 
 /// The file that describes a table stage's output.
 pub const META_FILE: &str = "table.json";
@@ -48,18 +48,7 @@ impl TableMeta {
 
 /// The one needed stage whose output is a table.
 pub fn table_input<'a>(ctx: &'a StageContext) -> anyhow::Result<&'a StageInput> {
-    let tables: Vec<&StageInput> = ctx.inputs.iter().filter(|i| i.dir.join(META_FILE).exists()).collect();
-    match tables.as_slice() {
-        [one] => Ok(one),
-        [] => anyhow::bail!("this stage needs a stage that produces a table (load, shuffle, split or tokenize)"),
-        _ => {
-            let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-            anyhow::bail!(
-                "this stage needs exactly one table stage, but it needs {}",
-                names.join(", ")
-            )
-        }
-    }
+    ctx.providing(Output::Table)
 }
 
 /// File formats of input tables.

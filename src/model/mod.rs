@@ -1,8 +1,13 @@
-//! The text classifiers of the course notebooks as burn modules: a CNN and
-//! Elman / LSTM / GRU networks with a choice of pooling over time, optional
-//! LayerNorm, an MLP head and pretrained (GloVe) embeddings.
+//! The text classifiers of the course notebooks as burn modules, one file
+//! per architecture, each with its config type ([`config::ModelConfig`]
+//! picks one by `type`) and an `init` that builds its [`Classifier`]:
+//! a CNN ([`cnn`]) and Elman / LSTM / GRU networks ([`rnn`]) with a choice
+//! of pooling over time, optional LayerNorm, an MLP head and pretrained
+//! (GloVe) embeddings. The parts they share are below.
 
+pub mod cnn;
 pub mod composed;
+pub mod config;
 pub mod convolution;
 pub mod embedding;
 pub mod glove;
@@ -10,117 +15,70 @@ pub mod init;
 pub mod kernels;
 pub mod layer;
 pub mod recurrent;
+pub mod rnn;
 
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv1d, Conv1dConfig};
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, PaddingConfig1d};
-use burn::tensor::activation::{gelu, relu, softmax, tanh};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, relu, tanh};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use config::ModelConfig;
+
 use crate::data::batches::{Batch, Side};
 use crate::data::rng;
-use init::{EmbeddingInit, Init, Initializer, RecurrentInit};
-use recurrent::{Cell, Recurrent};
+use config::{EmbeddingSpec, HeadSpec};
+use init::Initializer;
 
-/// `stages.train.model`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// `cnn`, `rnn`, `lstm` or `gru`.
-    #[serde(rename = "type")]
-    pub kind: ModelKind,
-    /// Width of the token embeddings (default 64).
-    #[serde(default = "default_embedding_dim")]
-    pub embedding_dim: usize,
-    /// Pretrained vectors for the vocabulary's words (GloVe text format, `.gz` allowed).
-    #[serde(default)]
-    pub glove: Option<String>,
-    /// Keep the embedding fixed during training (default false).
-    #[serde(default)]
-    pub freeze: bool,
-    /// CNN: output channels (default 10).
-    #[serde(default = "default_num_filters")]
-    pub num_filters: usize,
-    /// CNN: kernel width (default 3).
-    #[serde(default = "default_filter_size")]
-    pub filter_size: usize,
-    /// CNN: zero padding on each side (default `filter_size / 2`, keeping the length).
-    #[serde(default)]
-    pub padding: Option<usize>,
-    /// Recurrent: units per direction (default 64).
-    #[serde(default = "default_hidden_size")]
-    pub hidden_size: usize,
-    /// Recurrent: stacked layers (default 1).
-    #[serde(default = "default_num_layers")]
-    pub num_layers: usize,
-    /// `rnn`: `tanh` (default) or `relu`.
-    #[serde(default)]
-    pub nonlinearity: Nonlinearity,
-    /// Recurrent: run a second, backward direction (default false).
-    #[serde(default)]
-    pub bidirectional: bool,
-    /// Dropout between recurrent layers (default 0).
-    #[serde(default)]
-    pub dropout: f64,
-    /// Recurrent: how states become one vector: `last` (default), `mean`, `max`, `attention`.
-    /// The CNN always takes the maximum over time.
-    #[serde(default)]
-    pub pooling: Pooling,
-    /// LayerNorm on the embeddings and on the pooled vector (default false).
-    #[serde(default)]
-    pub layer_norm: bool,
-    /// Hidden layer sizes of the MLP head before the output layer (default none).
-    #[serde(default)]
-    pub head: Vec<usize>,
-    /// Activation of the head's hidden layers: `relu` (default), `tanh`, `gelu`.
-    #[serde(default)]
-    pub activation: Activation,
-    /// Weight initialisation: `default`, `xavier_uniform`, `kaiming_uniform`.
-    #[serde(default)]
-    pub init: Init,
-    /// Hidden-to-hidden weights: `default` (as `init`) or `orthogonal`.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub recurrent_init: RecurrentInit,
-    /// A learned embedding table: `normal` (default, N(0, 1)) or `uniform` (U(-0.05, 0.05), Keras').
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub embedding_init: EmbeddingInit,
+/// Builds the network `config` ([`ModelConfig`]) describes and evaluates
+/// `body` with it bound to `model`: the one place that matches on the
+/// architecture, since each is a type of its own.
+macro_rules! with_model {
+    ($config:expr, $setup:expr, $device:expr, |$model:ident| $body:expr) => {
+        match $config {
+            $crate::model::ModelConfig::Cnn(c) => {
+                let $model = c.init($setup, $device);
+                $body
+            }
+            $crate::model::ModelConfig::Rnn(c) => {
+                let $model = c.init($setup, $device);
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_model;
+
+impl ModelConfig {
+    /// Checks sizes; returns the key path (below `model`) and message of the first problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            ModelConfig::Cnn(c) => c.check(),
+            ModelConfig::Rnn(c) => c.check(),
+        }
+    }
+
+    /// The token embedding, for architectures that learn one.
+    pub fn embedding(&self) -> Option<&EmbeddingSpec> {
+        match self {
+            ModelConfig::Cnn(c) => Some(&c.embedding),
+            ModelConfig::Rnn(c) => Some(&c.embedding),
+        }
+    }
 }
 
-/// Keeps keys added with their default value out of cache keys made before they existed.
-fn is_default<T: Default + PartialEq>(value: &T) -> bool {
-    *value == T::default()
-}
+/// A network that maps a batch to logits; what training and evaluation need of a model.
+pub trait Classifier: Module + Sized {
+    /// Logits `[batch, outputs]`. With `dropout` (a seeded stream) the model
+    /// is in training mode; without it, in evaluation mode.
+    fn forward(&self, inputs: &Inputs, dropout: Option<&mut ChaCha8Rng>) -> Tensor<2>;
 
-fn default_embedding_dim() -> usize {
-    64
-}
-fn default_num_filters() -> usize {
-    10
-}
-fn default_filter_size() -> usize {
-    3
-}
-fn default_hidden_size() -> usize {
-    64
-}
-fn default_num_layers() -> usize {
-    1
-}
-
-/// The model family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    /// Embedding, Conv1d, ReLU, max over time.
-    Cnn,
-    /// Elman recurrent network.
-    Rnn,
-    /// Long short-term memory.
-    Lstm,
-    /// Gated recurrent unit.
-    Gru,
+    /// Whether weight decay applies to the parameter at `path` (a
+    /// [`parameter_names`] entry). Default: every parameter, as PyTorch's optimizers.
+    fn decays(&self, _path: &str) -> bool {
+        true
+    }
 }
 
 /// The Elman network's activation.
@@ -162,38 +120,6 @@ pub enum Activation {
     Gelu,
 }
 
-impl ModelConfig {
-    /// Checks sizes; returns the key path and message of the first problem.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        let positive = [
-            ("embedding_dim", self.embedding_dim),
-            ("num_filters", self.num_filters),
-            ("filter_size", self.filter_size),
-            ("hidden_size", self.hidden_size),
-            ("num_layers", self.num_layers),
-        ];
-        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err((key, "must be at least 1".into()));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(("dropout", "must be in [0, 1)".into()));
-        }
-        if self.head.contains(&0) {
-            return Err(("head", "layer sizes must be at least 1".into()));
-        }
-        if self.freeze && self.glove.is_none() {
-            return Err(("freeze", "freezing needs pretrained vectors (`glove`)".into()));
-        }
-        if self.embedding_init != EmbeddingInit::default() && self.glove.is_some() {
-            return Err((
-                "embedding_init",
-                "applies to a learned table; GloVe tables start from the vectors".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// What the model needs to know about the data.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
@@ -205,20 +131,14 @@ pub struct Shape {
     pub padding: Side,
 }
 
-/// A classifier; see [`ModelConfig`].
-#[derive(Module, Debug)]
-pub struct Model {
-    embedding: Embedding,
-    input_norm: Option<LayerNorm>,
-    conv: Option<Conv1d>,
-    recurrent: Option<Recurrent>,
-    pooled_norm: Option<LayerNorm>,
-    head: Vec<Linear>,
-    output: Linear,
-    #[module(skip)]
-    config: ModelConfig,
-    #[module(skip)]
-    padding: Side,
+/// What building a model needs besides its config.
+pub struct Setup<'a> {
+    /// The data's shape.
+    pub shape: Shape,
+    /// Seeds new weights.
+    pub seed: u64,
+    /// Pretrained vectors for the embedding table (GloVe), `vocab_size x dim`.
+    pub glove: Option<&'a [f32]>,
 }
 
 /// A batch on the device: ids `[batch, time]` plus what pooling needs.
@@ -245,195 +165,110 @@ impl Inputs {
     }
 }
 
-impl Model {
-    /// A freshly initialised model; `embedding` replaces the random embedding table.
-    pub fn new(config: &ModelConfig, shape: Shape, seed: u64, embedding: Option<Vec<f32>>, device: &Device) -> Model {
-        let init = Initializer::new(seed, config.init, device).with_recurrent(config.recurrent_init);
-        let dim = config.embedding_dim;
-        let mut weight = match embedding {
-            Some(values) => init.param(values, [shape.vocab_size, dim]),
-            None => init.embedding("embedding", [shape.vocab_size, dim], config.embedding_init),
-        };
-        if config.freeze {
-            weight = weight.set_require_grad(false);
-        }
-        let layer_norm = |size| {
-            config.layer_norm.then(|| {
-                let mut norm = LayerNormConfig::new(size).init(device);
-                norm.gamma = init.constant([size], 1.0);
-                norm.beta = Some(init.constant([size], 0.0));
-                norm
-            })
-        };
-        let (conv, recurrent, features) = match config.kind {
-            ModelKind::Cnn => {
-                let fan_in = dim * config.filter_size;
-                let bound = 1.0 / (fan_in as f32).sqrt();
-                let padding = config.padding.unwrap_or(config.filter_size / 2);
-                let mut conv = Conv1dConfig::new(dim, config.num_filters, config.filter_size)
-                    .with_padding(PaddingConfig1d::Explicit(padding, padding))
-                    .init(device);
-                conv.weight = init.weight(
-                    "conv.weight",
-                    [config.num_filters, dim, config.filter_size],
-                    fan_in,
-                    config.num_filters * config.filter_size,
-                    bound,
-                );
-                conv.bias = Some(init.bias("conv.bias", config.num_filters, bound));
-                (Some(conv), None, config.num_filters)
-            }
-            kind => {
-                let cell = match (kind, config.nonlinearity) {
-                    (ModelKind::Lstm, _) => Cell::Lstm,
-                    (ModelKind::Gru, _) => Cell::Gru,
-                    (_, Nonlinearity::Tanh) => Cell::Tanh,
-                    (_, Nonlinearity::Relu) => Cell::Relu,
-                };
-                let recurrent = Recurrent::new(
-                    &init,
-                    cell,
-                    dim,
-                    config.hidden_size,
-                    config.num_layers,
-                    config.bidirectional,
-                );
-                let size = recurrent.output_size();
-                (None, Some(recurrent), size)
-            }
-        };
-        let linear = |name: &str, input: usize, output: usize| {
-            let bound = 1.0 / (input as f32).sqrt();
-            Linear {
-                weight: init.weight(&format!("{name}.weight"), [input, output], input, output, bound),
-                bias: Some(init.bias(&format!("{name}.bias"), output, bound)),
-            }
-        };
-        let mut width = features;
-        let head = config
-            .head
-            .iter()
-            .enumerate()
-            .map(|(i, &size)| {
-                let layer = linear(&format!("head.{i}"), width, size);
-                width = size;
-                layer
-            })
-            .collect();
-        Model {
-            embedding: Embedding { weight },
-            input_norm: layer_norm(dim),
-            conv,
-            recurrent,
-            pooled_norm: layer_norm(features),
-            head,
-            output: linear("output", width, shape.outputs),
-            config: config.clone(),
-            padding: shape.padding,
-        }
+/// Checks the sizes shared by the CNN and the recurrent networks.
+fn check_parts(embedding: &EmbeddingSpec, head: &HeadSpec) -> Result<(), (&'static str, String)> {
+    if embedding.dim == 0 {
+        return Err(("embedding_dim", "must be at least 1".into()));
     }
-
-    /// Logits `[batch, outputs]`. With `dropout` (a seeded stream), dropout is
-    /// applied between recurrent layers; without it the model is in evaluation mode.
-    pub fn forward(&self, inputs: &Inputs, mut dropout: Option<&mut ChaCha8Rng>) -> Tensor<2> {
-        let mut x = embedding::embedding_lookup(self.embedding.weight.val(), inputs.ids.clone());
-        if let Some(norm) = &self.input_norm {
-            x = norm.forward(x);
-        }
-        let mut pooled = if let Some(conv) = &self.conv {
-            let bias = conv.bias.as_ref().expect("the conv has a bias").val();
-            let padding = self.config.padding.unwrap_or(self.config.filter_size / 2);
-            let features = relu(convolution::conv_over_time(x, conv.weight.val(), bias, padding));
-            let [batch, _, filters] = features.dims();
-            features.max_dim(1).reshape([batch, filters])
-        } else {
-            let recurrent = self.recurrent.as_ref().expect("a recurrent model");
-            let p = self.config.dropout;
-            let states = recurrent.forward(x, |t| match dropout.as_deref_mut() {
-                Some(stream) if p > 0.0 => apply_dropout(t, p, stream),
-                _ => t,
-            });
-            self.pool(states, inputs)
-        };
-        if let Some(norm) = &self.pooled_norm {
-            pooled = norm.forward(pooled);
-        }
-        for layer in &self.head {
-            pooled = match self.config.activation {
-                Activation::Relu => relu(layer.forward(pooled)),
-                Activation::Tanh => tanh(layer.forward(pooled)),
-                Activation::Gelu => gelu(layer.forward(pooled)),
-            };
-        }
-        self.output.forward(pooled)
+    if head.hidden.contains(&0) {
+        return Err(("head", "layer sizes must be at least 1".into()));
     }
-
-    /// Pools recurrent `states: [batch, time, size]` into `[batch, size]`.
-    fn pool(&self, states: Tensor<3>, inputs: &Inputs) -> Tensor<2> {
-        let [batch, time, size] = states.dims();
-        let device = states.device();
-        match self.config.pooling {
-            Pooling::Last => self.last(states, inputs),
-            Pooling::Mean => {
-                let mask = self.mask(inputs, 1.0, 0.0, &device);
-                let lengths: Vec<f32> = inputs.lengths.iter().map(|&l| l as f32).collect();
-                let lengths = Tensor::<2>::from_data(TensorData::new(lengths, [batch, 1]), &device);
-                (states * mask).sum_dim(1).reshape([batch, size]) / lengths
-            }
-            Pooling::Max => {
-                let bias = self.mask(inputs, 0.0, f32::NEG_INFINITY, &device);
-                (states + bias).max_dim(1).reshape([batch, size])
-            }
-            Pooling::Attention => {
-                let query = self.last(states.clone(), inputs);
-                let scores = states.clone().matmul(query.reshape([batch, size, 1]))
-                    + self.mask(inputs, 0.0, f32::NEG_INFINITY, &device);
-                let weights = softmax(scores, 1);
-                debug_assert_eq!(weights.dims(), [batch, time, 1]);
-                (states * weights).sum_dim(1).reshape([batch, size])
-            }
-        }
+    if embedding.freeze && embedding.glove.is_none() {
+        return Err(("freeze", "freezing needs pretrained vectors (`glove`)".into()));
     }
-
-    /// The state after the last real token: for a backward direction, its
-    /// state at the first real token.
-    fn last(&self, states: Tensor<3>, inputs: &Inputs) -> Tensor<2> {
-        let [batch, _, size] = states.dims();
-        let bidirectional = self.config.bidirectional;
-        let mut index = Vec::with_capacity(batch * size);
-        for &length in &inputs.lengths {
-            let real = self.real_tokens(length, inputs.width);
-            for unit in 0..size {
-                let backward = bidirectional && unit >= size / 2;
-                index.push(if backward { real.start } else { real.end - 1 } as i64);
-            }
-        }
-        let index = Tensor::<3, Int>::from_data(TensorData::new(index, [batch, 1, size]), &states.device());
-        states.gather(1, index).reshape([batch, size])
+    if embedding.init != init::EmbeddingInit::default() && embedding.glove.is_some() {
+        return Err((
+            "embedding_init",
+            "applies to a learned table; GloVe tables start from the vectors".into(),
+        ));
     }
+    Ok(())
+}
 
-    /// `[batch, time, 1]` holding `real` at tokens and `pad` at padding.
-    fn mask(&self, inputs: &Inputs, real: f32, pad: f32, device: &Device) -> Tensor<3> {
-        let width = inputs.width;
-        let mut values = Vec::with_capacity(inputs.lengths.len() * width);
-        for &length in &inputs.lengths {
-            let tokens = self.real_tokens(length, width);
-            values.extend((0..width).map(|t| if tokens.contains(&t) { real } else { pad }));
-        }
-        Tensor::from_data(TensorData::new(values, [inputs.lengths.len(), width, 1]), device)
+/// The embedding table: `pretrained` values, or drawn per `spec.init`.
+fn embedding_table(
+    init: &Initializer,
+    spec: &EmbeddingSpec,
+    vocab_size: usize,
+    pretrained: Option<&[f32]>,
+) -> Embedding {
+    let shape = [vocab_size, spec.dim];
+    let mut weight = match pretrained {
+        Some(values) => init.param(values.to_vec(), shape),
+        None => init.embedding("embedding", shape, spec.init),
+    };
+    if spec.freeze {
+        weight = weight.set_require_grad(false);
     }
+    Embedding { weight }
+}
 
-    /// The positions of a row's `length` real tokens among `width`, after the padding side.
-    fn real_tokens(&self, length: usize, width: usize) -> std::ops::Range<usize> {
-        match self.padding {
-            Side::Right => 0..length,
-            Side::Left => width - length..width,
-        }
+/// A LayerNorm over `size` features (ones and zeros) when `enabled`.
+fn layer_norm(init: &Initializer, enabled: bool, size: usize, device: &Device) -> Option<LayerNorm> {
+    enabled.then(|| {
+        let mut norm = LayerNormConfig::new(size).init(device);
+        norm.gamma = init.constant([size], 1.0);
+        norm.beta = Some(init.constant([size], 0.0));
+        norm
+    })
+}
+
+/// A linear layer `input -> output` named `name` (PyTorch's default bounds).
+fn linear(init: &Initializer, name: &str, input: usize, output: usize) -> Linear {
+    let bound = 1.0 / (input as f32).sqrt();
+    Linear {
+        weight: init.weight(&format!("{name}.weight"), [input, output], input, output, bound),
+        bias: Some(init.bias(&format!("{name}.bias"), output, bound)),
     }
 }
 
+/// The MLP head's hidden layers over `features` inputs, and the width they end with.
+fn hidden_layers(init: &Initializer, features: usize, sizes: &[usize]) -> (Vec<Linear>, usize) {
+    let mut width = features;
+    let layers = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let layer = linear(init, &format!("head.{i}"), width, size);
+            width = size;
+            layer
+        })
+        .collect();
+    (layers, width)
+}
+
+/// Embeds ids and normalises them when the model has an input LayerNorm.
+fn embed(embedding: &Embedding, norm: Option<&LayerNorm>, inputs: &Inputs) -> Tensor<3> {
+    let x = embedding::embedding_lookup(embedding.weight.val(), inputs.ids.clone());
+    match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
+    }
+}
+
+/// Pooled features to logits: LayerNorm, the MLP head, the output layer.
+fn classify(
+    mut pooled: Tensor<2>,
+    norm: Option<&LayerNorm>,
+    head: &[Linear],
+    activation: Activation,
+    output: &Linear,
+) -> Tensor<2> {
+    if let Some(norm) = norm {
+        pooled = norm.forward(pooled);
+    }
+    for layer in head {
+        pooled = match activation {
+            Activation::Relu => relu(layer.forward(pooled)),
+            Activation::Tanh => tanh(layer.forward(pooled)),
+            Activation::Gelu => gelu(layer.forward(pooled)),
+        };
+    }
+    output.forward(pooled)
+}
+
 /// Inverted dropout with a mask drawn from `stream`.
-fn apply_dropout(x: Tensor<3>, p: f64, stream: &mut ChaCha8Rng) -> Tensor<3> {
+fn apply_dropout<const D: usize>(x: Tensor<D>, p: f64, stream: &mut ChaCha8Rng) -> Tensor<D> {
     let dims = x.dims();
     let keep = 1.0 / (1.0 - p) as f32;
     let mask: Vec<f32> = (0..dims.iter().product::<usize>())
@@ -446,7 +281,7 @@ fn apply_dropout(x: Tensor<3>, p: f64, stream: &mut ChaCha8Rng) -> Tensor<3> {
 /// Tensor names of a model's parameters, in visiting order, as written to
 /// `model.safetensors` (e.g. `embedding.weight`, `conv.weight`,
 /// `recurrent.layers.0.forward.w_ih`, `output.bias`).
-pub fn parameter_names(model: &Model) -> Vec<String> {
+pub fn parameter_names<M: Module>(model: &M) -> Vec<String> {
     struct Names {
         path: Vec<String>,
         names: Vec<String>,
@@ -471,7 +306,7 @@ pub fn parameter_names(model: &Model) -> Vec<String> {
 }
 
 /// Every parameter in visiting order: its shape and its values as little-endian f32 bytes.
-fn parameter_bytes(model: &Model) -> Vec<(Vec<usize>, Vec<u8>)> {
+fn parameter_bytes<M: Module>(model: &M) -> Vec<(Vec<usize>, Vec<u8>)> {
     struct Values(Vec<(Vec<usize>, Vec<u8>)>);
     impl burn::module::ModuleVisitor for Values {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -486,66 +321,64 @@ fn parameter_bytes(model: &Model) -> Vec<(Vec<usize>, Vec<u8>)> {
     values.0
 }
 
-impl Model {
-    /// Writes every parameter as little-endian f32 under its [`parameter_names`] name.
-    pub fn save_safetensors(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        use safetensors::{Dtype, tensor::TensorView};
-        let parameters = parameter_bytes(self);
-        let mut views = Vec::with_capacity(parameters.len());
-        for (name, (shape, data)) in parameter_names(self).into_iter().zip(&parameters) {
-            views.push((name, TensorView::new(Dtype::F32, shape.clone(), data)?));
-        }
-        safetensors::serialize_to_file(views, None, path)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+/// Writes every parameter of `model` as little-endian f32 under its [`parameter_names`] name.
+pub fn save_safetensors<M: Module>(model: &M, path: &std::path::Path) -> anyhow::Result<()> {
+    use safetensors::{Dtype, tensor::TensorView};
+    let parameters = parameter_bytes(model);
+    let mut views = Vec::with_capacity(parameters.len());
+    for (name, (shape, data)) in parameter_names(model).into_iter().zip(&parameters) {
+        views.push((name, TensorView::new(Dtype::F32, shape.clone(), data)?));
     }
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
 
-    /// Replaces every parameter with the tensor of the same name in a file
-    /// written by [`Model::save_safetensors`].
-    pub fn load_safetensors(self, path: &std::path::Path) -> anyhow::Result<Model> {
-        use burn::module::ModuleMapper;
-        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let file = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| anyhow::anyhow!("{} is not safetensors: {e}", path.display()))?;
-        let names = parameter_names(&self);
-        let mut loaded = Vec::with_capacity(names.len());
-        for name in &names {
-            let view = file
-                .tensor(name)
-                .map_err(|_| anyhow::anyhow!("{} has no tensor `{name}`", path.display()))?;
-            let values: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect();
-            loaded.push((view.shape().to_vec(), values));
-        }
-        struct Load {
-            values: std::vec::IntoIter<(Vec<usize>, Vec<f32>)>,
-            mismatch: Option<String>,
-        }
-        impl ModuleMapper for Load {
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let (shape, values) = self.values.next().expect("one tensor per parameter");
-                let (id, tensor, mapper) = param.consume();
-                if tensor.dims().as_slice() != shape.as_slice() {
-                    self.mismatch = Some(format!("shape {shape:?}, expected {:?}", tensor.dims()));
-                    return Param::from_mapped_value(id, tensor, mapper);
-                }
-                let mut updated = Tensor::<D>::from_data(TensorData::new(values, shape), &tensor.device());
-                if tensor.is_require_grad() {
-                    updated = updated.require_grad();
-                }
-                Param::from_mapped_value(id, updated, mapper)
-            }
-        }
-        let mut load = Load {
-            values: loaded.into_iter(),
-            mismatch: None,
-        };
-        let model = self.map(&mut load);
-        if let Some(problem) = load.mismatch {
-            anyhow::bail!("{}: a tensor has {problem}", path.display());
-        }
-        Ok(model)
+/// Replaces every parameter of `model` with the tensor of the same name in a
+/// file written by [`save_safetensors`].
+pub fn load_safetensors<M: Module>(model: M, path: &std::path::Path) -> anyhow::Result<M> {
+    use burn::module::ModuleMapper;
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not safetensors: {e}", path.display()))?;
+    let names = parameter_names(&model);
+    let mut loaded = Vec::with_capacity(names.len());
+    for name in &names {
+        let view = file
+            .tensor(name)
+            .map_err(|_| anyhow::anyhow!("{} has no tensor `{name}`", path.display()))?;
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        loaded.push((view.shape().to_vec(), values));
     }
+    struct Load {
+        values: std::vec::IntoIter<(Vec<usize>, Vec<f32>)>,
+        mismatch: Option<String>,
+    }
+    impl ModuleMapper for Load {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (shape, values) = self.values.next().expect("one tensor per parameter");
+            let (id, tensor, mapper) = param.consume();
+            if tensor.dims().as_slice() != shape.as_slice() {
+                self.mismatch = Some(format!("shape {shape:?}, expected {:?}", tensor.dims()));
+                return Param::from_mapped_value(id, tensor, mapper);
+            }
+            let mut updated = Tensor::<D>::from_data(TensorData::new(values, shape), &tensor.device());
+            if tensor.is_require_grad() {
+                updated = updated.require_grad();
+            }
+            Param::from_mapped_value(id, updated, mapper)
+        }
+    }
+    let mut load = Load {
+        values: loaded.into_iter(),
+        mismatch: None,
+    };
+    let model = model.map(&mut load);
+    if let Some(problem) = load.mismatch {
+        anyhow::bail!("{}: a tensor has {problem}", path.display());
+    }
+    Ok(model)
 }

@@ -133,6 +133,10 @@ impl Source {
 
     /// Rewrites one serde message as a located, user-facing error.
     fn explain(&self, root: &Node, mut at: Vec<String>, message: &str, what: &str) -> SpecError {
+        if let Some((below, inner)) = message.strip_prefix(NESTED).and_then(|rest| rest.split_once("`: ")) {
+            at.extend(below.split('.').map(str::to_string));
+            return self.explain(root, at, inner, what);
+        }
         let located = |at: &[String]| root.locate(at.iter().map(String::as_str));
         let dotted = |at: &[String]| at.join(".");
         if let Some(rest) = message.strip_prefix("unknown field `") {
@@ -196,6 +200,16 @@ impl Source {
         self.error(located(&at), format!("{subject}: {message}"))
     }
 }
+
+/// An error at `path` below the value being deserialized. Path-tracking
+/// readers ([`crate::spec::Source::deserialize`]) add it to the path they
+/// know: a hand-written `Deserialize` hides what lies below it otherwise.
+pub fn nested<E: serde::de::Error>(path: &str, message: &str) -> E {
+    E::custom(format!("{NESTED}{path}`: {message}"))
+}
+
+/// The prefix of a [`nested`] error.
+const NESTED: &str = "below `";
 
 /// The names between backticks in a serde "expected one of `a`, `b`" list.
 fn backticked(text: &str) -> Vec<String> {

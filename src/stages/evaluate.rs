@@ -8,13 +8,15 @@ use std::collections::BTreeMap;
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
-use super::train::{TRAIN_FILE, TrainInfo, Vectorized, input_with};
+use super::train::{TrainInfo, Vectorized};
 use crate::backend;
+use crate::data::batches::Batching;
 use crate::data::table;
-use crate::model::Model;
+use crate::model::{self, Classifier, Setup, with_model};
 use crate::report::SplitScores;
-use crate::stage::{Invalid, Stage, StageContext, StageOutcome};
+use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 use crate::train;
+use burn::tensor::Device;
 
 /// The `evaluate` stage kind.
 pub struct Evaluate;
@@ -41,6 +43,7 @@ pub const METRICS_FILE: &str = "metrics.json";
 impl Stage for Evaluate {
     type Config = EvaluateConfig;
     const KIND: &'static str = "evaluate";
+    const OUTPUTS: &'static [Output] = &[Output::Evaluation];
     const VERSION: u32 = 1;
     const ARTIFACTS: &'static [&'static str] = &["metrics.json"];
 
@@ -59,7 +62,7 @@ impl Stage for Evaluate {
     }
 
     fn run(&self, config: &EvaluateConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
-        let trained = input_with(ctx, TRAIN_FILE, "a trained model")?;
+        let trained = ctx.providing(Output::Model)?;
         let info = TrainInfo::read(&trained.dir)?;
         let data = Vectorized::find(ctx)?;
         let splits: Vec<String> = match &config.splits {
@@ -79,42 +82,62 @@ impl Stage for Evaluate {
             "there is no split to evaluate besides `train`; set `splits`"
         );
         let device = backend::device(ctx.device)?;
-        let model = Model::new(&info.config.model, info.shape(), 0, None, &device)
-            .load_safetensors(&trained.dir.join("model.safetensors"))?;
         let mut batching = data.batching.clone();
         batching.batch_size = config.batch_size;
-        let labels = info.labels.len();
-        let mut reports = BTreeMap::new();
-        let mut outcome = StageOutcome::default();
-        for split in &splits {
-            ctx.check_cancelled()?;
-            let tensors = data.split(split)?;
-            let evaluation = train::predict(&model, &tensors, &batching, info.config.loss, labels, &device);
-            let metrics = evaluation.metrics("");
-            for (name, value) in &metrics {
-                outcome.metrics.insert(format!("{split}_{name}"), *value);
-            }
-            let rows: Vec<u32> = (0..tensors.rows() as u32).collect();
-            let mut columns = vec![
-                Column::new("row".into(), &rows),
-                Column::new("label".into(), &tensors.labels),
-                Column::new("prediction".into(), &evaluation.predicted),
-            ];
-            for (class, name) in info.labels.iter().enumerate() {
-                let probabilities: Vec<f64> = evaluation.probabilities.iter().map(|p| p[class]).collect();
-                columns.push(Column::new(format!("probability_{name}").into(), &probabilities));
-            }
-            let mut frame = DataFrame::new_infer_height(columns)?;
-            table::write_split(&mut frame, ctx.out_dir, &format!("predictions-{split}"))?;
-            reports.insert(
-                split.clone(),
-                SplitScores {
-                    metrics,
-                    confusion: evaluation.scores.confusion.clone(),
-                },
-            );
-        }
+        let setup = Setup {
+            shape: info.shape(),
+            seed: 0,
+            glove: None,
+        };
+        let (reports, outcome) = with_model!(&info.config.model, &setup, &device, |model| {
+            let model = model::load_safetensors(model, &trained.dir.join("model.safetensors"))?;
+            score_splits(&model, &splits, &data, &batching, &info, &device, ctx)?
+        });
         std::fs::write(ctx.out_dir.join(METRICS_FILE), serde_json::to_vec_pretty(&reports)?)?;
         Ok(outcome)
     }
+}
+
+/// Scores `model` on each of `splits`, writing `predictions-<split>.parquet`.
+fn score_splits<M: Classifier>(
+    model: &M,
+    splits: &[String],
+    data: &Vectorized,
+    batching: &Batching,
+    info: &TrainInfo,
+    device: &Device,
+    ctx: &StageContext,
+) -> anyhow::Result<(BTreeMap<String, SplitScores>, StageOutcome)> {
+    let labels = info.labels.len();
+    let mut reports = BTreeMap::new();
+    let mut outcome = StageOutcome::default();
+    for split in splits {
+        ctx.check_cancelled()?;
+        let tensors = data.split(split)?;
+        let evaluation = train::predict(model, &tensors, batching, info.config.loss, labels, device);
+        let metrics = evaluation.metrics("");
+        for (name, value) in &metrics {
+            outcome.metrics.insert(format!("{split}_{name}"), *value);
+        }
+        let rows: Vec<u32> = (0..tensors.rows() as u32).collect();
+        let mut columns = vec![
+            Column::new("row".into(), &rows),
+            Column::new("label".into(), &tensors.labels),
+            Column::new("prediction".into(), &evaluation.predicted),
+        ];
+        for (class, name) in info.labels.iter().enumerate() {
+            let probabilities: Vec<f64> = evaluation.probabilities.iter().map(|p| p[class]).collect();
+            columns.push(Column::new(format!("probability_{name}").into(), &probabilities));
+        }
+        let mut frame = DataFrame::new_infer_height(columns)?;
+        table::write_split(&mut frame, ctx.out_dir, &format!("predictions-{split}"))?;
+        reports.insert(
+            split.clone(),
+            SplitScores {
+                metrics,
+                confusion: evaluation.scores.confusion.clone(),
+            },
+        );
+    }
+    Ok((reports, outcome))
 }

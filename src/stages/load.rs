@@ -8,7 +8,7 @@ use polars::prelude::{BooleanChunked, Column, DataFrame, DataType};
 use serde::{Deserialize, Serialize};
 
 use crate::data::table::{self, Format, TableMeta};
-use crate::stage::{Invalid, Stage, StageContext, StageOutcome};
+use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 
 /// The `load` stage kind.
 pub struct Load;
@@ -170,6 +170,7 @@ fn column<'a>(df: &'a DataFrame, name: &str, file: &str, key: &str) -> anyhow::R
 impl Stage for Load {
     type Config = LoadConfig;
     const KIND: &'static str = "load";
+    const OUTPUTS: &'static [Output] = &[Output::Table];
     const VERSION: u32 = 2;
 
     fn validate(&self, config: &LoadConfig) -> Result<(), Invalid> {

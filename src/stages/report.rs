@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::METRICS_FILE;
-use super::train::{TRAIN_FILE, TrainInfo, input_with};
+use super::train::TrainInfo;
 use crate::report::{RunReport, SplitScores};
-use crate::stage::{Stage, StageContext, StageOutcome};
+use crate::stage::{Output, Stage, StageContext, StageOutcome};
 use crate::train::history::History;
 
 /// The `report` stage kind.
@@ -31,12 +31,12 @@ impl Stage for Report {
     const ARTIFACTS: &'static [&'static str] = &["report.html", "report.md", "*.svg"];
 
     fn run(&self, config: &ReportConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
-        let trained = input_with(ctx, TRAIN_FILE, "a trained model")?;
+        let trained = ctx.providing(Output::Model)?;
         let info = TrainInfo::read(&trained.dir)?;
         let history = History::read_csv(&trained.dir.join("history.csv"))?;
-        let splits: BTreeMap<String, SplitScores> = match input_with(ctx, METRICS_FILE, "evaluation metrics") {
-            Ok(evaluated) => serde_json::from_slice(&std::fs::read(evaluated.dir.join(METRICS_FILE))?)?,
-            Err(_) => BTreeMap::new(),
+        let splits: BTreeMap<String, SplitScores> = match ctx.optional(Output::Evaluation)? {
+            Some(evaluated) => serde_json::from_slice(&std::fs::read(evaluated.dir.join(METRICS_FILE))?)?,
+            None => BTreeMap::new(),
         };
         let mut summary = BTreeMap::new();
         summary.insert("steps".to_string(), info.steps as f64);

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::rng;
 use crate::data::table::{self, TableMeta};
-use crate::stage::{Stage, StageContext, StageOutcome};
+use crate::stage::{Output, Stage, StageContext, StageOutcome};
 
 /// The `shuffle` stage kind.
 pub struct Shuffle;
@@ -23,6 +23,7 @@ pub struct ShuffleConfig {
 impl Stage for Shuffle {
     type Config = ShuffleConfig;
     const KIND: &'static str = "shuffle";
+    const OUTPUTS: &'static [Output] = &[Output::Table];
     const VERSION: u32 = 2;
 
     fn uses_seed(&self, _config: &ShuffleConfig) -> bool {

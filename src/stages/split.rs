@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::rng;
 use crate::data::table::{self, TableMeta};
-use crate::stage::{Invalid, Stage, StageContext, StageOutcome};
+use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 
 /// The `split` stage kind.
 pub struct Split;
@@ -43,6 +43,7 @@ fn default_to() -> String {
 impl Stage for Split {
     type Config = SplitConfig;
     const KIND: &'static str = "split";
+    const OUTPUTS: &'static [Output] = &[Output::Table];
     const VERSION: u32 = 2;
 
     fn validate(&self, config: &SplitConfig) -> Result<(), Invalid> {

@@ -14,7 +14,7 @@ use crate::data::batches::Side;
 use crate::data::fetch::{self, Source};
 use crate::data::table::{self, TableMeta};
 use crate::data::vocab::{self, VocabSettings};
-use crate::stage::{Invalid, Stage, StageContext, StageOutcome};
+use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 
 /// The `tokenize` stage kind.
 pub struct Tokenize;
@@ -142,6 +142,7 @@ const PAD_TOKENS: [&str; 3] = ["[PAD]", "<pad>", "<|pad|>"];
 impl Stage for Tokenize {
     type Config = TokenizeConfig;
     const KIND: &'static str = "tokenize";
+    const OUTPUTS: &'static [Output] = &[Output::Table, Output::Tokens];
     const VERSION: u32 = 2;
 
     fn validate(&self, config: &TokenizeConfig) -> Result<(), Invalid> {

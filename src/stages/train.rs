@@ -9,18 +9,17 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use burn::module::Module;
 use serde::{Deserialize, Serialize};
 
 use super::tokenize::TokensMeta;
 use crate::backend;
 use crate::data::batches::{Batching, Side, SplitTensors};
 use crate::data::table::TableMeta;
-use crate::model::{self, Model, ModelConfig, Shape};
-use crate::stage::{Invalid, Stage, StageContext, StageInput, StageOutcome};
+use crate::model::{self, Classifier, ModelConfig, Setup, Shape, with_model};
+use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 use crate::train::optimizer::{Clipping, OptimizerConfig};
 use crate::train::schedule::Schedule;
-use crate::train::{self, Data, Loss, Plan, Selection};
+use crate::train::{self, Data, Fitted, Loss, Plan, Selection};
 
 /// The `train` stage kind.
 pub struct Train;
@@ -151,20 +150,6 @@ impl TrainInfo {
     }
 }
 
-/// The needed stage whose output holds `file`.
-pub fn input_with<'a>(ctx: &'a StageContext, file: &str, what: &str) -> anyhow::Result<&'a StageInput> {
-    ctx.inputs.iter().find(|i| i.dir.join(file).exists()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "none of the needed stages ({}) has {what} (`{file}`); add one to `needs`",
-            ctx.inputs
-                .iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
-}
-
 /// Vectorized data as written by the `vectorize` stage.
 pub struct Vectorized {
     /// Its directory.
@@ -180,7 +165,7 @@ pub struct Vectorized {
 impl Vectorized {
     /// Finds the needed `vectorize` output.
     pub fn find(ctx: &StageContext) -> anyhow::Result<Vectorized> {
-        let input = input_with(ctx, "batching.json", "vectorized data")?;
+        let input = ctx.providing(Output::Vectors)?;
         let dir = input.dir.clone();
         let batching = serde_json::from_slice(&std::fs::read(dir.join("batching.json"))?)?;
         let tokens = TokensMeta::read(&dir)?;
@@ -213,6 +198,7 @@ impl Vectorized {
 impl Stage for Train {
     type Config = TrainConfig;
     const KIND: &'static str = "train";
+    const OUTPUTS: &'static [Output] = &[Output::Model];
     const VERSION: u32 = 5;
     const ARTIFACTS: &'static [&'static str] = &["model.safetensors", "history.csv", "train.json"];
 
@@ -267,7 +253,12 @@ impl Stage for Train {
     }
 
     fn input_files(&self, config: &TrainConfig) -> Vec<String> {
-        config.model.glove.iter().cloned().collect()
+        config
+            .model
+            .embedding()
+            .and_then(|e| e.glove.clone())
+            .into_iter()
+            .collect()
     }
 
     fn threads(&self, config: &TrainConfig) -> usize {
@@ -337,48 +328,35 @@ impl Stage for Train {
             outputs: config.loss.outputs(labels.len()),
             padding: batching.padding,
         };
-        let embedding = config
-            .model
-            .glove
-            .as_deref()
-            .map(|glove| {
-                pretrained(
-                    glove,
-                    config.model.embedding_dim,
-                    ctx,
-                    data.tokens.pad_id,
-                    shape.vocab_size,
-                )
-            })
-            .transpose()?;
+        let embedding = match config.model.embedding() {
+            Some(spec) => spec
+                .glove
+                .as_deref()
+                .map(|glove| pretrained(glove, spec.dim, ctx, data.tokens.pad_id, shape.vocab_size))
+                .transpose()?,
+            None => None,
+        };
         let device = backend::device(ctx.device)?.autodiff();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(ctx.threads).build()?;
-        let fitted = pool.install(|| {
-            let model = Model::new(&config.model, shape, ctx.seed, embedding, &device);
-            let inputs = Data {
-                train: &train_split,
-                eval: eval_split.as_ref(),
-                batching: &batching,
-                labels: labels.len(),
-            };
-            train::fit(model, &inputs, &plan, &device, ctx)
-        })?;
-        let best = fitted.best.as_ref().map(|(_, step, value)| (*step, *value));
-        let (model, saved_best) = match fitted.best {
-            Some((best, _, _)) if config.load_best_at_end => (best, true),
-            Some((best, _, _)) => {
-                // The best evaluated weights are kept beside the final ones.
-                best.save_safetensors(&ctx.out_dir.join("best.safetensors"))?;
-                (fitted.final_model, false)
-            }
-            None => (fitted.final_model, false),
+        let inputs = Data {
+            train: &train_split,
+            eval: eval_split.as_ref(),
+            batching: &batching,
+            labels: labels.len(),
         };
-        model.save_safetensors(&ctx.out_dir.join("model.safetensors"))?;
-        model
-            .valid()
-            .save_file(ctx.out_dir.join("model.bpk"))
-            .map_err(|e| anyhow::anyhow!("cannot save the burn record: {e:?}"))?;
-        fitted.history.write_csv(&ctx.out_dir.join("history.csv"))?;
+        let fitted = pool.install(|| {
+            let setup = Setup {
+                shape,
+                seed: ctx.seed,
+                glove: embedding.as_deref(),
+            };
+            with_model!(&config.model, &setup, &device, |model| {
+                let fitted = train::fit(model, &inputs, &plan, &device, ctx)?;
+                save(fitted, config.load_best_at_end, ctx.out_dir)
+            })
+        })?;
+        let best = fitted.best;
+        let saved_best = config.load_best_at_end && best.is_some();
         let info = TrainInfo {
             config: TrainConfig {
                 threads: None,
@@ -418,6 +396,41 @@ impl Stage for Train {
     }
 }
 
+/// What [`save`] leaves of a training run once its models are written.
+struct Saved {
+    history: crate::train::history::History,
+    steps: usize,
+    stopped_early: bool,
+    best: Option<(usize, f64)>,
+}
+
+/// Writes the kept weights as `model.safetensors` and `model.bpk` (the best
+/// evaluated ones with `load_best_at_end`; else the last, the best beside
+/// them in `best.safetensors`) and the history as `history.csv`.
+fn save<M: Classifier>(fitted: Fitted<M>, load_best_at_end: bool, out_dir: &Path) -> anyhow::Result<Saved> {
+    let best = fitted.best.as_ref().map(|(_, step, value)| (*step, *value));
+    let model = match fitted.best {
+        Some((best, _, _)) if load_best_at_end => best,
+        Some((best, _, _)) => {
+            model::save_safetensors(&best, &out_dir.join("best.safetensors"))?;
+            fitted.final_model
+        }
+        None => fitted.final_model,
+    };
+    model::save_safetensors(&model, &out_dir.join("model.safetensors"))?;
+    model
+        .valid()
+        .save_file(out_dir.join("model.bpk"))
+        .map_err(|e| anyhow::anyhow!("cannot save the burn record: {e:?}"))?;
+    fitted.history.write_csv(&out_dir.join("history.csv"))?;
+    Ok(Saved {
+        history: fitted.history,
+        steps: fitted.steps,
+        stopped_early: fitted.stopped_early,
+        best,
+    })
+}
+
 /// The embedding table from the GloVe file `glove` (relative to the pipeline
 /// file), for the vocabulary of the needed tokenizer.
 fn pretrained(
@@ -428,7 +441,9 @@ fn pretrained(
     vocab_size: usize,
 ) -> anyhow::Result<Vec<f32>> {
     let path = ctx.pipeline_dir.join(glove);
-    let input = input_with(ctx, "tokenizer.json", "a tokenizer for the GloVe words")?;
+    let input = ctx
+        .providing(Output::Tokens)
+        .context("GloVe vectors are matched to the words of the tokenizer")?;
     let tokenizer = tokenizers::Tokenizer::from_file(input.dir.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", input.dir.join("tokenizer.json").display()))?;
     let vocab = tokenizer.get_vocab(true);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::tokenize::{TOKENS_FILE, TokensMeta};
 use crate::data::batches::{Batching, Side, SplitTensors};
 use crate::data::table::{self, TableMeta};
-use crate::stage::{Invalid, Stage, StageContext, StageOutcome};
+use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 
 /// The `vectorize` stage kind.
 pub struct Vectorize;
@@ -46,6 +46,7 @@ fn default_batch_size() -> usize {
 impl Stage for Vectorize {
     type Config = VectorizeConfig;
     const KIND: &'static str = "vectorize";
+    const OUTPUTS: &'static [Output] = &[Output::Vectors];
     const VERSION: u32 = 1;
 
     fn validate(&self, config: &VectorizeConfig) -> Result<(), Invalid> {
@@ -62,13 +63,8 @@ impl Stage for Vectorize {
     }
 
     fn run(&self, config: &VectorizeConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
-        let input = table::table_input(ctx)?;
+        let input = ctx.providing(Output::Tokens)?;
         let meta = TableMeta::read(&input.dir)?;
-        anyhow::ensure!(
-            input.dir.join(TOKENS_FILE).exists(),
-            "stage `{}` is not a tokenize stage: vectorize needs token ids",
-            input.name
-        );
         let tokens = TokensMeta::read(&input.dir)?;
         let pad_id = config.pad_id.or(tokens.pad_id).ok_or_else(|| {
             anyhow::anyhow!("`pad_id`: the tokenizer defines no padding token; set `pad_id` explicitly")

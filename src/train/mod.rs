@@ -6,7 +6,6 @@ pub mod metrics;
 pub mod optimizer;
 pub mod schedule;
 
-use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -14,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::batches::{Batching, SplitTensors};
 use crate::data::rng;
-use crate::model::{Inputs, Model};
+use crate::model::{Classifier, Inputs};
 use crate::stage::StageContext;
 use history::History;
 use metrics::Scores;
@@ -123,11 +122,11 @@ pub struct Selection {
 }
 
 /// What training produced.
-pub struct Fitted {
+pub struct Fitted<M> {
     /// The model after the last step.
-    pub final_model: Model,
+    pub final_model: M,
     /// The best evaluated model, with its step and metric value.
-    pub best: Option<(Model, usize, f64)>,
+    pub best: Option<(M, usize, f64)>,
     /// Loss, learning rate, gradient norm and evaluation rows.
     pub history: History,
     /// Optimizer steps taken.
@@ -155,12 +154,18 @@ fn log_row(history: &mut History, ctx: &StageContext, step: usize, epoch: f64, v
 }
 
 /// Trains `model` on `data` following `plan`; `device` is the autodiff device.
-pub fn fit(model: Model, data: &Data, plan: &Plan, device: &Device, ctx: &StageContext) -> anyhow::Result<Fitted> {
+pub fn fit<M: Classifier>(
+    model: M,
+    data: &Data,
+    plan: &Plan,
+    device: &Device,
+    ctx: &StageContext,
+) -> anyhow::Result<Fitted<M>> {
     let mut model = model;
     let mut optimizer = Optimizer::new(plan.optimizer.clone());
     let mut history = History::default();
     let mut dropout = rng::stream(plan.seed, "dropout");
-    let mut best: Option<(Model, usize, f64)> = None;
+    let mut best: Option<(M, usize, f64)> = None;
     let mut since_best = 0;
     let mut stopped_early = false;
     let (mut window_loss, mut window_steps) = (0.0, 0usize);
@@ -285,8 +290,8 @@ impl Evaluation {
 }
 
 /// Runs `model` over every row of `split` in order (no dropout).
-pub fn predict(
-    model: &Model,
+pub fn predict<M: Classifier>(
+    model: &M,
     split: &SplitTensors,
     batching: &Batching,
     loss: Loss,

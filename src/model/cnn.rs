@@ -1,0 +1,117 @@
+//! `type: cnn`: the CNN notebook's model: embedding, one convolution over
+//! time, ReLU, the maximum over time, then the shared head.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv1d, Conv1dConfig};
+use burn::nn::{Embedding, LayerNorm, Linear, PaddingConfig1d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use rand_chacha::ChaCha8Rng;
+
+use super::config::{EmbeddingSpec, HeadSpec};
+use super::init::Initializer;
+use super::{
+    Classifier, Inputs, Setup, classify, convolution, embed, embedding_table, hidden_layers, layer_norm, linear,
+};
+
+/// The CNN's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CnnConfig {
+    /// The token embedding.
+    pub embedding: EmbeddingSpec,
+    /// Output channels (default 10).
+    pub num_filters: usize,
+    /// Kernel width (default 3).
+    pub filter_size: usize,
+    /// Zero padding on each side (default `filter_size / 2`, keeping the length).
+    pub padding: Option<usize>,
+    /// LayerNorm, MLP head and initialisation.
+    pub head: HeadSpec,
+}
+
+impl CnnConfig {
+    /// Checks sizes; returns the key and message of the first problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        super::check_parts(&self.embedding, &self.head)?;
+        for (key, value) in [("num_filters", self.num_filters), ("filter_size", self.filter_size)] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn padding(&self) -> usize {
+        self.padding.unwrap_or(self.filter_size / 2)
+    }
+
+    /// A freshly initialised CNN; `setup.glove` replaces the random embedding table.
+    pub fn init(&self, setup: &Setup, device: &Device) -> Cnn {
+        let shape = setup.shape;
+        let init = Initializer::new(setup.seed, self.head.init, device);
+        let dim = self.embedding.dim;
+        let embedding = embedding_table(&init, &self.embedding, shape.vocab_size, setup.glove);
+        let fan_in = dim * self.filter_size;
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let padding = self.padding();
+        let mut conv = Conv1dConfig::new(dim, self.num_filters, self.filter_size)
+            .with_padding(PaddingConfig1d::Explicit(padding, padding))
+            .init(device);
+        conv.weight = init.weight(
+            "conv.weight",
+            [self.num_filters, dim, self.filter_size],
+            fan_in,
+            self.num_filters * self.filter_size,
+            bound,
+        );
+        conv.bias = Some(init.bias("conv.bias", self.num_filters, bound));
+        // Parameters are numbered in creation order, which the saved records keep.
+        let (head, width) = hidden_layers(&init, self.num_filters, &self.head.hidden);
+        let input_norm = layer_norm(&init, self.head.layer_norm, dim, device);
+        let pooled_norm = layer_norm(&init, self.head.layer_norm, self.num_filters, device);
+        Cnn {
+            embedding,
+            input_norm,
+            conv,
+            pooled_norm,
+            head,
+            output: linear(&init, "output", width, shape.outputs),
+            config: self.clone(),
+        }
+    }
+}
+
+/// The CNN; see [`CnnConfig`].
+#[derive(Module, Debug)]
+pub struct Cnn {
+    embedding: Embedding,
+    input_norm: Option<LayerNorm>,
+    conv: Conv1d,
+    pooled_norm: Option<LayerNorm>,
+    head: Vec<Linear>,
+    output: Linear,
+    #[module(skip)]
+    config: CnnConfig,
+}
+
+impl Classifier for Cnn {
+    fn forward(&self, inputs: &Inputs, _dropout: Option<&mut ChaCha8Rng>) -> Tensor<2> {
+        let x = embed(&self.embedding, self.input_norm.as_ref(), inputs);
+        let bias = self.conv.bias.as_ref().expect("the conv has a bias").val();
+        let features = relu(convolution::conv_over_time(
+            x,
+            self.conv.weight.val(),
+            bias,
+            self.config.padding(),
+        ));
+        let [batch, _, filters] = features.dims();
+        let pooled = features.max_dim(1).reshape([batch, filters]);
+        classify(
+            pooled,
+            self.pooled_norm.as_ref(),
+            &self.head,
+            self.config.head.activation,
+            &self.output,
+        )
+    }
+}
