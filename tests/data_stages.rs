@@ -22,7 +22,11 @@ fn read_parquet(path: &Path) -> DataFrame {
 }
 
 fn ids_column(df: &DataFrame) -> Vec<Vec<u32>> {
-    df.column("ids")
+    list_column(df, "ids")
+}
+
+fn list_column(df: &DataFrame, name: &str) -> Vec<Vec<u32>> {
+    df.column(name)
         .unwrap()
         .list()
         .unwrap()
@@ -228,6 +232,22 @@ fn mrpc_sentence_pairs_are_tokenized_as_pairs() {
         ids.iter().all(|row| row.iter().filter(|&&id| id == 102).count() == 2),
         "two [SEP]"
     );
+    // Segment ids: 0 through the first [SEP], 1 after, as `transformers` gives them.
+    let types = list_column(&validation, "type_ids");
+    for (row, types) in ids.iter().zip(&types) {
+        let first_sep = row.iter().position(|&id| id == 102).unwrap();
+        let expected: Vec<u32> = (0..row.len()).map(|i| u32::from(i > first_sep)).collect();
+        assert_eq!(types, &expected);
+    }
+    // ... and they reach the model-ready tensors, padded like the ids.
+    let tensors = SplitTensors::load(&project.out(&result, "vectorize").join("validation.safetensors")).unwrap();
+    let padded = tensors.type_ids.expect("pairs keep their segment ids");
+    assert_eq!(padded.len(), tensors.ids.len());
+    for (r, types) in types.iter().enumerate() {
+        let row = &padded[r * tensors.width..(r + 1) * tensors.width];
+        assert_eq!(&row[..types.len()], types.as_slice());
+        assert!(row[types.len()..].iter().all(|&t| t == 0));
+    }
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub struct SplitTensors {
     pub lengths: Vec<u32>,
     /// The label of each row.
     pub labels: Vec<i64>,
+    /// Segment ids laid out as `ids` (padded with 0), for sentence pairs.
+    pub type_ids: Option<Vec<u32>>,
 }
 
 impl SplitTensors {
@@ -50,6 +52,7 @@ impl SplitTensors {
             width,
             lengths: rows.iter().map(|r| r.len() as u32).collect(),
             labels,
+            type_ids: None,
         }
     }
 
@@ -58,18 +61,25 @@ impl SplitTensors {
         self.lengths.len()
     }
 
-    /// Writes `ids`, `lengths` and `labels` as a safetensors file.
+    /// Writes `ids`, `lengths`, `labels` (and `type_ids`) as a safetensors file.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let bytes = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let ids = bytes(&self.ids);
         let lengths = bytes(&self.lengths);
         let labels: Vec<u8> = self.labels.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let type_ids = self.type_ids.as_deref().map(bytes);
         let rows = self.rows();
-        let tensors = [
+        let mut tensors = vec![
             ("ids", TensorView::new(Dtype::U32, vec![rows, self.width], &ids)?),
             ("lengths", TensorView::new(Dtype::U32, vec![rows], &lengths)?),
             ("labels", TensorView::new(Dtype::I64, vec![rows], &labels)?),
         ];
+        if let Some(type_ids) = &type_ids {
+            tensors.push((
+                "type_ids",
+                TensorView::new(Dtype::U32, vec![rows, self.width], type_ids)?,
+            ));
+        }
         safetensors::serialize_to_file(tensors, None, path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
@@ -103,11 +113,16 @@ impl SplitTensors {
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect();
+        let type_ids = match file.names().contains(&"type_ids") {
+            true => Some(u32s("type_ids")?.0),
+            false => None,
+        };
         Ok(SplitTensors {
             ids,
             width: shape.get(1).copied().unwrap_or(0),
             lengths,
             labels,
+            type_ids,
         })
     }
 }
@@ -142,6 +157,8 @@ pub struct Batch {
     pub lengths: Vec<u32>,
     /// Labels.
     pub labels: Vec<i64>,
+    /// Segment ids laid out as `ids`, for sentence pairs.
+    pub type_ids: Option<Vec<u32>>,
 }
 
 impl Batching {
@@ -184,17 +201,21 @@ impl Batching {
         } else {
             0
         };
-        let mut ids = Vec::with_capacity(rows.len() * width);
-        for &row in rows {
-            let start = row as usize * data.width + offset;
-            ids.extend_from_slice(&data.ids[start..start + width]);
-        }
+        let gather = |values: &[u32]| {
+            let mut out = Vec::with_capacity(rows.len() * width);
+            for &row in rows {
+                let start = row as usize * data.width + offset;
+                out.extend_from_slice(&values[start..start + width]);
+            }
+            out
+        };
         Batch {
             rows: rows.to_vec(),
-            ids,
+            ids: gather(&data.ids),
             width,
             lengths,
             labels: rows.iter().map(|&r| data.labels[r as usize]).collect(),
+            type_ids: data.type_ids.as_deref().map(gather),
         }
     }
 }
@@ -260,8 +281,14 @@ mod tests {
     fn tensors_round_trip_through_safetensors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.safetensors");
-        let original = data(Side::Left);
+        let mut original = data(Side::Left);
         original.save(&path).unwrap();
         assert_eq!(SplitTensors::load(&path).unwrap(), original);
+        original.type_ids = Some(original.ids.iter().map(|&id| u32::from(id > 3)).collect());
+        original.save(&path).unwrap();
+        let loaded = SplitTensors::load(&path).unwrap();
+        assert_eq!(loaded, original);
+        let batch = batching(Side::Left, None).batch(&loaded, &[1, 4]);
+        assert_eq!(batch.type_ids.unwrap(), [0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
     }
 }

@@ -1,5 +1,5 @@
-//! `download`: brings files into the store from a local path, a Hugging Face
-//! Hub repository or a URL.
+//! `download`: brings files into the store from a local path (a file, or
+//! `files` of a directory), a Hugging Face Hub repository or a URL.
 //!
 //! Local files are keyed by their content, so an edited file invalidates every
 //! stage after it. Remote files are keyed by source, revision and file list;
@@ -26,7 +26,8 @@ pub struct DownloadConfig {
     /// A path relative to the pipeline file, `hf://OWNER/MODEL`,
     /// `hf://datasets/OWNER/NAME` or an `https://` URL.
     pub source: String,
-    /// Files to fetch from a Hub repository (default for models: `tokenizer.json`).
+    /// Files to fetch from a Hub repository (default for models: `tokenizer.json`),
+    /// or to copy from a local directory named by `source`.
     #[serde(default)]
     pub files: Vec<String>,
     /// The Hub revision: a branch, tag or commit (default `main`).
@@ -64,6 +65,7 @@ impl DownloadConfig {
         match self.source() {
             Source::Hub { dataset, .. } if self.files.is_empty() && !dataset => vec!["tokenizer.json".into()],
             Source::Hub { .. } => self.files.clone(),
+            Source::Local(_) if !self.files.is_empty() => self.files.clone(),
             Source::Local(path) | Source::Url(path) => {
                 let last = path
                     .split(['?', '#'])
@@ -110,8 +112,17 @@ impl Stage for Download {
                     "does not apply to Hub sources; list them in `files`",
                 ));
             }
-            Source::Local(_) | Source::Url(_) if !config.files.is_empty() => {
-                return Err(Invalid::at("files", "applies only to hf:// sources"));
+            Source::Url(_) if !config.files.is_empty() => {
+                return Err(Invalid::at(
+                    "files",
+                    "applies only to hf:// sources and local directories",
+                ));
+            }
+            Source::Local(_) if !config.files.is_empty() && config.file.is_some() => {
+                return Err(Invalid::at(
+                    "file",
+                    "does not apply to a directory's `files`, which keep their names",
+                ));
             }
             _ => {}
         }
@@ -156,6 +167,9 @@ impl Stage for Download {
 
     fn input_files(&self, config: &DownloadConfig) -> Vec<String> {
         match config.source() {
+            Source::Local(dir) if !config.files.is_empty() => {
+                config.files.iter().map(|file| format!("{dir}/{file}")).collect()
+            }
             Source::Local(path) => vec![path],
             _ => Vec::new(),
         }
@@ -171,7 +185,10 @@ impl Stage for Download {
             }
             total += match config.source() {
                 Source::Local(path) => {
-                    let source = ctx.pipeline_dir.join(path);
+                    let source = match config.files.is_empty() {
+                        true => ctx.pipeline_dir.join(path),
+                        false => ctx.pipeline_dir.join(path).join(&name),
+                    };
                     std::fs::copy(&source, &target).with_context(|| format!("cannot copy {}", source.display()))?
                 }
                 Source::Url(url) => fetch::fetch_url(&url, &target, ctx)?,

@@ -1,7 +1,8 @@
 //! `tokenize`: turns each split's text into token ids with the `tokenizers`
 //! crate: a pretrained `tokenizer.json`, or a word-level vocabulary trained on
-//! the train split only. Writes `ids` (list of u32), `length` and `label` per
-//! split as parquet, and the tokenizer used as `tokenizer.json`.
+//! the train split only. Writes `ids` (list of u32), for sentence pairs
+//! `type_ids` (segment ids, list of u32), `length` and `label` per split as
+//! parquet, and the tokenizer used as `tokenizer.json`.
 
 use anyhow::Context as _;
 use polars::prelude::{
@@ -21,6 +22,9 @@ pub struct Tokenize;
 
 /// The file that describes a tokenize stage's output.
 pub const TOKENS_FILE: &str = "tokens.json";
+
+/// The column of segment ids, written for sentence pairs.
+pub const TYPE_IDS: &str = "type_ids";
 
 /// Rows encoded per batch (progress and cancellation points).
 const CHUNK: usize = 2048;
@@ -279,6 +283,16 @@ impl Stage for Tokenize {
                 texts.len() * config.max_length.min(256),
                 DataType::UInt32,
             );
+            // Segment ids (0 through the first `[SEP]`, 1 after) only for pairs:
+            // single texts are all 0, and their tables stay as they were.
+            let mut type_ids = pairs.as_ref().map(|_| {
+                ListPrimitiveChunkedBuilder::<UInt32Type>::new(
+                    TYPE_IDS.into(),
+                    texts.len(),
+                    texts.len() * config.max_length.min(256),
+                    DataType::UInt32,
+                )
+            });
             let mut lengths = Vec::with_capacity(texts.len());
             for start in (0..texts.len()).step_by(CHUNK) {
                 ctx.check_cancelled()?;
@@ -304,6 +318,9 @@ impl Stage for Tokenize {
                     );
                     lengths.push(row.len() as u32);
                     ids.append_slice(row);
+                    if let Some(type_ids) = &mut type_ids {
+                        type_ids.append_slice(encoding.get_type_ids());
+                    }
                 }
                 ctx.progress.advance((end - start) as u64);
             }
@@ -315,11 +332,10 @@ impl Stage for Tokenize {
                 format!("at_max_length.{split}"),
                 truncated as f64 / lengths.len().max(1) as f64,
             );
-            let columns = vec![
-                ids.finish().into_column(),
-                Column::new("length".into(), &lengths),
-                Column::new("label".into(), &labels),
-            ];
+            let mut columns = vec![ids.finish().into_column()];
+            columns.extend(type_ids.map(|mut t| t.finish().into_column()));
+            columns.push(Column::new("length".into(), &lengths));
+            columns.push(Column::new("label".into(), &labels));
             let mut out = DataFrame::new_infer_height(columns)?;
             table::write_split(&mut out, ctx.out_dir, split)?;
         }

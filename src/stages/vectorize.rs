@@ -1,10 +1,13 @@
 //! `vectorize`: token ids to model-ready tensors: each split padded on the
-//! chosen side into a safetensors file with true lengths and labels, and the
+//! chosen side into a safetensors file with true lengths, labels and, for
+//! sentence pairs, segment ids; and the
 //! batching settings (size, dynamic padding, bucketing) for the train stage.
 
 use serde::{Deserialize, Serialize};
 
-use super::tokenize::{TOKENS_FILE, TokensMeta};
+use polars::prelude::DataFrame;
+
+use super::tokenize::{TOKENS_FILE, TYPE_IDS, TokensMeta};
 use crate::data::batches::{Batching, Side, SplitTensors};
 use crate::data::table::{self, TableMeta};
 use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
@@ -43,6 +46,19 @@ fn default_batch_size() -> usize {
     32
 }
 
+/// The lists of column `name` of one split, each cut to `max_length`.
+fn id_lists(df: &DataFrame, name: &str, split: &str, max_length: usize) -> anyhow::Result<Vec<Vec<u32>>> {
+    let lists = df.column(name)?.list()?;
+    let mut rows: Vec<Vec<u32>> = Vec::with_capacity(df.height());
+    for row in lists.series_iter() {
+        let row = row.ok_or_else(|| anyhow::anyhow!("split `{split}` has a row without `{name}`"))?;
+        let mut values: Vec<u32> = row.u32()?.no_null_iter().collect();
+        values.truncate(max_length);
+        rows.push(values);
+    }
+    Ok(rows)
+}
+
 impl Stage for Vectorize {
     type Config = VectorizeConfig;
     const KIND: &'static str = "vectorize";
@@ -74,16 +90,21 @@ impl Stage for Vectorize {
         for split in &meta.splits {
             ctx.check_cancelled()?;
             let df = table::read_split(&input.dir, split)?;
-            let lists = df.column("ids")?.list()?;
-            let mut rows: Vec<Vec<u32>> = Vec::with_capacity(df.height());
-            for row in lists.series_iter() {
-                let row = row.ok_or_else(|| anyhow::anyhow!("split `{split}` has a row without ids"))?;
-                let mut values: Vec<u32> = row.u32()?.no_null_iter().collect();
-                values.truncate(max_length);
-                rows.push(values);
-            }
+            let rows = id_lists(&df, "ids", split, max_length)?;
             let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-            let tensors = SplitTensors::pad(&refs, table::labels(&df)?, config.padding, pad_id);
+            let mut tensors = SplitTensors::pad(&refs, table::labels(&df)?, config.padding, pad_id);
+            if meta.pairs {
+                anyhow::ensure!(
+                    df.column(TYPE_IDS).is_ok(),
+                    "the `{}` entry holds sentence pairs without segment ids (it was made by an older \
+                     version); drop it with `pipeline clean FILE --stages {}` and run again",
+                    input.name,
+                    input.name
+                );
+                let types = id_lists(&df, TYPE_IDS, split, max_length)?;
+                let refs: Vec<&[u32]> = types.iter().map(Vec::as_slice).collect();
+                tensors.type_ids = Some(SplitTensors::pad(&refs, Vec::new(), config.padding, 0).ids);
+            }
             tensors.save(&ctx.out_dir.join(format!("{split}.safetensors")))?;
             outcome.metrics.insert(format!("width.{split}"), tensors.width as f64);
         }
