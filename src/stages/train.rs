@@ -15,6 +15,7 @@ use super::tokenize::TokensMeta;
 use crate::backend;
 use crate::data::batches::{Batching, Side, SplitTensors};
 use crate::data::table::TableMeta;
+use crate::model::bert::{Architecture, Checkpoint};
 use crate::model::{self, Classifier, ModelConfig, Setup, Shape, with_model};
 use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 use crate::train::optimizer::{Clipping, OptimizerConfig};
@@ -45,7 +46,7 @@ pub struct TrainConfig {
     /// `cross_entropy` (default) or `bce_with_logits`.
     #[serde(default)]
     pub loss: Loss,
-    /// Stop after this many optimizer steps.
+    /// Stop after this many optimizer steps (overrides `epochs`, as the Trainer's `max_steps`).
     #[serde(default)]
     pub max_steps: Option<usize>,
     /// Passes over the train split (default 1 when `max_steps` is not set).
@@ -127,6 +128,9 @@ pub struct TrainInfo {
     pub best: Option<(usize, f64)>,
     /// Whether the saved weights are the best evaluated ones.
     pub saved_best: bool,
+    /// The pretrained encoder's architecture (`type: bert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Architecture>,
 }
 
 /// The file with [`TrainInfo`].
@@ -208,9 +212,6 @@ impl Stage for Train {
         }
         if let Err((key, message)) = config.optimizer.check() {
             return Err(Invalid::at(&format!("optimizer.{key}"), message));
-        }
-        if config.max_steps.is_some() && config.epochs.is_some() {
-            return Err(Invalid::at("epochs", "set either `max_steps` or `epochs`, not both"));
         }
         let positive = [
             ("max_steps", config.max_steps),
@@ -336,6 +337,10 @@ impl Stage for Train {
                 .transpose()?,
             None => None,
         };
+        let checkpoint = match &config.model {
+            ModelConfig::Bert(bert) => Some(open_checkpoint(&bert.checkpoint, &data, &batching, ctx)?),
+            _ => None,
+        };
         let device = backend::device(ctx.device)?.autodiff();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(ctx.threads).build()?;
         let inputs = Data {
@@ -349,6 +354,7 @@ impl Stage for Train {
                 shape,
                 seed: ctx.seed,
                 glove: embedding.as_deref(),
+                checkpoint: checkpoint.as_ref(),
             };
             with_model!(&config.model, &setup, &device, |model| {
                 let fitted = train::fit(model, &inputs, &plan, &device, ctx)?;
@@ -368,6 +374,7 @@ impl Stage for Train {
             steps: fitted.steps,
             best,
             saved_best,
+            checkpoint: checkpoint.map(|c| c.architecture),
         };
         std::fs::write(ctx.out_dir.join(TRAIN_FILE), serde_json::to_vec_pretty(&info)?)?;
         let mut outcome = StageOutcome::default();
@@ -394,6 +401,47 @@ impl Stage for Train {
         }
         Ok(outcome)
     }
+}
+
+/// The checkpoint in the output of the needed stage `stage`, checked against
+/// the data before any training: the tokenizer's vocabulary, the longest
+/// sequence, segment ids and the padding side must fit it.
+fn open_checkpoint(
+    stage: &str,
+    data: &Vectorized,
+    batching: &Batching,
+    ctx: &StageContext,
+) -> anyhow::Result<Checkpoint> {
+    let input = ctx.input(stage).map_err(|_| {
+        anyhow::anyhow!("`model.checkpoint` names `{stage}`, which this stage does not need; add it to `needs`")
+    })?;
+    let checkpoint = Checkpoint::open(&input.dir).with_context(|| format!("`model.checkpoint` (stage `{stage}`)"))?;
+    let a = &checkpoint.architecture;
+    anyhow::ensure!(
+        data.tokens.vocab_size == a.vocab_size,
+        "the tokenizer has {} ids but the checkpoint's config.json says `vocab_size: {}`; tokenize with the \
+         checkpoint's own tokenizer (`tokenizer: {{from_stage: {stage}}}`)",
+        data.tokens.vocab_size,
+        a.vocab_size
+    );
+    anyhow::ensure!(
+        data.tokens.max_length <= a.max_position_embeddings,
+        "`max_length` of the tokenize stage is {}, but the checkpoint has {} positions \
+         (`max_position_embeddings` in its config.json); set `max_length` to at most {}",
+        data.tokens.max_length,
+        a.max_position_embeddings,
+        a.max_position_embeddings
+    );
+    anyhow::ensure!(
+        !data.table.pairs || a.type_vocab_size >= 2,
+        "the data holds sentence pairs, but the checkpoint has `type_vocab_size: {}` (one segment)",
+        a.type_vocab_size
+    );
+    anyhow::ensure!(
+        batching.padding == Side::Right,
+        "`type: bert` reads `[CLS]` at position 0: set `padding: right` in the vectorize stage"
+    );
+    Ok(checkpoint)
 }
 
 /// What [`save`] leaves of a training run once its models are written.

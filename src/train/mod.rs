@@ -162,7 +162,11 @@ pub fn fit<M: Classifier>(
     ctx: &StageContext,
 ) -> anyhow::Result<Fitted<M>> {
     let mut model = model;
-    let mut optimizer = Optimizer::new(plan.optimizer.clone());
+    let decays = crate::model::parameter_names(&model)
+        .iter()
+        .map(|name| model.decays(name))
+        .collect();
+    let mut optimizer = Optimizer::new(plan.optimizer.clone(), decays);
     let mut history = History::default();
     let mut dropout = rng::stream(plan.seed, "dropout");
     let mut best: Option<(M, usize, f64)> = None;

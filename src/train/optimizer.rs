@@ -137,15 +137,18 @@ pub struct Optimizer {
     config: OptimizerConfig,
     slots: Vec<Slot>,
     steps: i32,
+    decays: Vec<bool>,
 }
 
 impl Optimizer {
-    /// A fresh optimizer.
-    pub fn new(config: OptimizerConfig) -> Optimizer {
+    /// A fresh optimizer; `decays` says per parameter, in visiting order,
+    /// whether weight decay applies to it (all do when it is shorter).
+    pub fn new(config: OptimizerConfig, decays: Vec<bool>) -> Optimizer {
         Optimizer {
             config,
             slots: Vec::new(),
             steps: 0,
+            decays,
         }
     }
 
@@ -180,6 +183,7 @@ impl Optimizer {
             slots: &mut self.slots,
             grads: &mut found,
             rule,
+            decays: &self.decays,
             index: 0,
         };
         (module.map(&mut apply), norm)
@@ -231,6 +235,7 @@ struct Apply<'a> {
     slots: &'a mut [Slot],
     grads: &'a mut [Option<Grad>],
     rule: Rule,
+    decays: &'a [bool],
     index: usize,
 }
 
@@ -253,7 +258,11 @@ impl ModuleMapper for Apply<'_> {
                 slot.second = vec![0.0; values.len()];
             }
         }
-        self.rule.apply(values, slot, grad.values());
+        let mut rule = self.rule;
+        if !self.decays.get(index).copied().unwrap_or(true) {
+            rule.weight_decay = 0.0;
+        }
+        rule.apply(values, slot, grad.values());
         let updated = Tensor::<D>::from_data(data, &device).require_grad();
         Param::from_mapped_value(id, updated, mapper)
     }
