@@ -397,3 +397,39 @@ fn mrpc_fine_tuning_reproduces_its_weights_and_verifies() {
     let output = project.run(&["verify", &file, "--store", store]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// libtorch (the `cuda:N` code path, here on the CPU, with the optimizer
+/// update on the device) trains BERT to the losses flex gives and gives the
+/// same weights run after run.
+#[cfg(feature = "tch")]
+#[test]
+fn libtorch_fine_tunes_like_flex_and_reproducibly() {
+    let train = "    model: {type: bert, checkpoint: checkpoint, classifier_dropout: 0.1}
+    optimizer: {type: adamw, lr: 1.0e-3, weight_decay: 0.01}
+    schedule: linear
+    clip_grad_norm: 1.0
+    max_steps: 6
+    logging_steps: 1
+";
+    let run = |device: &str| {
+        let project = Project::new();
+        let file = pairs_pipeline(&project, &tiny().join("f32"), train, "{from_stage: checkpoint}");
+        let (code, result) = project.run_json(&["run", &file, "--set", &format!("device={device}")], &[]);
+        assert_eq!(code, 0, "{device}: {result}");
+        let out = project.out(&result, "train");
+        let history = pipeline::train::history::History::read_csv(&out.join("history.csv")).unwrap();
+        let losses: Vec<f64> = history.series("loss").iter().map(|(_, l)| *l).collect();
+        (losses, std::fs::read(out.join("model.safetensors")).unwrap())
+    };
+    let (flex, _) = run("cpu");
+    let (torch, weights) = run("libtorch");
+    assert_eq!(flex.len(), 6);
+    for (a, b) in flex.iter().zip(&torch) {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs().max(1.0),
+            "flex {flex:?} libtorch {torch:?}"
+        );
+    }
+    assert!(flex.windows(2).any(|w| w[0] != w[1]), "the loss moves: {flex:?}");
+    assert!(run("libtorch").1 == weights, "two libtorch runs differ");
+}

@@ -6,6 +6,10 @@
 //! `f32` slices that fuses gradient clipping, weight decay, the moment updates
 //! and the parameter update, split into fixed chunks across the thread pool
 //! (element-wise, so results do not depend on the thread count).
+//!
+//! Off the host (libtorch, `cuda:N`) the same rules run as tensor operations
+//! on the device: parameters, gradients and moments never leave it, and a
+//! step reads back at most one number (the global gradient norm).
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -13,7 +17,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::model::kernels::widest_simd;
+use crate::model::kernels::{runs_fused, widest_simd};
 
 /// Elements per chunk of the parallel passes; fixed so sums do not depend on threads.
 const CHUNK: usize = 1 << 15;
@@ -122,11 +126,13 @@ pub struct Clipping {
     pub max_value: Option<f64>,
 }
 
-/// Per-parameter optimizer state (moments or momentum buffers).
+/// Per-parameter optimizer state (moments or momentum buffers): on the host,
+/// or flattened on the device for parameters that live there.
 #[derive(Default)]
 struct Slot {
     first: Vec<f32>,
     second: Vec<f32>,
+    on_device: Option<[Tensor<1>; 2]>,
 }
 
 /// An optimizer over a module's parameters, in the module's visiting order.
@@ -190,30 +196,50 @@ impl Optimizer {
     }
 }
 
-/// The L2 norm of all gradients together, summed in fixed chunks so that it
-/// does not depend on the thread count.
+/// The L2 norm of all gradients together. Host gradients are summed in fixed
+/// chunks so that it does not depend on the thread count; device gradients
+/// are summed on their device and read back once.
 fn global_norm(grads: &[Option<Grad>]) -> f64 {
-    let squares: f64 = grads
-        .iter()
-        .flatten()
-        .map(|g| {
-            let g = g.values();
-            let parts: Vec<f64> = g
-                .par_chunks(CHUNK)
-                .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
-                .collect();
-            parts.iter().sum::<f64>()
-        })
-        .sum();
+    let mut on_device: Option<Tensor<1>> = None;
+    let mut squares = 0.0;
+    for grad in grads.iter().flatten() {
+        match grad {
+            Grad::Host(_) => {
+                let parts: Vec<f64> = grad
+                    .values()
+                    .par_chunks(CHUNK)
+                    .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
+                    .collect();
+                squares += parts.iter().sum::<f64>();
+            }
+            Grad::Device(g) => {
+                let sum = (g.clone() * g.clone()).sum();
+                on_device = Some(match on_device {
+                    Some(total) => total + sum,
+                    None => sum,
+                });
+            }
+        }
+    }
+    if let Some(total) = on_device {
+        squares += f64::from(total.into_scalar::<f32>());
+    }
     squares.sqrt()
 }
 
-/// A gradient's values, owned by burn's buffer (no copy out of the tensor).
-struct Grad(TensorData);
+/// A gradient: its values owned by burn's buffer on the host (no copy out of
+/// the tensor), or flattened on its device.
+enum Grad {
+    Host(TensorData),
+    Device(Tensor<1>),
+}
 
 impl Grad {
     fn values(&self) -> &[f32] {
-        self.0.as_slice::<f32>().expect("gradients are f32")
+        match self {
+            Grad::Host(data) => data.as_slice::<f32>().expect("gradients are f32"),
+            Grad::Device(_) => unreachable!("device gradients stay on the device"),
+        }
     }
 }
 
@@ -225,7 +251,14 @@ struct Gather<'a> {
 
 impl ModuleVisitor for Gather<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let grad = self.grads.remove::<D>(param.id).map(|g| Grad(g.into_data()));
+        let grad = self.grads.remove::<D>(param.id).map(|g| {
+            if runs_fused(&g.device()) {
+                Grad::Host(g.into_data())
+            } else {
+                let n = g.shape().num_elements();
+                Grad::Device(g.reshape([n]))
+            }
+        });
         self.found.push(grad);
     }
 }
@@ -247,20 +280,30 @@ impl ModuleMapper for Apply<'_> {
             return param;
         };
         let (id, tensor, mapper) = param.consume();
+        let mut rule = self.rule;
+        if !self.decays.get(index).copied().unwrap_or(true) {
+            rule.weight_decay = 0.0;
+        }
+        let slot = &mut self.slots[index];
+        if let Grad::Device(grad) = grad {
+            let shape = tensor.shape();
+            let values = tensor.inner().reshape([shape.num_elements()]);
+            let moments = slot.on_device.get_or_insert_with(|| {
+                let zeros = || values.zeros_like();
+                [zeros(), zeros()]
+            });
+            let updated = rule.apply_on_device(values, moments, grad).reshape(shape);
+            return Param::from_mapped_value(id, updated.autodiff().require_grad(), mapper);
+        }
         let device = tensor.device();
         // Updated in burn's own buffer: no copy when the tensor is uniquely owned.
         let mut data = tensor.into_data();
         let values = data.as_mut_slice::<f32>().expect("parameters are f32");
-        let slot = &mut self.slots[index];
         if slot.first.is_empty() {
             slot.first = vec![0.0; values.len()];
             if self.rule.needs_second() {
                 slot.second = vec![0.0; values.len()];
             }
-        }
-        let mut rule = self.rule;
-        if !self.decays.get(index).copied().unwrap_or(true) {
-            rule.weight_decay = 0.0;
         }
         rule.apply(values, slot, grad.values());
         let updated = Tensor::<D>::from_data(data, &device).require_grad();
@@ -336,6 +379,52 @@ impl Rule {
                 .zip(second.par_chunks_mut(CHUNK))
                 .zip(grad.par_chunks(CHUNK))
                 .for_each(|(((p, m), v), g)| rule.update(p, m, v, g));
+        }
+    }
+
+    /// The update of one parameter on its device, flattened: `p` and `g` are
+    /// its values and gradient, `moments` the rule's two buffers. The same
+    /// rules as [`Rule::update_portable`], as tensor operations.
+    fn apply_on_device(&self, p: Tensor<1>, moments: &mut [Tensor<1>; 2], g: Tensor<1>) -> Tensor<1> {
+        let mut g = if self.scale != 1.0 { g.mul_scalar(self.scale) } else { g };
+        if let Some(c) = self.max_value {
+            g = g.clamp(-c, c);
+        }
+        let [m, v] = moments;
+        match self.kind {
+            OptimizerKind::Sgd => {
+                let d = g + p.clone().mul_scalar(self.weight_decay);
+                *m = m.clone().mul_scalar(self.momentum) + d.clone();
+                let step = if self.nesterov {
+                    d + m.clone().mul_scalar(self.momentum)
+                } else {
+                    m.clone()
+                };
+                p - step.mul_scalar(self.lr)
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let (decay, l2) = if self.kind == OptimizerKind::Adamw {
+                    (1.0 - self.lr * self.weight_decay, 0.0)
+                } else {
+                    (1.0, self.weight_decay)
+                };
+                let d = g + p.clone().mul_scalar(l2);
+                *m = m.clone().mul_scalar(self.beta1) + d.clone().mul_scalar(1.0 - self.beta1);
+                *v = v.clone().mul_scalar(self.beta2) + (d.clone() * d).mul_scalar(1.0 - self.beta2);
+                let denominator = v.clone().sqrt().div_scalar(self.correction2_sqrt).add_scalar(self.eps);
+                p.mul_scalar(decay) - (m.clone() / denominator).mul_scalar(self.lr / self.correction1)
+            }
+            OptimizerKind::Rmsprop => {
+                let d = g + p.clone().mul_scalar(self.weight_decay);
+                *m = m.clone().mul_scalar(self.alpha) + (d.clone() * d.clone()).mul_scalar(1.0 - self.alpha);
+                let scaled = d / m.clone().sqrt().add_scalar(self.eps);
+                if self.momentum == 0.0 {
+                    p - scaled.mul_scalar(self.lr)
+                } else {
+                    *v = v.clone().mul_scalar(self.momentum) + scaled;
+                    p - v.clone().mul_scalar(self.lr)
+                }
+            }
         }
     }
 
@@ -436,6 +525,7 @@ mod tests {
         let mut slot = Slot {
             first: vec![0.0],
             second: vec![0.0],
+            on_device: None,
         };
         rule(OptimizerKind::Adamw, 1, 1.0).apply(&mut p, &mut slot, &[0.5]);
         assert!((p[0] - 0.989).abs() < 1e-6, "{}", p[0]);
@@ -453,6 +543,7 @@ mod tests {
         let mut slot = Slot {
             first: vec![0.0],
             second: Vec::new(),
+            on_device: None,
         };
         rule(OptimizerKind::Sgd, 1, 0.5).apply(&mut p, &mut slot, &[2.0]);
         assert!((p[0] - 0.989).abs() < 1e-6);
@@ -463,9 +554,59 @@ mod tests {
         assert!((f64::from(p[0]) - expected).abs() < 1e-6);
     }
 
+    /// The device rules (libtorch here) give the host rules' values.
+    #[cfg(feature = "tch")]
+    #[test]
+    fn device_updates_match_the_host_updates() {
+        let device = crate::backend::device("libtorch").unwrap();
+        assert!(!runs_fused(&device));
+        let tensor = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
+        let host_grad = Some(Grad::Host(TensorData::new(vec![12.0f32], [1])));
+        assert_eq!(global_norm(&[Some(Grad::Device(tensor(&[3.0, 4.0]))), host_grad]), 13.0);
+        let grads: Vec<f32> = (0..37).map(|i| ((i * 7919) % 100) as f32 / 25.0 - 2.0).collect();
+        for (kind, momentum, nesterov) in [
+            (OptimizerKind::Sgd, 0.9, true),
+            (OptimizerKind::Sgd, 0.0, false),
+            (OptimizerKind::Adam, 0.0, false),
+            (OptimizerKind::Adamw, 0.0, false),
+            (OptimizerKind::Rmsprop, 0.0, false),
+            (OptimizerKind::Rmsprop, 0.9, false),
+        ] {
+            let config = OptimizerConfig {
+                kind,
+                weight_decay: 0.1,
+                momentum,
+                nesterov,
+                ..OptimizerConfig::default()
+            };
+            let mut host = vec![0.5f32; grads.len()];
+            let needs_second = Rule::new(&config, 0.01, 1, 0.5, None).needs_second();
+            let mut slot = Slot {
+                first: vec![0.0; grads.len()],
+                second: if needs_second {
+                    vec![0.0; grads.len()]
+                } else {
+                    Vec::new()
+                },
+                on_device: None,
+            };
+            let mut on_device = tensor(&host);
+            let mut moments = [on_device.zeros_like(), on_device.zeros_like()];
+            for step in 1..=3 {
+                let rule = Rule::new(&config, 0.01, step, 0.5, Some(0.8));
+                rule.apply(&mut host, &mut slot, &grads);
+                on_device = rule.apply_on_device(on_device, &mut moments, tensor(&grads));
+            }
+            let values = on_device.into_data().try_into_vec::<f32>().unwrap();
+            for (a, b) in host.iter().zip(&values) {
+                assert!((a - b).abs() <= 1e-6, "{kind:?}: host {host:?} device {values:?}");
+            }
+        }
+    }
+
     #[test]
     fn global_norm_spans_all_parameters() {
-        let grad = |v: Vec<f32>| Some(Grad(TensorData::new(v.clone(), [v.len()])));
+        let grad = |v: Vec<f32>| Some(Grad::Host(TensorData::new(v.clone(), [v.len()])));
         assert_eq!(global_norm(&[grad(vec![3.0, 4.0]), None, grad(vec![12.0])]), 13.0);
     }
 
@@ -480,11 +621,12 @@ mod tests {
                 let mut slot = Slot {
                     first: vec![0.0; n],
                     second: vec![0.0; n],
+                    on_device: None,
                 };
                 for step in 1..=3 {
                     rule(OptimizerKind::Adam, step, 1.0).apply(&mut p, &mut slot, &grad);
                 }
-                (p, global_norm(&[Some(Grad(TensorData::new(grad.clone(), [n])))]))
+                (p, global_norm(&[Some(Grad::Host(TensorData::new(grad.clone(), [n])))]))
             })
         };
         assert_eq!(run(1), run(2));
