@@ -107,6 +107,8 @@ pub enum Output {
     Model,
     /// Scores per split: `metrics.json` and the predictions.
     Evaluation,
+    /// A frozen encoder's features per split, laid out as vectorized data (`encode`).
+    Features,
 }
 
 impl Output {
@@ -118,6 +120,7 @@ impl Output {
             Output::Vectors => "vectorized data (vectorize)",
             Output::Model => "a trained model (train)",
             Output::Evaluation => "evaluation metrics (evaluate)",
+            Output::Features => "encoder features (encode)",
         }
     }
 }

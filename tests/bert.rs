@@ -82,6 +82,7 @@ fn batch(tokenizer_dir: &Path, texts: &[(&str, Option<&str>)]) -> Batch {
         lengths: encodings.iter().map(|e| e.get_ids().len() as u32).collect(),
         labels: vec![0; texts.len()],
         type_ids: Some(encodings.iter().flat_map(|e| pad(e.get_type_ids())).collect()),
+        features: None,
     }
 }
 
@@ -118,6 +119,7 @@ fn ours(checkpoint: &Path, batch: &Batch) -> (Vec<f32>, Vec<f32>) {
         seed: 0,
         glove: None,
         checkpoint: Some(&checkpoint),
+        features: None,
     };
     let model: Bert = config.init(&setup, &device).unwrap();
     let inputs = Inputs::new(batch, &device);
@@ -432,4 +434,94 @@ fn libtorch_fine_tunes_like_flex_and_reproducibly() {
     }
     assert!(flex.windows(2).any(|w| w[0] != w[1]), "the loss moves: {flex:?}");
     assert!(run("libtorch").1 == weights, "two libtorch runs differ");
+}
+
+/// The frozen workflow on the sample reviews: `encode` stores the encoder's
+/// states once (f16), a bidirectional GRU trains on them, and a second trial
+/// with another learning rate reuses the cached features.
+#[test]
+fn a_recurrent_head_trains_on_cached_encoder_features() {
+    let project = Project::new();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/imdb-sample.yaml")).unwrap();
+    let data = &text[text.find("  train_data:").unwrap()..text.find("  tokenize:").unwrap()];
+    let file = project.write(
+        "frozen.yaml",
+        &format!(
+            "name: frozen
+seed: 5
+stages:
+  checkpoint:
+    kind: download
+    source: {}
+    files: [config.json, model.safetensors, tokenizer.json]
+{data}  tokenize:
+    tokenizer: {{from_stage: checkpoint}}
+    max_length: 64
+    needs: [split, checkpoint]
+  vectorize:
+    batch_size: 16
+  encode:
+    checkpoint: checkpoint
+    needs: [vectorize, checkpoint]
+  train:
+    model: {{type: gru, hidden_size: 8, num_layers: 2, bidirectional: true, dropout: 0.25, head_dropout: 0.25}}
+    optimizer: {{type: adam, lr: 1.0e-3}}
+    loss: bce_with_logits
+    max_steps: 8
+    eval_steps: 4
+    load_best_at_end: true
+    needs: [encode]
+  evaluate:
+    needs: [train, encode]
+",
+            tiny().join("f32").display()
+        ),
+    );
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let encoded = project.out(&result, "encode");
+    let tensors = pipeline::data::batches::SplitTensors::load(&encoded.join("train.safetensors")).unwrap();
+    let features = tensors.features.as_ref().expect("features are stored");
+    assert_eq!(features.dim, 32);
+    assert!(matches!(
+        features.values,
+        pipeline::data::batches::FeatureValues::F16(_)
+    ));
+    // The stored states are the encoder's, at f16 precision, and zero at padding.
+    let rows: Vec<u32> = vec![0, 1];
+    let batching: pipeline::data::batches::Batching =
+        serde_json::from_slice(&std::fs::read(encoded.join("batching.json")).unwrap()).unwrap();
+    let batch = batching.batch(&tensors, &rows);
+    let (states, _) = ours(&tiny().join("f32"), &batch);
+    let (stored, dim) = batch.features.clone().unwrap();
+    for (row, &length) in batch.lengths.iter().enumerate() {
+        for t in 0..batch.width {
+            for d in 0..dim {
+                let i = (row * batch.width + t) * dim + d;
+                if t < length as usize {
+                    assert!(
+                        (stored[i] - states[i]).abs() <= 1e-2 * states[i].abs().max(1.0),
+                        "row {row} token {t}"
+                    );
+                } else {
+                    assert_eq!(stored[i], 0.0);
+                }
+            }
+        }
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(project.out(&result, "train").join("train.json")).unwrap()).unwrap();
+    assert_eq!(info["features"], 32);
+    assert!(
+        result["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "evaluate" && s["state"] == "ran")
+    );
+    // Another trial: only the head trains again.
+    let (code, again) = project.run_json(&["run", &file, "--set", "stages.train.optimizer.lr=0.01"], &[]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(common::in_state(&again, "ran"), ["train", "evaluate"]);
 }

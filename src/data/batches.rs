@@ -36,6 +36,45 @@ pub struct SplitTensors {
     pub labels: Vec<i64>,
     /// Segment ids laid out as `ids` (padded with 0), for sentence pairs.
     pub type_ids: Option<Vec<u32>>,
+    /// A frozen encoder's last hidden states (`encode`), `rows x width x dim`.
+    pub features: Option<Features>,
+}
+
+/// Per-token features `[rows, width, dim]`, row-major, zero at padding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// Values per token.
+    pub dim: usize,
+    /// The values, as stored.
+    pub values: FeatureValues,
+}
+
+/// How features are stored: f16 halves their size.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureValues {
+    /// Half precision.
+    F16(Vec<half::f16>),
+    /// Single precision.
+    F32(Vec<f32>),
+}
+
+impl Features {
+    /// Appends the f32 values of `count` tokens starting at token `start` to `out`.
+    fn extend(&self, start: usize, count: usize, out: &mut Vec<f32>) {
+        let range = start * self.dim..(start + count) * self.dim;
+        match &self.values {
+            FeatureValues::F16(values) => out.extend(values[range].iter().map(|v| v.to_f32())),
+            FeatureValues::F32(values) => out.extend_from_slice(&values[range]),
+        }
+    }
+
+    /// Bytes of the stored values.
+    pub fn bytes(&self) -> usize {
+        match &self.values {
+            FeatureValues::F16(values) => values.len() * 2,
+            FeatureValues::F32(values) => values.len() * 4,
+        }
+    }
 }
 
 impl SplitTensors {
@@ -53,6 +92,7 @@ impl SplitTensors {
             lengths: rows.iter().map(|r| r.len() as u32).collect(),
             labels,
             type_ids: None,
+            features: None,
         }
     }
 
@@ -78,6 +118,16 @@ impl SplitTensors {
             tensors.push((
                 "type_ids",
                 TensorView::new(Dtype::U32, vec![rows, self.width], type_ids)?,
+            ));
+        }
+        let features = self.features.as_ref().map(|f| match &f.values {
+            FeatureValues::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+            FeatureValues::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+        if let (Some(f), Some((dtype, bytes))) = (&self.features, &features) {
+            tensors.push((
+                "features",
+                TensorView::new(*dtype, vec![rows, self.width, f.dim], bytes)?,
             ));
         }
         safetensors::serialize_to_file(tensors, None, path)
@@ -117,12 +167,36 @@ impl SplitTensors {
             true => Some(u32s("type_ids")?.0),
             false => None,
         };
+        let features = match file.names().contains(&"features") {
+            true => {
+                let view = file.tensor("features")?;
+                let dim = view.shape().get(2).copied().unwrap_or(0);
+                let values = match view.dtype() {
+                    Dtype::F16 => FeatureValues::F16(
+                        view.data()
+                            .chunks_exact(2)
+                            .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                            .collect(),
+                    ),
+                    Dtype::F32 => FeatureValues::F32(
+                        view.data()
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                            .collect(),
+                    ),
+                    other => anyhow::bail!("features in {} are {other:?}, not f16 or f32", path.display()),
+                };
+                Some(Features { dim, values })
+            }
+            false => None,
+        };
         Ok(SplitTensors {
             ids,
             width: shape.get(1).copied().unwrap_or(0),
             lengths,
             labels,
             type_ids,
+            features,
         })
     }
 }
@@ -159,6 +233,8 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Segment ids laid out as `ids`, for sentence pairs.
     pub type_ids: Option<Vec<u32>>,
+    /// Encoder features `[rows, width, dim]` and their `dim`, when the split has them.
+    pub features: Option<(Vec<f32>, usize)>,
 }
 
 impl Batching {
@@ -216,6 +292,13 @@ impl Batching {
             lengths,
             labels: rows.iter().map(|&r| data.labels[r as usize]).collect(),
             type_ids: data.type_ids.as_deref().map(gather),
+            features: data.features.as_ref().map(|f| {
+                let mut values = Vec::with_capacity(rows.len() * width * f.dim);
+                for &row in rows {
+                    f.extend(row as usize * data.width + offset, width, &mut values);
+                }
+                (values, f.dim)
+            }),
         }
     }
 }

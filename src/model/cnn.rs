@@ -95,8 +95,8 @@ pub struct Cnn {
 }
 
 impl Classifier for Cnn {
-    fn forward(&self, inputs: &Inputs, _dropout: Option<&mut ChaCha8Rng>) -> Tensor<2> {
-        let x = embed(&self.embedding, self.input_norm.as_ref(), inputs);
+    fn forward(&self, inputs: &Inputs, dropout: Option<&mut ChaCha8Rng>) -> Tensor<2> {
+        let x = embed(Some(&self.embedding), self.input_norm.as_ref(), inputs);
         let bias = self.conv.bias.as_ref().expect("the conv has a bias").val();
         let features = relu(convolution::conv_over_time(
             x,
@@ -109,6 +109,7 @@ impl Classifier for Cnn {
         classify(
             pooled,
             self.pooled_norm.as_ref(),
+            (self.config.head.dropout, dropout),
             &self.head,
             self.config.head.activation,
             &self.output,

@@ -59,6 +59,8 @@ pub struct HeadSpec {
     pub activation: Activation,
     /// Weight initialisation of every layer.
     pub init: Init,
+    /// Dropout on the pooled vector, before the head (training only).
+    pub dropout: f64,
 }
 
 /// The flat wire form of `cnn`, `rnn`, `lstm` and `gru` (see the module doc).
@@ -103,6 +105,8 @@ struct Flat {
     recurrent_init: RecurrentInit,
     #[serde(default, skip_serializing_if = "is_default")]
     embedding_init: EmbeddingInit,
+    #[serde(default, skip_serializing_if = "is_default")]
+    head_dropout: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +183,7 @@ impl Flat {
             hidden: self.head,
             activation: self.activation,
             init: self.init,
+            dropout: self.head_dropout,
         };
         let cell = match (self.kind, self.nonlinearity) {
             (FlatKind::Cnn, _) => {
@@ -230,6 +235,7 @@ impl Flat {
         flat.head = head.hidden.clone();
         flat.activation = head.activation;
         flat.init = head.init;
+        flat.head_dropout = head.dropout;
         match config {
             ModelConfig::Cnn(c) => {
                 flat.num_filters = c.num_filters;

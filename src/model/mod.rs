@@ -149,6 +149,9 @@ pub struct Setup<'a> {
     pub glove: Option<&'a [f32]>,
     /// The checkpoint of a pretrained encoder (`type: bert`).
     pub checkpoint: Option<&'a bert::Checkpoint>,
+    /// The width of a frozen encoder's features, when the model reads those
+    /// (`encode`) instead of embedding token ids.
+    pub features: Option<usize>,
 }
 
 /// A batch on the device: ids `[batch, time]`, segment ids for sentence
@@ -156,6 +159,7 @@ pub struct Setup<'a> {
 pub struct Inputs {
     ids: Tensor<2, Int>,
     type_ids: Option<Tensor<2, Int>>,
+    features: Option<Tensor<3>>,
     lengths: Vec<usize>,
     width: usize,
 }
@@ -171,6 +175,9 @@ impl Inputs {
         Inputs {
             ids: matrix(&batch.ids),
             type_ids: batch.type_ids.as_deref().map(matrix),
+            features: batch.features.as_ref().map(|(values, dim)| {
+                Tensor::from_data(TensorData::new(values.clone(), [rows, batch.width, *dim]), device)
+            }),
             lengths: batch
                 .lengths
                 .iter()
@@ -185,6 +192,9 @@ impl Inputs {
 fn check_parts(embedding: &EmbeddingSpec, head: &HeadSpec) -> Result<(), (&'static str, String)> {
     if embedding.dim == 0 {
         return Err(("embedding_dim", "must be at least 1".into()));
+    }
+    if !(0.0..1.0).contains(&head.dropout) {
+        return Err(("head_dropout", "must be in [0, 1)".into()));
     }
     if head.hidden.contains(&0) {
         return Err(("head", "layer sizes must be at least 1".into()));
@@ -253,25 +263,39 @@ fn hidden_layers(init: &Initializer, features: usize, sizes: &[usize]) -> (Vec<L
     (layers, width)
 }
 
-/// Embeds ids and normalises them when the model has an input LayerNorm.
-fn embed(embedding: &Embedding, norm: Option<&LayerNorm>, inputs: &Inputs) -> Tensor<3> {
-    let x = embedding::embedding_lookup(embedding.weight.val(), inputs.ids.clone());
+/// Embeds ids (or takes the batch's encoder features when there is no
+/// embedding) and normalises them when the model has an input LayerNorm.
+fn embed(embedding: Option<&Embedding>, norm: Option<&LayerNorm>, inputs: &Inputs) -> Tensor<3> {
+    let x = match embedding {
+        Some(embedding) => embedding::embedding_lookup(embedding.weight.val(), inputs.ids.clone()),
+        None => inputs
+            .features
+            .clone()
+            .expect("a model without an embedding is trained on features"),
+    };
     match norm {
         Some(norm) => norm.forward(x),
         None => x,
     }
 }
 
-/// Pooled features to logits: LayerNorm, the MLP head, the output layer.
+/// Pooled features to logits: LayerNorm, dropout (training only), the MLP
+/// head, the output layer.
 fn classify(
     mut pooled: Tensor<2>,
     norm: Option<&LayerNorm>,
+    dropout: (f64, Option<&mut ChaCha8Rng>),
     head: &[Linear],
     activation: Activation,
     output: &Linear,
 ) -> Tensor<2> {
     if let Some(norm) = norm {
         pooled = norm.forward(pooled);
+    }
+    if let (p, Some(stream)) = dropout
+        && p > 0.0
+    {
+        pooled = apply_dropout(pooled, p, stream);
     }
     for layer in head {
         pooled = match activation {

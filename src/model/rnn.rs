@@ -1,4 +1,5 @@
-//! `type: rnn | lstm | gru`: embedding, a stack of recurrent layers
+//! `type: rnn | lstm | gru`: embedding (or a frozen encoder's features, from
+//! an `encode` stage), a stack of recurrent layers
 //! ([`super::recurrent`]), the states pooled over time, then the shared head.
 
 use burn::module::Module;
@@ -58,8 +59,13 @@ impl RnnConfig {
     pub fn init(&self, setup: &Setup, device: &Device) -> Rnn {
         let shape = setup.shape;
         let init = Initializer::new(setup.seed, self.head.init, device).with_recurrent(self.recurrent_init);
-        let dim = self.embedding.dim;
-        let embedding = embedding_table(&init, &self.embedding, shape.vocab_size, setup.glove);
+        let (embedding, dim) = match setup.features {
+            Some(dim) => (None, dim),
+            None => (
+                Some(embedding_table(&init, &self.embedding, shape.vocab_size, setup.glove)),
+                self.embedding.dim,
+            ),
+        };
         let recurrent = Recurrent::new(
             &init,
             self.cell,
@@ -89,7 +95,7 @@ impl RnnConfig {
 /// A recurrent classifier; see [`RnnConfig`].
 #[derive(Module, Debug)]
 pub struct Rnn {
-    embedding: Embedding,
+    embedding: Option<Embedding>,
     input_norm: Option<LayerNorm>,
     recurrent: Recurrent,
     pooled_norm: Option<LayerNorm>,
@@ -103,7 +109,7 @@ pub struct Rnn {
 
 impl Classifier for Rnn {
     fn forward(&self, inputs: &Inputs, mut dropout: Option<&mut ChaCha8Rng>) -> Tensor<2> {
-        let x = embed(&self.embedding, self.input_norm.as_ref(), inputs);
+        let x = embed(self.embedding.as_ref(), self.input_norm.as_ref(), inputs);
         let p = self.config.dropout;
         let states = self.recurrent.forward(x, |t| match dropout.as_deref_mut() {
             Some(stream) if p > 0.0 => apply_dropout(t, p, stream),
@@ -113,6 +119,7 @@ impl Classifier for Rnn {
         classify(
             pooled,
             self.pooled_norm.as_ref(),
+            (self.config.head.dropout, dropout),
             &self.head,
             self.config.head.activation,
             &self.output,

@@ -94,6 +94,7 @@ impl Stage for Evaluate {
             seed: 0,
             glove: None,
             checkpoint: checkpoint.as_ref(),
+            features: info.features,
         };
         let (reports, outcome) = with_model!(&info.config.model, &setup, &device, |model| {
             let model = model::load_safetensors(model, &trained.dir.join("model.safetensors"))?;

@@ -1,6 +1,7 @@
 //! The built-in stage kinds, one file each.
 
 mod download;
+mod encode;
 mod evaluate;
 mod load;
 mod report;
@@ -11,6 +12,7 @@ mod train;
 mod vectorize;
 
 pub use download::{Download, DownloadConfig};
+pub use encode::{Encode, EncodeConfig};
 pub use evaluate::{Evaluate, EvaluateConfig};
 pub use load::{Load, LoadConfig};
 pub use report::{Report, ReportConfig};
@@ -36,6 +38,7 @@ pub fn builtin() -> Registry {
         .with(Split)
         .with(Tokenize)
         .with(Vectorize)
+        .with(Encode)
         .with(Train)
         .with(Evaluate)
         .with(Report)

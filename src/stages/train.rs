@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::tokenize::TokensMeta;
+use super::tokenize::{TOKENS_FILE, TokensMeta};
 use crate::backend;
 use crate::data::batches::{Batching, Side, SplitTensors};
 use crate::data::table::TableMeta;
@@ -131,6 +131,9 @@ pub struct TrainInfo {
     /// The pretrained encoder's architecture (`type: bert`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Architecture>,
+    /// The width of the encoder features the model was trained on (`encode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<usize>,
 }
 
 /// The file with [`TrainInfo`].
@@ -167,9 +170,12 @@ pub struct Vectorized {
 }
 
 impl Vectorized {
-    /// Finds the needed `vectorize` output.
+    /// Finds the needed `encode` output (features), else the `vectorize` one.
     pub fn find(ctx: &StageContext) -> anyhow::Result<Vectorized> {
-        let input = ctx.providing(Output::Vectors)?;
+        let input = match ctx.optional(Output::Features)? {
+            Some(features) => features,
+            None => ctx.providing(Output::Vectors)?,
+        };
         let dir = input.dir.clone();
         let batching = serde_json::from_slice(&std::fs::read(dir.join("batching.json"))?)?;
         let tokens = TokensMeta::read(&dir)?;
@@ -180,6 +186,18 @@ impl Vectorized {
             tokens,
             table,
         })
+    }
+
+    /// Writes the batching, tokens and table files for `splits` into `dir`,
+    /// for a stage that lays out data like this one.
+    pub fn write_meta(&self, dir: &Path, splits: &[String]) -> anyhow::Result<()> {
+        std::fs::write(dir.join("batching.json"), serde_json::to_vec_pretty(&self.batching)?)?;
+        std::fs::write(dir.join(TOKENS_FILE), serde_json::to_vec_pretty(&self.tokens)?)?;
+        TableMeta {
+            splits: splits.to_vec(),
+            ..self.table.clone()
+        }
+        .write(dir)
     }
 
     /// Loads one split's tensors.
@@ -341,6 +359,10 @@ impl Stage for Train {
             ModelConfig::Bert(bert) => Some(open_checkpoint(&bert.checkpoint, &data, &batching, ctx)?),
             _ => None,
         };
+        let features = train_split.features.as_ref().map(|f| f.dim);
+        if features.is_some() {
+            check_feature_head(&config.model)?;
+        }
         let device = backend::device(ctx.device)?.autodiff();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(ctx.threads).build()?;
         let inputs = Data {
@@ -355,6 +377,7 @@ impl Stage for Train {
                 seed: ctx.seed,
                 glove: embedding.as_deref(),
                 checkpoint: checkpoint.as_ref(),
+                features,
             };
             with_model!(&config.model, &setup, &device, |model| {
                 let fitted = train::fit(model, &inputs, &plan, &device, ctx)?;
@@ -375,6 +398,7 @@ impl Stage for Train {
             best,
             saved_best,
             checkpoint: checkpoint.map(|c| c.architecture),
+            features,
         };
         std::fs::write(ctx.out_dir.join(TRAIN_FILE), serde_json::to_vec_pretty(&info)?)?;
         let mut outcome = StageOutcome::default();
@@ -406,7 +430,7 @@ impl Stage for Train {
 /// The checkpoint in the output of the needed stage `stage`, checked against
 /// the data before any training: the tokenizer's vocabulary, the longest
 /// sequence, segment ids and the padding side must fit it.
-fn open_checkpoint(
+pub fn open_checkpoint(
     stage: &str,
     data: &Vectorized,
     batching: &Batching,
@@ -442,6 +466,21 @@ fn open_checkpoint(
         "`type: bert` reads `[CLS]` at position 0: set `padding: right` in the vectorize stage"
     );
     Ok(checkpoint)
+}
+
+/// A head trained on encoder features reads them instead of token ids:
+/// only the recurrent networks take them, without embedding settings.
+fn check_feature_head(model: &ModelConfig) -> anyhow::Result<()> {
+    let ModelConfig::Rnn(rnn) = model else {
+        anyhow::bail!("a train stage on encoder features (an `encode` stage) takes `type: rnn`, `lstm` or `gru`");
+    };
+    let e = &rnn.embedding;
+    anyhow::ensure!(
+        e.glove.is_none() && !e.freeze && e.init == Default::default() && e.dim == 64,
+        "`model.embedding_dim`, `glove`, `freeze` and `embedding_init` do not apply on encoder features: \
+         the recurrent layers read the encoder's states"
+    );
+    Ok(())
 }
 
 /// What [`save`] leaves of a training run once its models are written.
