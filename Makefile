@@ -20,7 +20,7 @@ WITH_TORCH = LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH" \
 TRANSFORMERS = $(TORCH_VENV)/.transformers-4.57.1
 MINILM = data/checkpoints/all-MiniLM-L6-v2
 
-.PHONY: run test lint bench bench-train checkpoint
+.PHONY: run test lint bench bench-train bench-bert bench-mrpc checkpoint
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
@@ -65,6 +65,24 @@ bench: .venv-bench/bin/python
 # (torch is a ~3 GB download, so it has a venv of its own).
 bench-train: .venv-torch/bin/python
 	PYTHON=$(CURDIR)/.venv-torch/bin/python $(CARGO) bench --profile dev --bench train
+
+# BERT fine-tuning step and frozen-encoder throughput against PyTorch (transformers 4.57.1
+# in the torch venv), and MRPC accuracy against Hugging Face's Trainer (also needs accelerate
+# and pyarrow there). REPS, THREADS, STEPS; SEEDS for the accuracy run.
+BENCH_PYTHON = $(TORCH_VENV)/.bench-accelerate-1.11.0
+
+bench-bert: $(MINILM)
+	$(WITH_TORCH) PYTHON=$(TORCH_VENV)/bin/python MINILM_DIR=$(CURDIR)/$(MINILM) \
+		$(CARGO) bench --profile dev --features tch --bench bert
+
+bench-mrpc: $(MINILM) $(BENCH_PYTHON)
+	$(WITH_TORCH) $(CARGO) build --features tch
+	$(WITH_TORCH) PYTHON=$(TORCH_VENV)/bin/python PIPELINE=$${CARGO_TARGET_DIR:-target}/debug/pipeline \
+		benches/mrpc_accuracy.sh $(SEEDS)
+
+$(BENCH_PYTHON): $(TRANSFORMERS)
+	$(TORCH_VENV)/bin/pip install --quiet accelerate==1.11.0 pyarrow
+	touch $@
 
 .venv-torch/bin/python:
 	python3 -m venv .venv-torch

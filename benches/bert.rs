@@ -1,0 +1,171 @@
+//! BERT speed against PyTorch, side by side at equal threads: a fine-tuning
+//! step of the MiniLM checkpoint with the classification head (batch 8 x 128
+//! tokens: forward, backward, global-norm clipping, AdamW) and the frozen
+//! encoder's throughput (batch 32 x 128, sequences per second). Each
+//! repetition runs ours and PyTorch's (benches/reference/bert_speed.py) one
+//! after the other, alternating which goes first; the table gives medians
+//! and the paired ratios. `make bench-bert` (REPS, THREADS, STEPS).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+use pipeline::data::batches::{Batch, Side};
+use pipeline::data::rng;
+use pipeline::model::bert::{BertConfig, Checkpoint};
+use pipeline::model::{Classifier, Inputs, Setup, Shape, parameter_names};
+use pipeline::train::Loss;
+use pipeline::train::optimizer::{Clipping, Optimizer, OptimizerConfig};
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// `rows` sequences of 128 random word pieces between [CLS] and [SEP].
+fn batch(rows: usize) -> Batch {
+    let mut stream = rng::stream(0, "bench/bert");
+    let ids = (0..rows * 128)
+        .map(|i| match i % 128 {
+            0 => 101,
+            127 => 102,
+            _ => 1000 + (rng::unit(&mut stream) * 29000.0) as u32,
+        })
+        .collect();
+    Batch {
+        rows: (0..rows as u32).collect(),
+        ids,
+        width: 128,
+        lengths: vec![128; rows],
+        labels: (0..rows as i64).map(|i| i % 2).collect(),
+        type_ids: None,
+        features: None,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Our seconds per fine-tuning step and sequences per second, `steps` each after a warm-up.
+fn ours(checkpoint: &Checkpoint, steps: usize) -> (f64, f64) {
+    let config: BertConfig = serde_json::from_value(serde_json::json!({"checkpoint": "minilm"})).unwrap();
+    let setup = Setup {
+        shape: Shape {
+            vocab_size: checkpoint.architecture.vocab_size,
+            outputs: 2,
+            padding: Side::Right,
+        },
+        seed: 0,
+        glove: None,
+        checkpoint: Some(checkpoint),
+        features: None,
+    };
+    let device = Device::flex().autodiff();
+    let mut model = config.init(&setup, &device).unwrap();
+    let decays = parameter_names(&model).iter().map(|n| model.decays(n)).collect();
+    let optimizer_config = OptimizerConfig {
+        lr: 5e-5,
+        ..OptimizerConfig::default()
+    };
+    let mut optimizer = Optimizer::new(optimizer_config, decays);
+    let clipping = Clipping {
+        max_norm: Some(1.0),
+        max_value: None,
+    };
+    let train = batch(8);
+    let mut dropout = rng::stream(0, "dropout");
+    let mut times = Vec::new();
+    for step in 0..=steps {
+        let start = Instant::now();
+        let inputs = Inputs::new(&train, &device);
+        let loss = Loss::CrossEntropy.tensor(model.forward(&inputs, Some(&mut dropout)), &train.labels, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(model, grads, 5e-5, clipping, false).0;
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let frozen = model.valid();
+    let inference = device.without_autodiff();
+    let rows = batch(32);
+    let mut forward = Vec::new();
+    for step in 0..=steps {
+        let start = Instant::now();
+        let states = frozen.encode(&Inputs::new(&rows, &inference), &mut None);
+        let _ = states.into_data();
+        if step > 0 {
+            forward.push(start.elapsed().as_secs_f64());
+        }
+    }
+    (median(times), 32.0 / median(forward))
+}
+
+/// PyTorch's figures from the reference script.
+fn pytorch(python: &str, checkpoint: &PathBuf, threads: usize, steps: usize) -> (f64, f64) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/reference/bert_speed.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(checkpoint)
+        .arg(threads.to_string())
+        .arg(steps.to_string())
+        .output()
+        .expect("PYTHON runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    (
+        json["step_seconds"].as_f64().unwrap(),
+        json["sequences_per_second"].as_f64().unwrap(),
+    )
+}
+
+fn main() {
+    let python = std::env::var("PYTHON").expect("PYTHON: a Python with torch and transformers (make bench-bert)");
+    let dir = PathBuf::from(std::env::var("MINILM_DIR").expect("MINILM_DIR: the all-MiniLM-L6-v2 checkpoint"));
+    let reps: usize = env("REPS", "3").parse().unwrap();
+    let threads: usize = env("THREADS", "1").parse().unwrap();
+    let steps: usize = env("STEPS", "5").parse().unwrap();
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let (mut ours_runs, mut torch_runs) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let run_ours = || pool.install(|| ours(&checkpoint, steps));
+        let (a, b) = if rep % 2 == 0 {
+            let a = run_ours();
+            (a, pytorch(&python, &dir, threads, steps))
+        } else {
+            let b = pytorch(&python, &dir, threads, steps);
+            (run_ours(), b)
+        };
+        eprintln!(
+            "rep {rep}: step ours {:.3} s, PyTorch {:.3} s; frozen ours {:.1}/s, PyTorch {:.1}/s",
+            a.0, b.0, a.1, b.1
+        );
+        ours_runs.push(a);
+        torch_runs.push(b);
+    }
+    let step_ratios: Vec<f64> = ours_runs.iter().zip(&torch_runs).map(|(o, t)| t.0 / o.0).collect();
+    let frozen_ratios: Vec<f64> = ours_runs.iter().zip(&torch_runs).map(|(o, t)| o.1 / t.1).collect();
+    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / ");
+    println!("MiniLM (all-MiniLM-L6-v2), {threads} thread(s), {reps} paired repetitions of {steps} steps");
+    println!("| | ours | PyTorch | ratio (>1: ours faster) | paired ratios |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| fine-tuning step, 8 x 128 | {:.3} s | {:.3} s | {:.2}x | {} |",
+        median(ours_runs.iter().map(|r| r.0).collect()),
+        median(torch_runs.iter().map(|r| r.0).collect()),
+        median(step_ratios.clone()),
+        list(&step_ratios)
+    );
+    println!(
+        "| frozen encoder, 32 x 128 | {:.1} seq/s | {:.1} seq/s | {:.2}x | {} |",
+        median(ours_runs.iter().map(|r| r.1).collect()),
+        median(torch_runs.iter().map(|r| r.1).collect()),
+        median(frozen_ratios.clone()),
+        list(&frozen_ratios)
+    );
+}
