@@ -82,18 +82,7 @@ impl Stage for Encode {
 
     fn run(&self, config: &EncodeConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
         let data = Vectorized::find(ctx)?;
-        let splits = match &config.splits {
-            Some(splits) => {
-                if let Some(unknown) = splits.iter().find(|s| !data.table.splits.contains(s)) {
-                    anyhow::bail!(
-                        "`splits`: there is no split `{unknown}`; the splits are {}",
-                        data.table.splits.join(", ")
-                    );
-                }
-                splits.clone()
-            }
-            None => data.table.splits.clone(),
-        };
+        let splits = data.chosen_splits(config.splits.as_deref(), |_| true)?;
         let checkpoint = open_checkpoint(&config.checkpoint, &data, &data.batching, ctx)?;
         let device = backend::device(ctx.device)?;
         let setup = Setup {

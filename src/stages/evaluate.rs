@@ -66,18 +66,7 @@ impl Stage for Evaluate {
         let trained = ctx.providing(Output::Model)?;
         let info = TrainInfo::read(&trained.dir)?;
         let data = Vectorized::find(ctx)?;
-        let splits: Vec<String> = match &config.splits {
-            Some(splits) => {
-                if let Some(unknown) = splits.iter().find(|s| !data.table.splits.contains(s)) {
-                    anyhow::bail!(
-                        "`splits`: there is no split `{unknown}`; the splits are {}",
-                        data.table.splits.join(", ")
-                    );
-                }
-                splits.clone()
-            }
-            None => data.table.splits.iter().filter(|s| *s != "train").cloned().collect(),
-        };
+        let splits = data.chosen_splits(config.splits.as_deref(), |s| s != "train")?;
         anyhow::ensure!(
             !splits.is_empty(),
             "there is no split to evaluate besides `train`; set `splits`"

@@ -188,6 +188,28 @@ impl Vectorized {
         })
     }
 
+    /// The splits a stage's `splits:` key names (each must exist), or by
+    /// default those of the data that `default` keeps.
+    pub fn chosen_splits(
+        &self,
+        wanted: Option<&[String]>,
+        default: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let all = &self.table.splits;
+        match wanted {
+            Some(wanted) => {
+                if let Some(unknown) = wanted.iter().find(|s| !all.contains(s)) {
+                    anyhow::bail!(
+                        "`splits`: there is no split `{unknown}`; the splits are {}",
+                        all.join(", ")
+                    );
+                }
+                Ok(wanted.to_vec())
+            }
+            None => Ok(all.iter().filter(|s| default(s)).cloned().collect()),
+        }
+    }
+
     /// Writes the batching, tokens and table files for `splits` into `dir`,
     /// for a stage that lays out data like this one.
     pub fn write_meta(&self, dir: &Path, splits: &[String]) -> anyhow::Result<()> {
