@@ -583,3 +583,51 @@ impl Classifier for Bert {
         !(path.ends_with(".bias") || path.ends_with(".beta") || path.ends_with(".gamma"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"{
+  "architectures": ["BertModel"],
+  "hidden_size": 32,
+  "intermediate_size": 37,
+  "model_type": "bert",
+  "num_attention_heads": 4,
+  "num_hidden_layers": 2,
+  "vocab_size": 100
+}"#;
+
+    #[test]
+    fn checkpoint_configs_are_read_with_transformers_defaults() {
+        let a = Architecture::parse(CONFIG).unwrap();
+        assert_eq!((a.max_position_embeddings, a.type_vocab_size), (512, 2));
+        assert_eq!((a.layer_norm_eps, a.hidden_dropout_prob), (1e-12, 0.1));
+        assert_eq!(a.hidden_act, HiddenAct::Gelu);
+    }
+
+    #[test]
+    fn other_models_are_errors_that_name_the_line() {
+        let roberta = CONFIG.replace(r#""model_type": "bert""#, r#""model_type": "roberta""#);
+        let err = Architecture::parse(&roberta).unwrap_err();
+        assert!(err.starts_with("5: `model_type` is `roberta`"), "{err}");
+        let gpt = CONFIG.replace("BertModel", "GPT2Model");
+        assert!(
+            Architecture::parse(&gpt)
+                .unwrap_err()
+                .starts_with("2: `architectures` names `GPT2Model`")
+        );
+        let heads = CONFIG.replace(r#""num_attention_heads": 4"#, r#""num_attention_heads": 5"#);
+        assert!(
+            Architecture::parse(&heads)
+                .unwrap_err()
+                .starts_with("3: `hidden_size` 32 is not a multiple")
+        );
+        let act = CONFIG.replace(r#""vocab_size": 100"#, r#""vocab_size": 100, "hidden_act": "swish""#);
+        assert!(
+            Architecture::parse(&act)
+                .unwrap_err()
+                .contains("unknown variant `swish`")
+        );
+    }
+}
