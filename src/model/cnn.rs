@@ -32,13 +32,8 @@ pub struct CnnConfig {
 impl CnnConfig {
     /// Checks sizes; returns the key and message of the first problem.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
-        super::check_parts(&self.embedding, &self.head)?;
-        for (key, value) in [("num_filters", self.num_filters), ("filter_size", self.filter_size)] {
-            if value == 0 {
-                return Err((key, "must be at least 1".into()));
-            }
-        }
-        Ok(())
+        let sizes = [("num_filters", self.num_filters), ("filter_size", self.filter_size)];
+        super::check_parts(&self.embedding, &self.head, &sizes)
     }
 
     fn padding(&self) -> usize {

@@ -188,10 +188,16 @@ impl Inputs {
     }
 }
 
-/// Checks the sizes shared by the CNN and the recurrent networks.
-fn check_parts(embedding: &EmbeddingSpec, head: &HeadSpec) -> Result<(), (&'static str, String)> {
-    if embedding.dim == 0 {
-        return Err(("embedding_dim", "must be at least 1".into()));
+/// Checks the parts shared by the CNN and the recurrent networks, and that
+/// each of the architecture's `sizes` is at least 1.
+fn check_parts(
+    embedding: &EmbeddingSpec,
+    head: &HeadSpec,
+    sizes: &[(&'static str, usize)],
+) -> Result<(), (&'static str, String)> {
+    let embedding_dim = [("embedding_dim", embedding.dim)];
+    if let Some((key, _)) = embedding_dim.iter().chain(sizes).find(|(_, v)| *v == 0) {
+        return Err((key, "must be at least 1".into()));
     }
     if !(0.0..1.0).contains(&head.dropout) {
         return Err(("head_dropout", "must be in [0, 1)".into()));

@@ -43,12 +43,8 @@ pub struct RnnConfig {
 impl RnnConfig {
     /// Checks sizes; returns the key and message of the first problem.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
-        super::check_parts(&self.embedding, &self.head)?;
-        for (key, value) in [("hidden_size", self.hidden_size), ("num_layers", self.num_layers)] {
-            if value == 0 {
-                return Err((key, "must be at least 1".into()));
-            }
-        }
+        let sizes = [("hidden_size", self.hidden_size), ("num_layers", self.num_layers)];
+        super::check_parts(&self.embedding, &self.head, &sizes)?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(("dropout", "must be in [0, 1)".into()));
         }
