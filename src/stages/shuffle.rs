@@ -1,12 +1,13 @@
 //! `shuffle`: permutes the rows of table splits with a seeded, thread-count
-//! independent permutation.
+//! independent permutation, optionally keeping only the first rows of each
+//! (a seeded random sample).
 
 use polars::prelude::{IdxCa, IdxSize};
 use serde::{Deserialize, Serialize};
 
 use crate::data::rng;
 use crate::data::table::{self, TableMeta};
-use crate::stage::{Output, Stage, StageContext, StageOutcome};
+use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 
 /// The `shuffle` stage kind.
 pub struct Shuffle;
@@ -18,6 +19,10 @@ pub struct ShuffleConfig {
     /// Splits to shuffle (default: all); the others pass through unchanged.
     #[serde(default)]
     pub splits: Option<Vec<String>>,
+    /// Keep at most this many rows of each shuffled split: a seeded random sample
+    /// (default: all rows). Unlike `load`'s `limit`, it does not depend on the files' order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
 impl Stage for Shuffle {
@@ -28,6 +33,13 @@ impl Stage for Shuffle {
 
     fn uses_seed(&self, _config: &ShuffleConfig) -> bool {
         true
+    }
+
+    fn validate(&self, config: &ShuffleConfig) -> Result<(), Invalid> {
+        if config.limit == Some(0) {
+            return Err(Invalid::at("limit", "must be at least 1"));
+        }
+        Ok(())
     }
 
     fn run(&self, config: &ShuffleConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
@@ -49,7 +61,8 @@ impl Stage for Shuffle {
                 continue;
             }
             let df = table::read_split(&input.dir, split)?;
-            let order = rng::permutation(&mut rng::stream(ctx.seed, &format!("shuffle/{split}")), df.height());
+            let mut order = rng::permutation(&mut rng::stream(ctx.seed, &format!("shuffle/{split}")), df.height());
+            order.truncate(config.limit.unwrap_or(usize::MAX));
             let indices = IdxCa::from_vec("order".into(), order.into_iter().map(|i| i as IdxSize).collect());
             let mut shuffled = df.take(&indices)?;
             table::write_split(&mut shuffled, ctx.out_dir, split)?;
