@@ -11,7 +11,7 @@ use crate::console::Console;
 use crate::dag::{ExecOptions, Execution, Graph, GraphNode, NodeState, Reporter, execute};
 use crate::spec::Pipeline;
 use crate::stage::{Progress, Registry};
-use crate::store::{LockFile, LockedStage, Lookup, Manifest, Store};
+use crate::store::{Lease, LockFile, LockedStage, Lookup, Manifest, Store};
 use crate::tracking::record::{self, StageRecord};
 use crate::tracking::{LiveMetrics, RunHandle, RunStatus, Tracker};
 
@@ -91,6 +91,8 @@ pub struct Session {
     pub nodes: Vec<Vec<usize>>,
     /// Per node, the instances that use it.
     pub owners: Vec<Vec<usize>>,
+    /// Pins the graph's entries in the store for as long as the session lives.
+    _lease: Lease,
 }
 
 impl Session {
@@ -117,11 +119,13 @@ impl Session {
                 graph.nodes[n].label = stage.to_string();
             }
         }
+        let lease = store.lease(graph.nodes.iter().map(|node| node.key.clone()))?;
         Ok(Session {
             graph,
             instances,
             nodes,
             owners,
+            _lease: lease,
         })
     }
 

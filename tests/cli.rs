@@ -402,3 +402,123 @@ fn errors_in_pipeline_files_exit_2_with_a_located_message() {
     assert!(stderr.contains("--> --set device=cuda:0"), "{stderr}");
     assert!(!ws.store().exists(), "nothing runs without the device");
 }
+
+/// `c` reads `a` after the slow `b`: a run that loses `a` while `b` runs fails.
+const NEEDS_A_AFTER_SLOW_B: &str = "name: pinned
+seed: 0
+stages:
+  a: {kind: step, text: A}
+  b: {kind: step, text: B, sleep_ms: 1500}
+  c: {kind: step, text: C, needs: [a, b]}
+";
+
+#[test]
+fn gc_and_clean_leave_the_entries_of_a_running_pipeline_and_say_so() {
+    for command in [&["gc"][..], &["clean", "p.yaml"][..]] {
+        let ws = Workspace::new();
+        ws.write("p.yaml", NEEDS_A_AFTER_SLOW_B);
+        let child = ws.spawn(&["run", "p.yaml"]);
+        wait_for_log(&ws, "start B");
+        let (code, removal) = ws.run_json(command);
+        assert_eq!(code, 0, "{removal}");
+        let skipped = removal["skipped"].as_array().unwrap();
+        assert_eq!(skipped.len(), 1, "`a` is in use: {removal}");
+        assert_eq!(skipped[0]["pid"], child.id());
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{command:?} during the run: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Once the run is over its entries are fair game.
+        let (_, after) = ws.run_json(command);
+        assert_eq!(after["skipped"].as_array().unwrap().len(), 0, "{after}");
+        assert_eq!(after["removed"].as_array().unwrap().len(), 3, "{after}");
+    }
+}
+
+#[test]
+fn gc_keeps_a_running_verify_and_builds_and_removes_what_dead_runs_left() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", NEEDS_A_AFTER_SLOW_B);
+    assert_eq!(ws.run_json(&["run", "p.yaml"]).0, 0);
+    // What a killed build and a killed verify leave behind.
+    let dead_build = ws.store().join(".tmp").join(format!("{}.4000000", "0".repeat(32)));
+    let dead_scratch = ws.store().join(".scratch").join("4000000-1");
+    for dir in [&dead_build, &dead_scratch] {
+        std::fs::create_dir_all(dir.join("out")).unwrap();
+    }
+    ws.clear_log();
+    let verify = ws.spawn(&["verify", "p.yaml"]);
+    wait_for_log(&ws, "start B");
+    let scratch_stores = std::fs::read_dir(ws.store().join(".scratch")).unwrap().count();
+    assert_eq!(scratch_stores, 2, "the dead scratch store and the running verify's");
+    let (code, gc) = ws.run_json(&["gc", "p.lock"]);
+    assert_eq!(code, 0, "{gc}");
+    assert_eq!(gc["leftovers"], 2, "{gc}");
+    assert!(!dead_build.exists() && !dead_scratch.exists());
+    let output = verify.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("verified"), "{stdout}");
+}
+
+#[test]
+fn fsck_and_verify_find_damage_the_stat_cache_cannot_see() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SEVEN_STAGES);
+    let (code, first) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(code, 0);
+    let c = first["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "c")
+        .unwrap();
+    let damaged = ws
+        .store()
+        .join("step")
+        .join(c["key"].as_str().unwrap())
+        .join("out/out.txt");
+    // Bit rot: one byte flipped in place, size, inode and mtime unchanged.
+    let modified = std::fs::metadata(&damaged).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[0] ^= 0x20;
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new().write(true).open(&damaged).unwrap();
+        file.write_all(&bytes).unwrap();
+        file.set_modified(modified).unwrap();
+    }
+    let (code, rerun) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(
+        (code, in_state(&rerun, "cached")),
+        (0, all("abcdefg")),
+        "the stat cache trusts it"
+    );
+    let verify = ws.run(&["verify", "p.yaml", "--stages", "c"]);
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("damaged: out.txt does not match its manifest"),
+        "{stdout}"
+    );
+    let (code, fsck) = ws.run_json(&["fsck"]);
+    assert_eq!(code, 1, "{fsck}");
+    assert_eq!(fsck["checked"], 7);
+    assert_eq!(
+        fsck["damaged"][0]["entry"],
+        format!("step/{}", c["key"].as_str().unwrap())
+    );
+    let (code, repair) = ws.run_json(&["fsck", "--repair"]);
+    assert_eq!((code, repair["removed"].as_array().unwrap().len()), (0, 1), "{repair}");
+    let (_, repaired) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(in_state(&repaired, "ran"), ["c"]);
+    assert_eq!(ws.run_json(&["fsck"]).0, 0);
+}

@@ -1,12 +1,13 @@
-//! `pipeline gc` and `pipeline clean`: removing cache entries.
+//! `pipeline gc`, `pipeline clean` and `pipeline fsck`: removing cache entries
+//! (none that a running command uses) and finding damaged ones.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{Env, Target, UsageError, select_stages};
-use crate::store::LockFile;
+use super::{EXIT_FAILED, Env, Target, UsageError, select_stages};
+use crate::store::{LockFile, Lookup, Store};
 
 /// Lock files under `paths` (files themselves, or directories searched recursively).
 fn find_lock_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -49,6 +50,27 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// An entry left in place because a running command's lease lists it.
+struct Skipped {
+    entry: String,
+    pid: u32,
+}
+
+impl Skipped {
+    fn json(skipped: &[Skipped]) -> serde_json::Value {
+        skipped
+            .iter()
+            .map(|s| json!({"entry": s.entry, "pid": s.pid}))
+            .collect()
+    }
+
+    fn print(skipped: &[Skipped]) {
+        for s in skipped {
+            println!("skipped {}: in use by a running command (pid {})", s.entry, s.pid);
+        }
+    }
+}
+
 pub(super) fn gc(env: &Env, locks: &[PathBuf], dry_run: bool) -> anyhow::Result<u8> {
     let lock_files = find_lock_files(locks)?;
     let mut keep = BTreeSet::new();
@@ -57,10 +79,19 @@ pub(super) fn gc(env: &Env, locks: &[PathBuf], dry_run: bool) -> anyhow::Result<
             keep.extend(lock.stages.into_values().map(|s| s.key));
         }
     }
+    let maintenance = env.store.maintenance()?;
     let mut removed = Vec::new();
+    let mut skipped = Vec::new();
     let mut bytes = 0;
     for (kind, key) in env.store.entries()? {
         if keep.contains(&key) {
+            continue;
+        }
+        if let Some(pid) = maintenance.user_of(&key) {
+            skipped.push(Skipped {
+                entry: format!("{kind}/{key}"),
+                pid,
+            });
             continue;
         }
         bytes += dir_size(&env.store.entry_dir(&kind, &key));
@@ -69,24 +100,38 @@ pub(super) fn gc(env: &Env, locks: &[PathBuf], dry_run: bool) -> anyhow::Result<
         }
         removed.push(format!("{kind}/{key}"));
     }
-    if !dry_run {
-        for leftover in [".trash", ".scratch"] {
-            let _ = std::fs::remove_dir_all(env.store.root().join(leftover));
-        }
-    }
+    let leftovers = if dry_run {
+        0
+    } else {
+        env.store.remove_leftovers(&maintenance)?
+    };
     let verb = if dry_run { "would remove" } else { "removed" };
     if env.json {
-        env.print_json(&json!({ "dry_run": dry_run, "lock_files": lock_files, "removed": removed, "bytes": bytes }));
+        env.print_json(&json!({
+            "dry_run": dry_run,
+            "lock_files": lock_files,
+            "removed": removed,
+            "skipped": Skipped::json(&skipped),
+            "leftovers": leftovers,
+            "bytes": bytes,
+        }));
     } else {
         for entry in &removed {
             println!("{verb} {entry}");
         }
+        Skipped::print(&skipped);
         println!(
-            "{verb} {} entries ({:.1} MB), kept {} referenced by {} lock files",
+            "{verb} {} entries ({:.1} MB), kept {} referenced by {} lock files, skipped {} in use{}",
             removed.len(),
             bytes as f64 / 1e6,
             keep.len(),
-            lock_files.len()
+            lock_files.len(),
+            skipped.len(),
+            if leftovers > 0 {
+                format!("; removed {leftovers} folders left by stopped runs")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(0)
@@ -96,17 +141,31 @@ pub(super) fn clean(env: &Env, target: &Target, stage_names: &[String]) -> anyho
     let pipeline = env.load(target)?;
     let selected = select_stages(&pipeline, stage_names)?;
     let (graph, nodes) = env.graph(&pipeline)?;
+    let maintenance = env.store.maintenance()?;
     let mut removed = Vec::new();
+    let mut skipped = Vec::new();
     for i in selected {
         let node = &graph.nodes[nodes[i]];
+        let name = &pipeline.stages[i].name;
+        if let Some(pid) = maintenance.user_of(&node.key) {
+            if env.store.entry_dir(&node.material.kind, &node.key).exists() {
+                skipped.push(Skipped {
+                    entry: name.clone(),
+                    pid,
+                });
+            }
+            continue;
+        }
         if env.store.remove(&node.material.kind, &node.key)? {
-            removed.push(pipeline.stages[i].name.clone());
+            removed.push(name.clone());
         }
     }
+    drop(maintenance);
     env.store.save_state();
     if env.json {
-        env.print_json(&json!({ "pipeline": pipeline.name, "removed": removed }));
+        env.print_json(&json!({ "pipeline": pipeline.name, "removed": removed, "skipped": Skipped::json(&skipped) }));
     } else {
+        Skipped::print(&skipped);
         println!(
             "removed the entries of {} stages: {}",
             removed.len(),
@@ -114,4 +173,60 @@ pub(super) fn clean(env: &Env, target: &Target, stage_names: &[String]) -> anyho
         );
     }
     Ok(0)
+}
+
+pub(super) fn fsck(env: &Env, repair: bool) -> anyhow::Result<u8> {
+    let store = Store::open_rehashing(env.store.root());
+    let entries = store.entries()?;
+    let mut damaged = Vec::new();
+    for (kind, key) in &entries {
+        if let Lookup::Corrupt(why) = store.lookup(kind, key) {
+            damaged.push((kind, key, why));
+        }
+    }
+    store.save_state();
+    let mut removed = Vec::new();
+    let mut skipped = Vec::new();
+    if repair && !damaged.is_empty() {
+        // Only the removal waits for (and holds off) commands taking leases.
+        let maintenance = store.maintenance()?;
+        for (kind, key, _) in &damaged {
+            let entry = format!("{kind}/{key}");
+            match maintenance.user_of(key) {
+                Some(pid) => skipped.push(Skipped { entry, pid }),
+                None => {
+                    store.remove(kind, key)?;
+                    removed.push(entry);
+                }
+            }
+        }
+    }
+    let damaged: Vec<(String, String)> = damaged
+        .into_iter()
+        .map(|(k, key, why)| (format!("{k}/{key}"), why))
+        .collect();
+    if env.json {
+        let rows: Vec<_> = damaged.iter().map(|(e, why)| json!({"entry": e, "why": why})).collect();
+        env.print_json(&json!({
+            "checked": entries.len(),
+            "damaged": rows,
+            "removed": removed,
+            "skipped": Skipped::json(&skipped),
+        }));
+    } else {
+        for (entry, why) in &damaged {
+            println!("damaged {entry}: {why}");
+        }
+        Skipped::print(&skipped);
+        let fate = if repair {
+            format!("; removed {} (the next run recomputes them)", removed.len())
+        } else if damaged.is_empty() {
+            String::new()
+        } else {
+            "; `pipeline fsck --repair` removes them".to_string()
+        };
+        println!("checked {} entries: {} damaged{fate}", entries.len(), damaged.len());
+    }
+    let unrepaired = damaged.len() - removed.len();
+    Ok(if unrepaired == 0 { 0 } else { EXIT_FAILED })
 }

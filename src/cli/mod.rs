@@ -115,6 +115,12 @@ enum Command {
         #[command(subcommand)]
         command: MlflowCommand,
     },
+    /// Re-hash every cache entry against its manifest; report (or remove) damaged ones.
+    Fsck {
+        /// Remove the damaged entries, so that the next run recomputes them.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Drop every cache entry that no lock file refers to.
     Gc {
         /// Lock files or directories to search for them (default: pipelines/ and sweeps/).
@@ -221,6 +227,7 @@ pub fn main(registry: &Registry) -> ExitCode {
         Command::Verify { target, stages, jobs } => verify::verify(&env, target, stages, *jobs),
         Command::Clean { target, stages } => gc::clean(&env, target, stages),
         Command::Gc { locks, dry_run } => gc::gc(&env, locks, *dry_run),
+        Command::Fsck { repair } => gc::fsck(&env, *repair),
         Command::Mlflow {
             command: MlflowCommand::Sync { uri },
         } => sync(&env, uri.as_deref()),
@@ -259,6 +266,13 @@ fn sync(env: &Env, uri: Option<&str>) -> anyhow::Result<u8> {
         report.replayed.len(),
         report.calls
     );
+    if !report.unparsable.is_empty() {
+        eprintln!(
+            "mlflow sync: {} line(s) were not spooled calls and were kept aside in *.jsonl.unparsed: {}",
+            report.unparsable.len(),
+            report.unparsable.join(", ")
+        );
+    }
     if env.json {
         env.print_json(&serde_json::to_value(&report)?);
     }

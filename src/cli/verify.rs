@@ -10,7 +10,7 @@ use super::{EXIT_FAILED, EXIT_INTERRUPTED, Env, Target, UsageError, default_jobs
 use crate::console::Console;
 use crate::dag::{ExecOptions, NodeState, execute};
 use crate::spec::lock_path;
-use crate::store::{LockFile, Store};
+use crate::store::{LockFile, Lookup, Store};
 
 pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: Option<usize>) -> anyhow::Result<u8> {
     let pipeline = env.load(target)?;
@@ -27,13 +27,17 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
     for &i in &selected {
         recompute[nodes[i]] = true;
     }
-    let scratch = ScratchDir::new(env.store.root())?;
+    // The lease pins the cached upstream entries; the scratch store is named after it.
+    let lease = env.store.lease(graph.nodes.iter().map(|node| node.key.clone()))?;
+    let scratch = ScratchDir::new(env.store.root(), lease.id())?;
     let scratch_store = Store::open(&scratch.0);
+    // Upstream entries come from the store, each file re-hashed: verify never trusts the stat cache.
+    let upstream = Store::open_rehashing(env.store.root());
     let console = Console::new(false);
     let options = ExecOptions {
         jobs: default_jobs(jobs),
         recompute: Some(&recompute),
-        fallback: Some(&env.store),
+        fallback: Some(&upstream),
         devices: &[],
     };
     let execution = execute(
@@ -71,6 +75,14 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
                 &format!("key {} (the pipeline changed since the lock)", &node.key[..12]),
             );
             continue;
+        }
+        // The store's own entry must be sound too: it is what runs reuse.
+        if let Lookup::Corrupt(why) = upstream.lookup(&node.material.kind, &node.key) {
+            differ(
+                "-",
+                "the cached entry",
+                &format!("damaged: {why} (`pipeline fsck --repair` removes it)"),
+            );
         }
         let result = &execution.results[nodes[i]];
         let Some(manifest) = &result.manifest else {
@@ -111,17 +123,13 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
     Ok(if differences.is_empty() { 0 } else { EXIT_FAILED })
 }
 
-/// A scratch store inside the main store, removed when done.
+/// A scratch store inside the main store (`.scratch/<lease id>`, which `gc`
+/// leaves alone while the lease lives), removed when done.
 struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    fn new(store_root: &std::path::Path) -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = store_root
-            .join(".scratch")
-            .join(format!("{}-{nanos}", std::process::id()));
+    fn new(store_root: &std::path::Path, lease_id: &str) -> anyhow::Result<Self> {
+        let dir = store_root.join(".scratch").join(lease_id);
         std::fs::create_dir_all(&dir)?;
         Ok(ScratchDir(dir))
     }

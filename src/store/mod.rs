@@ -2,9 +2,11 @@
 //!
 //! Entries are built in `<store>/.tmp/` and renamed into place only when
 //! complete, under a per-key file lock, so a killed stage leaves no entry and
-//! two processes never compute the same key at once.
+//! two processes never compute the same key at once. Commands that use
+//! entries hold a [`Lease`] on them, which `gc` and `clean` respect.
 
 mod digest;
+mod lease;
 mod lockfile;
 mod manifest;
 
@@ -15,6 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 
 pub use digest::{FileDigest, StatCache, hash_file, list_files};
+pub use lease::{Lease, Maintenance};
 pub use lockfile::{LockFile, LockedStage};
 pub use manifest::{MANIFEST_FORMAT, Manifest};
 
@@ -45,6 +48,8 @@ pub struct Built {
 pub struct Store {
     root: PathBuf,
     stat: StatCache,
+    /// Lookups hash every file instead of trusting the stat cache.
+    rehash: bool,
 }
 
 impl Store {
@@ -53,6 +58,17 @@ impl Store {
         Store {
             root: root.to_path_buf(),
             stat: StatCache::new(root.join(".state").join("stat-cache.json")),
+            rehash: false,
+        }
+    }
+
+    /// The store at `root`, whose lookups read and hash every file of an
+    /// entry (for `verify` and `fsck`): damage that keeps a file's size,
+    /// mtime and inode, which the stat cache cannot see, is found.
+    pub fn open_rehashing(root: &Path) -> Store {
+        Store {
+            rehash: true,
+            ..Store::open(root)
         }
     }
 
@@ -104,7 +120,15 @@ impl Store {
             let Some(expected) = manifest.files.get(name) else {
                 return Err(format!("it holds {name}, which its manifest does not list"));
             };
-            let actual = self.stat.digest(&out.join(name)).map_err(|e| format!("{name}: {e}"))?;
+            let path = out.join(name);
+            let actual = if self.rehash {
+                let digest = hash_file(&path).map_err(|e| format!("{name}: {e}"))?;
+                // Corrects the stat cache for runs that trust it.
+                self.stat.insert(&path, &digest).map_err(|e| format!("{name}: {e}"))?;
+                digest
+            } else {
+                self.stat.digest(&path).map_err(|e| format!("{name}: {e}"))?
+            };
             if &actual != expected {
                 return Err(format!("{name} does not match its manifest"));
             }
@@ -188,10 +212,7 @@ impl Store {
 
     /// Takes the exclusive lock of a key, calling `waiting` if it must wait.
     fn lock(&self, key: &str, waiting: impl FnOnce()) -> anyhow::Result<File> {
-        let dir = self.root.join(".locks");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(format!("{key}.lock"));
-        let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let (file, path) = self.key_lock_file(key)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -201,6 +222,63 @@ impl Store {
             Err(TryLockError::Error(e)) => return Err(e).context(format!("cannot lock {}", path.display())),
         }
         Ok(file)
+    }
+
+    /// The exclusive lock of a key if nobody holds it.
+    fn try_lock(&self, key: &str) -> anyhow::Result<Option<File>> {
+        let (file, path) = self.key_lock_file(key)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e).context(format!("cannot lock {}", path.display())),
+        }
+    }
+
+    fn key_lock_file(&self, key: &str) -> anyhow::Result<(File, PathBuf)> {
+        let dir = self.root.join(".locks");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{key}.lock"));
+        let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok((file, path))
+    }
+
+    /// Removes what dead processes left: build folders in `.tmp` whose key
+    /// nobody is building, `verify` scratch stores in `.scratch` whose lease
+    /// is dead, and `.trash`. Returns how many folders it removed.
+    pub fn remove_leftovers(&self, maintenance: &Maintenance) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        for (name, path) in self.children(".tmp") {
+            // `<key>.<pid>`: its builder holds the key's lock throughout.
+            let key = name.split('.').next().unwrap_or(&name);
+            if self.try_lock(key)?.is_some() {
+                self.discard(&path)?;
+                removed += 1;
+            }
+        }
+        for (name, path) in self.children(".scratch") {
+            if !maintenance.is_live(&name) {
+                self.discard(&path)?;
+                removed += 1;
+            }
+        }
+        for (_, path) in self.children(".trash") {
+            // Folders being removed by their process, or left half removed by a dead one.
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(removed)
+    }
+
+    /// The (name, path) of each entry of a folder of the store's root (none if it does not exist).
+    fn children(&self, dir: &str) -> Vec<(String, PathBuf)> {
+        std::fs::read_dir(self.root.join(dir)).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .flatten()
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                    .collect()
+            },
+        )
     }
 
     /// Removes a directory by first renaming it out of the way, so that no
@@ -215,9 +293,18 @@ impl Store {
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
         );
         let target = trash.join(name);
-        std::fs::rename(dir, &target).with_context(|| format!("cannot move {} aside", dir.display()))?;
-        std::fs::remove_dir_all(&target).with_context(|| format!("cannot remove {}", target.display()))?;
-        Ok(())
+        match std::fs::rename(dir, &target) {
+            Ok(()) => {}
+            // Another process (gc) discarded it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).context(format!("cannot move {} aside", dir.display())),
+        }
+        match std::fs::remove_dir_all(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).context(format!("cannot remove {}", target.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Removes the entry of a key, under its lock.
