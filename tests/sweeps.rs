@@ -187,6 +187,10 @@ const CUDA_REFUSED: &str = "device `cuda:0` is not available: this build has no 
 fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
     let project = Project::new();
     project.copy("imdb-sample.yaml");
+    let hundred = (0..100).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let huge_grid = format!(
+        "seed: {{values: [{hundred}]}}\n  stages.train.epochs: {{values: [{hundred}]}}\n  stages.train.eval_steps: {{values: [{hundred}]}}"
+    );
     let cases = [
         (
             "stages.train.optimizer.lrr: {values: [0.1]}",
@@ -234,8 +238,51 @@ fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
         ),
         // No GPU on the test machines: refused by the build, or by libtorch.
         ("seed: {values: [1]}\ndevices: [cuda:0]", CUDA_REFUSED, "", 5),
+        (
+            "seed: {distribution: int_uniform, min: -5.0e18, max: 5.0e18}\nmethod: random\ntrials: 2",
+            "`min` of parameter `seed` must be within ±2^53",
+            "",
+            4,
+        ),
+        (
+            "seed: {distribution: int_uniform, min: 0, max: 1e300}\nmethod: random\ntrials: 2",
+            "`max` of parameter `seed` must be within ±2^53",
+            "",
+            4,
+        ),
+        (
+            "stages.train.optimizer.lr: {distribution: uniform, min: -1e308, max: 1e308}\nmethod: random\ntrials: 2",
+            "too wide to draw from",
+            "",
+            4,
+        ),
+        (
+            huge_grid.as_str(),
+            "the grid has 1000000 combinations; a sweep may have at most 10000 trials",
+            "method: random",
+            4,
+        ),
+        (
+            "seed: {values: [1]}\nmethod: random\ntrials: 1000000",
+            "`trials: 1000000`: a sweep may have at most 10000 trials",
+            "",
+            6,
+        ),
+        (
+            "seed: {values: [1]}\nname: ../../x",
+            "`name`: `../../x` is not a name",
+            "",
+            5,
+        ),
+        (
+            "seed: {values: [1]}\nname: /tmp/x",
+            "`name`: `/tmp/x` is not a name",
+            "",
+            5,
+        ),
     ];
     for (parameter, message, help, line) in cases {
+        let clock = std::time::Instant::now();
         let sweep = project.write_at(
             "sweeps/bad.yaml",
             &format!(
@@ -250,6 +297,11 @@ fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
         assert!(
             stderr.contains(&format!("sweeps/bad.yaml:{line}:")),
             "{parameter}: {stderr}"
+        );
+        assert!(
+            clock.elapsed().as_secs_f64() < 10.0,
+            "{parameter}: refused only after {:?}",
+            clock.elapsed()
         );
     }
     let sweep = project.write_at(

@@ -60,21 +60,71 @@ impl fmt::Display for SpecError {
 
 impl std::error::Error for SpecError {}
 
+/// Checks that a name (of a pipeline, sweep or stage) is an identifier:
+/// 1 to 100 letters, digits, `_`, `-` and `.`, not starting with `.`. Names
+/// become file and folder names, so nothing else may reach a path.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() || name.len() > 100 || name.starts_with('.') || !name.chars().all(allowed) {
+        return Err(format!(
+            "`{name}` is not a name: use 1 to 100 letters, digits, `_`, `-` and `.`, not starting with `.`"
+        ));
+    }
+    Ok(())
+}
+
+/// The largest pipeline or sweep file read (1 MiB; real ones are a few KiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
 impl Source {
-    /// Reads a file, naming it in the error when it cannot be read.
+    /// Reads a file, naming it in the error when it cannot be read, is larger
+    /// than [`MAX_FILE_BYTES`], is not UTF-8 or holds a NUL character.
     pub fn read(path: &Path, overrides: Vec<String>) -> Result<Source, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+        let unlocated = |message: String| SpecError {
             location: path.display().to_string(),
             snippet: None,
-            message: format!("cannot read {}: {e}", path.display()),
+            message,
             help: None,
             from_override: None,
-        })?;
-        Ok(Source {
+        };
+        let cannot_read = |e: std::io::Error| unlocated(format!("cannot read {}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(cannot_read)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_FILE_BYTES + 1), &mut bytes)
+            .map_err(cannot_read)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(unlocated(format!(
+                "{} is larger than {} KiB: this is not a pipeline or sweep file",
+                path.display(),
+                MAX_FILE_BYTES / 1024
+            )));
+        }
+        let (text, bad) = match String::from_utf8(bytes) {
+            Ok(text) => {
+                let nul = text.find('\0');
+                (text, nul.map(|at| (at, "a NUL character: pipeline files are text")))
+            }
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let valid = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
+                (
+                    valid,
+                    Some((at, "bytes that are not UTF-8: pipeline files are UTF-8 text")),
+                )
+            }
+        };
+        let source = Source {
             path: path.to_path_buf(),
             text,
             overrides,
-        })
+        };
+        if let Some((at, what)) = bad {
+            let before = &source.text[..at.min(source.text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            return Err(source.error(Origin::File { line, col }, format!("the file holds {what}")));
+        }
+        Ok(source)
     }
 
     /// An error at `origin`.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{Source, SpecError, did_you_mean};
+use super::error::{Source, SpecError, check_identifier, did_you_mean};
 use super::yaml::{Node, Origin, Value};
 use crate::stage::{Registry, ResolvedConfig};
 
@@ -47,6 +47,18 @@ pub struct StageSpec {
 pub struct Tracking {
     /// Log runs to an MLflow tracking server.
     pub mlflow: Option<MlflowTracking>,
+}
+
+impl Tracking {
+    /// A copy without the user info (credentials) in the server address, for display.
+    pub fn redacted(&self) -> Tracking {
+        Tracking {
+            mlflow: self.mlflow.as_ref().map(|m| MlflowTracking {
+                experiment: m.experiment.clone(),
+                uri: m.uri.as_deref().map(crate::tracking::redact),
+            }),
+        }
+    }
 }
 
 /// `tracking.mlflow:`.
@@ -104,6 +116,9 @@ impl Pipeline {
         }
         apply_overrides(&source, &mut root)?;
         let header: Header = source.deserialize(&root, &[], "the pipeline")?;
+        if let Err(e) = check_identifier(&header.name) {
+            return Err(source.error(root.locate(["name"]), format!("`name`: {e}")));
+        }
         if let Err(e) = crate::backend::kind(&header.device) {
             return Err(source.error(root.locate(["device"]), format!("{e:#}")));
         }
@@ -165,7 +180,7 @@ impl Pipeline {
             "name": self.name,
             "seed": self.seed,
             "device": self.device,
-            "tracking": self.tracking,
+            "tracking": self.tracking.as_ref().map(Tracking::redacted),
             "stages": stages,
         })
     }
@@ -220,7 +235,7 @@ fn read_stages(source: &Source, node: &Node, registry: &Registry) -> Result<Vec<
     let mut need_origins = Vec::with_capacity(entries.len());
     for (position, entry) in entries.iter().enumerate() {
         let name = &entry.key;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if check_identifier(name).is_err() || name.contains('.') {
             return Err(source.error(
                 entry.key_origin,
                 format!("stage name `{name}` may only contain letters, digits, `_` and `-`"),

@@ -9,7 +9,7 @@ use rand_chacha::rand_core::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::error::{Source, SpecError, did_you_mean};
+use super::error::{Source, SpecError, check_identifier, did_you_mean};
 use super::pipeline::{Pipeline, Tracking};
 use super::yaml::{Node, Origin};
 use crate::data::rng;
@@ -240,25 +240,54 @@ impl Sweep {
                     )
                     .with_help("remove `trials`, or set `method: random`"));
             }
-            Method::Grid => grid(&parameters),
+            Method::Grid => {
+                if grid_size(&parameters).is_none_or(|n| n > MAX_TRIALS) {
+                    let count = grid_size(&parameters).map_or_else(|| "more than 2^64".into(), |n| n.to_string());
+                    return Err(source
+                        .error(
+                            at("parameters"),
+                            format!("the grid has {count} combinations; a sweep may have at most {MAX_TRIALS} trials"),
+                        )
+                        .with_help("list fewer values, or draw a sample with `method: random` and `trials: N`"));
+                }
+                grid(&parameters)
+            }
             Method::Random => {
                 let Some(trials) = header.trials.filter(|&t| t > 0) else {
                     return Err(source
                         .error(at("method"), "`method: random` needs `trials: N` (at least 1)")
                         .with_help("add e.g. `trials: 8`"));
                 };
+                if trials > MAX_TRIALS {
+                    return Err(source.error(
+                        at("trials"),
+                        format!("`trials: {trials}`: a sweep may have at most {MAX_TRIALS} trials"),
+                    ));
+                }
                 random(&parameters, trials, header.seed)
             }
         };
+        if combinations.len() > 1000 {
+            tracing::info!("expanding {} trials", combinations.len());
+        }
         let name = header.name.unwrap_or_else(|| {
             path.file_stem()
                 .map_or_else(|| "sweep".into(), |s| s.to_string_lossy().into_owned())
         });
+        if let Err(e) = check_identifier(&name) {
+            let error = source.error(root.locate(["name"]), format!("`name`: {e}"));
+            return Err(if root.entry("name").is_some() {
+                error
+            } else {
+                error.with_help("the name comes from the file name; set `name:`")
+            });
+        }
         let mut trials: Vec<Trial> = Vec::with_capacity(combinations.len());
+        let mut ids = std::collections::HashSet::new();
         for combination in combinations {
             let params: Vec<Json> = combination.iter().map(|(v, _)| v.clone()).collect();
             let id = trial_id(&parameters, &params);
-            if trials.iter().any(|t| t.id == id) {
+            if !ids.insert(id.clone()) {
                 continue;
             }
             let mut sets = overrides.to_vec();
@@ -384,6 +413,12 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
             }
             (None, Some(Distribution::Uniform)) => {
                 let (min, max) = range("uniform")?;
+                if !(max - min).is_finite() {
+                    return Err(source.error(
+                        at("max"),
+                        format!("{what}: the range from `min` to `max` is too wide to draw from"),
+                    ));
+                }
                 Kind::Uniform(min, max)
             }
             (None, Some(Distribution::IntUniform)) => {
@@ -393,6 +428,14 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
                         at("min"),
                         format!("`min` and `max` of {what} must be integers for int_uniform"),
                     ));
+                }
+                for (key, value) in [("min", min), ("max", max)] {
+                    if value.abs() > MAX_EXACT_INTEGER {
+                        return Err(source.error(
+                            at(key),
+                            format!("`{key}` of {what} must be within ±2^53 (±{MAX_EXACT_INTEGER:.0}) for int_uniform"),
+                        ));
+                    }
                 }
                 Kind::IntUniform(min as i64, max as i64)
             }
@@ -458,6 +501,21 @@ fn candidates_help(segments: &[&str], candidates: &[String]) -> String {
             candidates.join(", ")
         ),
     }
+}
+
+/// The largest integer magnitude below which every integer is an exact `f64`.
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
+/// The most trials a sweep may have: a bound on the time and memory its
+/// expansion costs (each trial is a pipeline in one graph).
+pub const MAX_TRIALS: usize = 10_000;
+
+/// How many trials a grid has (`None` past `usize`).
+fn grid_size(parameters: &[Parameter]) -> Option<usize> {
+    parameters.iter().try_fold(1usize, |product, p| match &p.kind {
+        Kind::Values(values) => product.checked_mul(values.len()),
+        _ => unreachable!("grid parameters have values"),
+    })
 }
 
 /// Every combination of the listed values, the first parameter varying slowest.

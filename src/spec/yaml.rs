@@ -52,6 +52,8 @@ pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
+    /// An integer above `i64::MAX` that fits a `u64` (a seed, say).
+    UInt(u64),
     Float(f64),
     Str(String),
     Seq(Vec<Node>),
@@ -120,7 +122,7 @@ impl Node {
         match self.value {
             Value::Null => "null",
             Value::Bool(_) => "a boolean",
-            Value::Int(_) => "an integer",
+            Value::Int(_) | Value::UInt(_) => "an integer",
             Value::Float(_) => "a number",
             Value::Str(_) => "a string",
             Value::Seq(_) => "a list",
@@ -198,6 +200,7 @@ impl Node {
             Value::Null => Json::Null,
             Value::Bool(b) => Json::Bool(*b),
             Value::Int(i) => Json::from(*i),
+            Value::UInt(u) => Json::from(*u),
             Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
             Value::Str(s) => Json::String(s.clone()),
             Value::Seq(items) => Json::Array(items.iter().map(Node::to_json).collect()),
@@ -237,11 +240,13 @@ fn resolve_plain(text: &str) -> Value {
         _ => {}
     }
     let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
-    if !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(i) = text.parse::<i64>()
-    {
-        return Value::Int(i);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return match (text.parse::<i64>(), text.parse::<u64>()) {
+            (Ok(i), _) => Value::Int(i),
+            (_, Ok(u)) => Value::UInt(u),
+            // Too large for any numeric setting: the digits as written (a digits-only hash).
+            _ => Value::Str(text.to_string()),
+        };
     }
     if let Some(hex) = text.strip_prefix("0x")
         && let Ok(i) = i64::from_str_radix(hex, 16)
@@ -264,10 +269,23 @@ fn resolve_plain(text: &str) -> Value {
     Value::Str(text.to_string())
 }
 
+/// The most nodes a file may expand to, aliases counted as copies of what
+/// they name: a bound on the memory and time a file can cost ("billion
+/// laughs"), far above any real pipeline or sweep (a few hundred nodes).
+pub const MAX_NODES: usize = 100_000;
+
+/// The deepest nesting of lists and mappings a file may have.
+pub const MAX_DEPTH: usize = 64;
+
 /// Builds a [`Node`] tree from the parser's event stream.
 struct TreeBuilder<'a> {
     parser: Parser<std::str::Chars<'a>>,
-    anchors: HashMap<usize, Node>,
+    /// Anchor id -> the node and its size in nodes.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes built so far, aliases expanded.
+    nodes: usize,
+    /// Lists and mappings open around the node being built.
+    depth: usize,
 }
 
 impl<'a> TreeBuilder<'a> {
@@ -275,7 +293,36 @@ impl<'a> TreeBuilder<'a> {
         TreeBuilder {
             parser: Parser::new_from_str(text),
             anchors: HashMap::new(),
+            nodes: 0,
+            depth: 0,
         }
+    }
+
+    /// Counts `size` more nodes against [`MAX_NODES`].
+    fn spend(&mut self, size: usize, origin: Origin) -> Result<(), SyntaxError> {
+        self.nodes = self.nodes.saturating_add(size);
+        if self.nodes > MAX_NODES {
+            return Err(SyntaxError {
+                message: format!(
+                    "the file expands to more than {MAX_NODES} values (each alias counts as a copy of what it names): \
+                     are aliases nested inside each other?"
+                ),
+                origin,
+            });
+        }
+        Ok(())
+    }
+
+    /// Enters a list or mapping, within [`MAX_DEPTH`].
+    fn enter(&mut self, origin: Origin) -> Result<(), SyntaxError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(SyntaxError {
+                message: format!("lists and mappings are nested more than {MAX_DEPTH} deep"),
+                origin,
+            });
+        }
+        Ok(())
     }
 
     fn next(&mut self) -> Result<(Event, Marker), SyntaxError> {
@@ -316,15 +363,26 @@ impl<'a> TreeBuilder<'a> {
 
     fn node(&mut self, event: Event, marker: Marker) -> Result<Node, SyntaxError> {
         let origin = Origin::at(&marker);
+        let start = self.nodes;
         let (node, anchor) = match event {
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
-                    message: "unknown alias".into(),
+                let size = self
+                    .anchors
+                    .get(&id)
+                    .map(|(_, size)| *size)
+                    .ok_or_else(|| SyntaxError {
+                        message: "unknown alias".into(),
+                        origin,
+                    })?;
+                // Counted before it is copied.
+                self.spend(size, origin)?;
+                return Ok(Node {
                     origin,
-                })?;
-                return Ok(Node { origin, ..node });
+                    ..self.anchors[&id].0.clone()
+                });
             }
             Event::Scalar(text, style, anchor, _tag) => {
+                self.spend(1, origin)?;
                 let value = if style == TScalarStyle::Plain {
                     resolve_plain(&text)
                 } else {
@@ -333,6 +391,8 @@ impl<'a> TreeBuilder<'a> {
                 (Node { value, origin }, anchor)
             }
             Event::SequenceStart(anchor, _) => {
+                self.spend(1, origin)?;
+                self.enter(origin)?;
                 let mut items = Vec::new();
                 loop {
                     let (event, marker) = self.next()?;
@@ -341,10 +401,13 @@ impl<'a> TreeBuilder<'a> {
                     }
                     items.push(self.node(event, marker)?);
                 }
+                self.depth -= 1;
                 let value = Value::Seq(items);
                 (Node { value, origin }, anchor)
             }
             Event::MappingStart(anchor, _) => {
+                self.spend(1, origin)?;
+                self.enter(origin)?;
                 let mut entries: Vec<Entry> = Vec::new();
                 loop {
                     let (event, key_marker) = self.next()?;
@@ -355,6 +418,7 @@ impl<'a> TreeBuilder<'a> {
                     let key = match key_node.value {
                         Value::Str(s) => s,
                         Value::Int(i) => i.to_string(),
+                        Value::UInt(u) => u.to_string(),
                         Value::Bool(b) => b.to_string(),
                         Value::Null => "null".to_string(),
                         Value::Float(f) => f.to_string(),
@@ -383,6 +447,7 @@ impl<'a> TreeBuilder<'a> {
                         node,
                     });
                 }
+                self.depth -= 1;
                 // A block mapping's start marker sits after its first key: start at that key instead.
                 let origin = match entries.first().map(|e| e.key_origin) {
                     Some(first @ Origin::File { line, col }) if (line, col) < position(origin) => first,
@@ -399,7 +464,7 @@ impl<'a> TreeBuilder<'a> {
             other => unreachable!("YAML parser emitted {other:?} where a node was expected"),
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), self.nodes - start));
         }
         Ok(node)
     }
@@ -419,6 +484,40 @@ mod tests {
         assert!(matches!(resolve_plain("yes"), Value::Str(_)));
         assert!(matches!(resolve_plain("e5"), Value::Str(_)));
         assert!(matches!(resolve_plain("1.2.3"), Value::Str(_)));
+    }
+
+    #[test]
+    fn integers_keep_their_digits_past_i64() {
+        assert!(matches!(resolve_plain("18446744073709551615"), Value::UInt(u64::MAX)));
+        // Past u64: no numeric setting can hold it, so it stays as written (a digits-only hash).
+        let digits = "1".repeat(64);
+        assert!(matches!(resolve_plain(&digits), Value::Str(s) if s == digits));
+    }
+
+    #[test]
+    fn aliases_count_as_copies_against_the_budget() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..6 {
+            let alias = format!("*{}", (b'a' + level - 1) as char);
+            let items = vec![alias; 10].join(", ");
+            bomb.push_str(&format!(
+                "{}: &{} [{items}]\n",
+                (b'a' + level) as char,
+                (b'a' + level) as char
+            ));
+        }
+        let err = Node::parse(&bomb).unwrap_err();
+        assert!(err.message.contains("more than 100000 values"), "{}", err.message);
+        assert!(matches!(err.origin, Origin::File { line: 5, .. }), "{:?}", err.origin);
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(
+            Node::parse(&deep)
+                .unwrap_err()
+                .message
+                .contains("nested more than 64 deep")
+        );
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(Node::parse(&ok).is_ok());
     }
 
     #[test]

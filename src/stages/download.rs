@@ -42,13 +42,35 @@ pub struct DownloadConfig {
 }
 
 /// `sha256:` pins.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Pins {
     /// The pin of the only file.
     One(String),
     /// Pins by output file name.
     Many(BTreeMap<String, String>),
+}
+
+/// By hand rather than `untagged`, so that a wrong value says what is expected.
+impl<'de> Deserialize<'de> for Pins {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PinsVisitor;
+        impl<'de> serde::de::Visitor<'de> for PinsVisitor {
+            type Value = Pins;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a sha256 in hex (64 digits, quoted if it could be read as a number) or a map from file to sha256",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, pin: &str) -> Result<Pins, E> {
+                Ok(Pins::One(pin.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Pins, A::Error> {
+                Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Pins::Many)
+            }
+        }
+        deserializer.deserialize_any(PinsVisitor)
+    }
 }
 
 fn default_revision() -> String {
