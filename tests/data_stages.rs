@@ -312,6 +312,61 @@ stages:
     assert_eq!(metrics["rows.test.label_1"], 50.0);
 }
 
+#[test]
+fn shuffle_limit_keeps_a_seeded_sample_the_prefix_of_the_full_shuffle() {
+    let project = Project::new();
+    let pipeline = |limit: &str| {
+        format!(
+            "name: sample
+seed: 7
+stages:
+  data: {{kind: download, source: ../data/imdb-sample/test.parquet}}
+  load:
+    splits: {{test: test.parquet}}
+  shuffle: {{{limit}}}
+"
+        )
+    };
+    let texts = |file: &str| {
+        let (code, result) = project.run_json(&["run", file], &[]);
+        assert_eq!(code, 0, "{result}");
+        let df = read_parquet(&project.out(&result, "shuffle").join("test.parquet"));
+        let labels: Vec<i64> = df
+            .column("label")
+            .unwrap()
+            .cast(&DataType::Int64)
+            .unwrap()
+            .i64()
+            .unwrap()
+            .no_null_iter()
+            .collect();
+        let texts: Vec<String> = df
+            .column("text")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|t| t.unwrap().to_string())
+            .collect();
+        (texts, labels)
+    };
+    let (all, _) = texts(&project.write("all.yaml", &pipeline("")));
+    let (sample, labels) = texts(&project.write("sample.yaml", &pipeline("limit: 40")));
+    assert_eq!(sample.len(), 40);
+    assert_eq!(
+        sample,
+        all[..40],
+        "the sample is the first rows of the same permutation"
+    );
+    assert!(
+        labels.contains(&0) && labels.contains(&1),
+        "a random sample of label-sorted rows mixes labels: {labels:?}"
+    );
+    let output = project.run(&["plan", &project.write("zero.yaml", &pipeline("limit: 0"))]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("limit"), "{}", stderr(&output));
+}
+
 /// Runs a pipeline that must fail; returns stderr and checks no entry was left for the failing stage.
 fn fails(project: &Project, yaml: &str, entries_before_failure: usize) -> String {
     let file = project.write("bad.yaml", yaml);
@@ -339,16 +394,23 @@ fn bad_input_gets_a_specific_error_and_leaves_no_entry() {
         err.contains("stage `d` reads pipelines/../data/missing.parquet, which cannot be read"),
         "{err}"
     );
-    let pin = "0".repeat(64);
+    // Unquoted: 64 digits are read as written, not as a number.
+    let pin = "3".repeat(64);
     let err = fails(
         &project,
-        &format!("{header}  d: {{kind: download, source: ../data/imdb-sample/test.parquet, sha256: '{pin}'}}\n"),
+        &format!("{header}  d: {{kind: download, source: ../data/imdb-sample/test.parquet, sha256: {pin}}}\n"),
         0,
     );
     assert!(
         err.contains("sha256 of test.parquet") && err.contains(&format!("pipeline pins {pin}")),
         "{err}"
     );
+    let err = fails(
+        &project,
+        &format!("{header}  d: {{kind: download, source: ../data/imdb-sample/test.parquet, sha256: 12}}\n"),
+        0,
+    );
+    assert!(err.contains("must be a sha256 in hex (64 digits, quoted"), "{err}");
     let download = "  d: {kind: download, source: ../data/imdb-sample/test.parquet}\n";
     let err = fails(
         &project,
@@ -407,6 +469,20 @@ fn bad_input_gets_a_specific_error_and_leaves_no_entry() {
     );
     assert!(
         err.contains("bad.yaml:6:59") && err.contains("`max_length` of stage `tokenize` must be at least 1"),
+        "{err}"
+    );
+    // Below the special tokens: the tokenizers crate would overflow.
+    let err = fails(
+        &project,
+        &format!(
+            "{header}{download}  load: {{splits: {{test: test.parquet}}}}\n  tokenize: {{tokenizer: {{pretrained: ../data/tokenizers/bert-base-cased/tokenizer.json}}, max_length: 1}}\n"
+        ),
+        3,
+    );
+    assert!(
+        err.contains(
+            "`max_length` 1: the tokenizer adds 2 special tokens to each text, so `max_length` must be at least 3"
+        ),
         "{err}"
     );
 }
@@ -494,4 +570,75 @@ stages:
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("are you offline?"), "{}", stderr(&output));
     assert_eq!(project.entries(), 1, "only the URL download finished");
+}
+
+#[test]
+fn ctrl_c_stops_tokenize_within_a_fraction_of_a_second() {
+    use std::io::BufRead as _;
+    let project = Project::new();
+    let file = project.write(
+        "tokenize-imdb.yaml",
+        "name: tokenize-imdb
+seed: 0
+stages:
+  data: {kind: download, source: ../../shared/data/imdb/train.parquet}
+  load: {splits: {train: train.parquet}}
+  tokenize: {tokenizer: {pretrained: ../data/tokenizers/bert-base-cased/tokenizer.json}, max_length: 512}
+",
+    );
+    let mut child = project
+        .command(&["run", &file, "--jobs", "1"], &[])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("running  tokenize"))
+    );
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let interrupted = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::spawn(move || lines.for_each(drop));
+    let status = child.wait().unwrap();
+    let took = interrupted.elapsed();
+    assert_eq!(status.code(), Some(130));
+    // 25,000 long reviews in chunks of 2,048 took 4-4.7 s to stop.
+    assert!(took.as_secs_f64() < 1.5, "Ctrl-C took {took:?}");
+    assert_eq!(project.entries(), 2, "tokenize left no entry");
+}
+
+#[test]
+fn a_local_source_may_be_any_readable_file_and_the_lock_names_it() {
+    // Outside the checkout, reached through `..`: allowed (a pipeline is code its user runs),
+    // and its path and content hash are on record in the lock.
+    let project = Project::new();
+    let outside = project.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy("data/imdb-sample/test.parquet", outside.join("reviews.parquet")).unwrap();
+    let file = project.write(
+        "outside.yaml",
+        "name: outside
+seed: 0
+stages:
+  data: {kind: download, source: ../../elsewhere/reviews.parquet}
+",
+    );
+    let output = project.run(&["run", &file]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lock = std::fs::read_to_string(project.main().join("pipelines/outside.lock")).unwrap();
+    let hash = blake3::hash(&std::fs::read(outside.join("reviews.parquet")).unwrap())
+        .to_hex()
+        .to_string();
+    assert!(lock.contains("../../elsewhere/reviews.parquet"), "{lock}");
+    assert!(lock.contains(&hash[..16]), "the content hash is in the lock: {lock}");
 }

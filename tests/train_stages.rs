@@ -253,6 +253,12 @@ fn model_keys_are_checked_per_architecture_with_located_errors() {
             "`model.type` of stage `train` cannot be `transformer`",
             "expected one of `cnn`, `rnn`, `lstm`, `gru`",
         ),
+        // A model that cannot fit in memory is refused with the estimate, before anything runs.
+        (
+            "    model: {type: cnn, embedding_dim: 4000000000}\n",
+            "`model` of stage `train` is too large to train: it needs about 2.0 TB (1.240e11 parameters",
+            "model:",
+        ),
     ];
     for (model, message, detail) in cases {
         let file = project.write("bad-model.yaml", &sample(model));
@@ -280,4 +286,36 @@ fn model_keys_are_checked_per_architecture_with_located_errors() {
             .clone()
     };
     assert_eq!(key(&plain), key(&defaulted));
+}
+
+#[test]
+fn a_kernel_wider_than_the_rows_is_an_error_and_short_batches_are_padded() {
+    let project = Project::new();
+    // 1000 wide over rows of at most 128 tokens: refused before training, no entry.
+    let file = project.write(
+        "wide.yaml",
+        &sample("    model: {type: cnn, embedding_dim: 8, filter_size: 1000, padding: 0}\n    epochs: 1\n"),
+    );
+    let output = project.run(&["run", &file]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "`model.filter_size`: 1000 is wider than the longest row (128 tokens) plus the padding (0 on each side)"
+        ),
+        "{err}"
+    );
+    // Wider than some batches but not the rows: short batches are zero-padded (the kernel used to index past them).
+    let file = project.write(
+        "wide-default.yaml",
+        &sample("    model: {type: cnn, embedding_dim: 8, filter_size: 200}\n    max_steps: 3\n"),
+    );
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let file = project.write(
+        "narrow-padding.yaml",
+        &sample("    model: {type: cnn, embedding_dim: 8, filter_size: 100, padding: 0}\n    max_steps: 3\n"),
+    );
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
 }

@@ -36,6 +36,30 @@ impl CnnConfig {
         super::check_parts(&self.embedding, &self.head, &sizes)
     }
 
+    /// About how many parameters the network has over `vocab_size` tokens.
+    pub fn parameters(&self, vocab_size: usize) -> f64 {
+        let (dim, filters) = (self.embedding.dim as f64, self.num_filters as f64);
+        vocab_size as f64 * dim
+            + filters * (dim * self.filter_size as f64 + 1.0)
+            + super::head_parameters(filters, &self.head)
+    }
+
+    /// Checks the kernel against the longest row of the data: a kernel wider
+    /// than every padded row could only ever see padding.
+    pub fn check_width(&self, width: usize) -> Result<(), (&'static str, String)> {
+        if self.filter_size > width + 2 * self.padding() {
+            return Err((
+                "filter_size",
+                format!(
+                    "{} is wider than the longest row ({width} tokens) plus the padding ({} on each side)",
+                    self.filter_size,
+                    self.padding()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn padding(&self) -> usize {
         self.padding.unwrap_or(self.filter_size / 2)
     }
@@ -92,6 +116,16 @@ pub struct Cnn {
 impl Classifier for Cnn {
     fn forward(&self, inputs: &Inputs, dropout: Option<&mut ChaCha8Rng>) -> Tensor<2> {
         let x = embed(Some(&self.embedding), self.input_norm.as_ref(), inputs);
+        // A batch of rows shorter than the kernel is zero-padded to its width,
+        // as the convolution's own padding is.
+        let [batch, time, dim] = x.dims();
+        let short = self.config.filter_size.saturating_sub(time + 2 * self.config.padding());
+        let x = if short > 0 {
+            let zeros = Tensor::zeros([batch, short, dim], &x.device());
+            Tensor::cat(vec![x, zeros], 1)
+        } else {
+            x
+        };
         let bias = self.conv.bias.as_ref().expect("the conv has a bias").val();
         let features = relu(convolution::conv_over_time(
             x,

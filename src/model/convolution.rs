@@ -79,7 +79,11 @@ impl Dims {
         // Output step t reads input step t + k - padding when that exists.
         let first = self.padding.saturating_sub(k);
         let last = (self.time + self.padding).saturating_sub(k).min(self.time_out);
-        (first..last.max(first), first + k - self.padding)
+        if last <= first {
+            // A tap that only ever meets padding (a kernel wider than the sequence).
+            return (first..first, 0);
+        }
+        (first..last, first + k - self.padding)
     }
 }
 

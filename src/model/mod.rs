@@ -66,6 +66,39 @@ impl ModelConfig {
         }
     }
 
+    /// Checks the model against the longest row of its data; returns the key
+    /// path (below `model`) and message of the first problem.
+    pub fn check_width(&self, width: usize) -> Result<(), (&'static str, String)> {
+        match self {
+            ModelConfig::Cnn(c) => c.check_width(width),
+            ModelConfig::Rnn(_) | ModelConfig::Bert(_) => Ok(()),
+        }
+    }
+
+    /// Checks that training the model over `vocab_size` tokens fits in this
+    /// machine's memory: f32 weights, gradients and the optimizer's two
+    /// moments, 16 bytes a parameter (a pretrained model is sized by its
+    /// checkpoint). Returns the message when it does not.
+    pub fn check_memory(&self, vocab_size: usize) -> Result<(), String> {
+        let parameters = match self {
+            ModelConfig::Cnn(c) => c.parameters(vocab_size),
+            ModelConfig::Rnn(c) => c.parameters(vocab_size),
+            ModelConfig::Bert(_) => return Ok(()),
+        };
+        let needed = parameters * 16.0;
+        let available = memory_bytes();
+        if needed > available {
+            return Err(format!(
+                "is too large to train: it needs about {} ({:.3e} parameters x 16 bytes: weights, gradients \
+                 and the optimizer's two moments), more than this machine's {}",
+                bytes_text(needed),
+                parameters,
+                bytes_text(available)
+            ));
+        }
+        Ok(())
+    }
+
     /// The token embedding, for architectures that learn one.
     pub fn embedding(&self) -> Option<&EmbeddingSpec> {
         match self {
@@ -190,6 +223,41 @@ impl Inputs {
 
 /// Checks the parts shared by the CNN and the recurrent networks, and that
 /// each of the architecture's `sizes` is at least 1.
+/// Parameters of the hidden layers and output layer (2 outputs) after a pooled vector of `input` values.
+fn head_parameters(input: f64, head: &HeadSpec) -> f64 {
+    let mut width = input;
+    let mut total = 0.0;
+    for &size in head.hidden.iter().chain([&2]) {
+        total += (width + 1.0) * size as f64;
+        width = size as f64;
+    }
+    total
+}
+
+/// This machine's memory (`MemTotal`), or infinity where it cannot be read.
+fn memory_bytes() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024.0)
+        })
+        .unwrap_or(f64::INFINITY)
+}
+
+/// `1.2 GB`-style sizes.
+fn bytes_text(bytes: f64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB", "PB", "EB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
 fn check_parts(
     embedding: &EmbeddingSpec,
     head: &HeadSpec,

@@ -51,6 +51,20 @@ impl RnnConfig {
         Ok(())
     }
 
+    /// About how many parameters the network has over `vocab_size` tokens.
+    pub fn parameters(&self, vocab_size: usize) -> f64 {
+        let (dim, hidden) = (self.embedding.dim as f64, self.hidden_size as f64);
+        let directions = if self.bidirectional { 2.0 } else { 1.0 };
+        let gates = self.cell.gates() as f64;
+        let layers: f64 = (0..self.num_layers.min(1 << 20))
+            .map(|layer| {
+                let input = if layer == 0 { dim } else { hidden * directions };
+                directions * gates * hidden * (input + hidden + 2.0)
+            })
+            .sum();
+        vocab_size as f64 * dim + layers + super::head_parameters(hidden * directions, &self.head)
+    }
+
     /// A freshly initialised network; `setup.glove` replaces the random embedding table.
     pub fn init(&self, setup: &Setup, device: &Device) -> Rnn {
         let shape = setup.shape;

@@ -250,6 +250,10 @@ impl Stage for Train {
         if let Err((key, message)) = config.model.check() {
             return Err(Invalid::at(&format!("model.{key}"), message));
         }
+        // The vocabulary is not known yet: one row is a lower bound.
+        if let Err(message) = config.model.check_memory(1) {
+            return Err(Invalid::at("model", message));
+        }
         if let Err((key, message)) = config.optimizer.check() {
             return Err(Invalid::at(&format!("optimizer.{key}"), message));
         }
@@ -381,6 +385,12 @@ impl Stage for Train {
             ModelConfig::Bert(bert) => Some(open_checkpoint(&bert.checkpoint, &data, &batching, ctx)?),
             _ => None,
         };
+        if let Err((key, message)) = config.model.check_width(train_split.width) {
+            anyhow::bail!("`model.{key}`: {message}");
+        }
+        if let Err(message) = config.model.check_memory(shape.vocab_size) {
+            anyhow::bail!("`model` {message}");
+        }
         let features = train_split.features.as_ref().map(|f| f.dim);
         if features.is_some() {
             check_feature_head(&config.model)?;
