@@ -103,7 +103,10 @@ pub struct RunRef {
 
 /// A connection to one tracking server.
 pub struct Client {
+    /// The address without user info.
     base: String,
+    /// The `Authorization` header, when the server needs credentials.
+    authorization: Option<String>,
     agent: ureq::Agent,
 }
 
@@ -117,7 +120,8 @@ impl Client {
             .build()
             .into();
         Client {
-            base: uri.trim_end_matches('/').to_string(),
+            base: super::redact(uri).trim_end_matches('/').to_string(),
+            authorization: super::authorization(uri),
             agent,
         }
     }
@@ -152,17 +156,19 @@ impl Client {
     fn post(&self, endpoint: &str, body: &Json) -> Result<Json, Error> {
         let url = format!("{}/api/2.0/mlflow/{endpoint}", self.base);
         let text = serde_json::to_string(body).expect("JSON values serialize");
-        Self::answer(
-            self.agent
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .send(text),
-        )
+        let mut request = self.agent.post(&url).header("Content-Type", "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        Self::answer(request.send(text))
     }
 
     fn get(&self, endpoint: &str, query: &[(&str, &str)]) -> Result<Json, Error> {
         let url = format!("{}/api/2.0/mlflow/{endpoint}", self.base);
         let mut request = self.agent.get(&url);
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
         for (k, v) in query {
             request = request.query(*k, *v);
         }
@@ -277,7 +283,11 @@ impl Client {
             encoded.join("/")
         );
         let body = std::fs::File::open(file).map_err(Error::Io)?;
-        Self::answer(self.agent.put(&url).send(body)).map(|_| ())
+        let mut request = self.agent.put(&url);
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
+        }
+        Self::answer(request.send(body)).map(|_| ())
     }
 }
 

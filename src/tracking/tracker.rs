@@ -154,7 +154,7 @@ impl Tracker {
     /// A tracker for `experiment` on the server at `uri`, spooling to `spool_dir` when it must.
     pub fn new(uri: &str, experiment: &str, spool_dir: &Path) -> Tracker {
         Tracker {
-            uri: uri.to_string(),
+            uri: super::redact(uri),
             experiment: experiment.to_string(),
             spool_dir: spool_dir.to_path_buf(),
             state: Mutex::new(State {
@@ -395,6 +395,9 @@ pub struct SyncReport {
     pub servers: Vec<String>,
     /// Calls sent.
     pub calls: usize,
+    /// Lines that are not spooled calls (a crash can cut the last one), as
+    /// `file:line`; they are kept in `<file>.unparsed` beside the spool.
+    pub unparsable: Vec<String>,
 }
 
 /// Replays every spool file in `spool_dir` (oldest first) against the
@@ -413,16 +416,32 @@ pub fn sync(uri: Option<&str>, spool_dir: &Path) -> anyhow::Result<SyncReport> {
         .collect();
     files.sort();
     for file in files {
-        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        let calls: Vec<Call> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l)
-                    .with_context(|| format!("{}:{}: not a spooled MLflow call", file.display(), i + 1))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut calls: Vec<Call> = Vec::new();
+        let mut unparsed = String::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            match serde_json::from_str(line) {
+                Ok(call) => calls.push(call),
+                Err(e) => {
+                    tracing::warn!(
+                        "{}:{}: not a spooled MLflow call ({e}); kept aside",
+                        file.display(),
+                        i + 1
+                    );
+                    report.unparsable.push(format!("{}:{}", file.display(), i + 1));
+                    unparsed.push_str(line);
+                    unparsed.push('\n');
+                }
+            }
+        }
+        if !unparsed.is_empty() {
+            // Kept for a person to look at; never replayed.
+            let aside = file.with_extension("jsonl.unparsed");
+            let mut kept = std::fs::read(&aside).unwrap_or_default();
+            kept.extend_from_slice(unparsed.as_bytes());
+            std::fs::write(&aside, kept).with_context(|| format!("cannot write {}", aside.display()))?;
+        }
         let written_for = calls.iter().find_map(|c| match c {
             Call::Server { uri } => Some(uri.clone()),
             _ => None,

@@ -31,17 +31,38 @@ pub struct Server {
     pub uri: String,
     python: PathBuf,
     dir: tempfile::TempDir,
+    /// The admin password of a server with basic auth.
+    password: Option<String>,
 }
 
 impl Server {
     /// Starts a server with a fresh sqlite store and waits until it answers.
     pub fn start() -> Server {
+        Server::start_with(None)
+    }
+
+    /// Starts a server with MLflow's basic auth (`--app-name basic-auth`,
+    /// from `mlflow[auth]`): user `admin` with `password` (12 characters or more).
+    pub fn start_with_auth(password: &str) -> Server {
+        Server::start_with(Some(password))
+    }
+
+    fn start_with(password: Option<&str>) -> Server {
         let bin = mlflow_bin();
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(&bin)
-            .args(["server", "--backend-store-uri"])
+        let mut command = Command::new(&bin);
+        if let Some(password) = password {
+            command
+                .args(["server", "--app-name", "basic-auth"])
+                .env("MLFLOW_AUTH_ADMIN_PASSWORD", password)
+                .env("MLFLOW_FLASK_SERVER_SECRET_KEY", "pipeline-tests");
+        } else {
+            command.arg("server");
+        }
+        let child = command
+            .arg("--backend-store-uri")
             .arg(format!("sqlite:///{}", dir.path().join("mlflow.db").display()))
             .arg("--artifacts-destination")
             .arg(dir.path().join("artifacts"))
@@ -51,6 +72,7 @@ impl Server {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0)
+            .current_dir(dir.path())
             .spawn()
             .unwrap();
         let server = Server {
@@ -58,6 +80,7 @@ impl Server {
             uri: format!("http://127.0.0.1:{port}"),
             python: bin.parent().unwrap().join("python"),
             dir,
+            password: password.map(str::to_string),
         };
         let start = Instant::now();
         while ureq::get(format!("{}/health", server.uri)).call().is_err() {
@@ -78,7 +101,13 @@ impl Server {
 
     /// Runs a Python script with `mlflow` importable and `URI` set; returns its JSON output.
     pub fn python(&self, script: &str) -> serde_json::Value {
-        let output = Command::new(&self.python)
+        let mut command = Command::new(&self.python);
+        if let Some(password) = &self.password {
+            command
+                .env("MLFLOW_TRACKING_USERNAME", "admin")
+                .env("MLFLOW_TRACKING_PASSWORD", password);
+        }
+        let output = command
             .arg("-c")
             .arg(script)
             .env("URI", &self.uri)
