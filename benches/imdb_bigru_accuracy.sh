@@ -37,7 +37,7 @@ out, store, seed, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.
 stages = {s["name"]: s for s in json.load(open(f"{out}/ours-{seed}.json"))["stages"]}
 train, evaluate = stages["train"], stages["evaluate"]
 history = [r for r in csv.DictReader(open(f"{store}/train/{train['key']}/out/history.csv")) if r.get("eval_loss")]
-epochs = [{"epoch": float(r["epoch"]), "eval_loss": float(r["eval_loss"]), "eval_accuracy": float(r["eval_accuracy"])}
+epochs = [{"epoch": float(r["epoch"]), "eval_loss": float(r["eval_loss"]), "eval_accuracy": float(r.get("eval_accuracy") or "nan")}
           for r in history]
 rows = {k[len("rows."):]: int(v) for k, v in stages["split"]["metrics"].items() if k.count(".") == 1}
 print(json.dumps({"side": "ours", "seed": seed, "threads": threads, "rows": rows, "epochs": epochs,
