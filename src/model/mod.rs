@@ -221,8 +221,6 @@ impl Inputs {
     }
 }
 
-/// Checks the parts shared by the CNN and the recurrent networks, and that
-/// each of the architecture's `sizes` is at least 1.
 /// Parameters of the hidden layers and output layer (2 outputs) after a pooled vector of `input` values.
 fn head_parameters(input: f64, head: &HeadSpec) -> f64 {
     let mut width = input;
@@ -258,6 +256,8 @@ fn bytes_text(bytes: f64) -> String {
     format!("{value:.1} {}", units[unit])
 }
 
+/// Checks the parts shared by the CNN and the recurrent networks, and that
+/// each of the architecture's `sizes` is at least 1.
 fn check_parts(
     embedding: &EmbeddingSpec,
     head: &HeadSpec,

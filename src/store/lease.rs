@@ -77,10 +77,7 @@ impl Store {
     }
 
     fn maintenance_lock(&self) -> anyhow::Result<File> {
-        let dir = self.root.join(".locks");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("maintenance.lock");
-        File::create(&path).with_context(|| format!("cannot create {}", path.display()))
+        Ok(self.lock_file("maintenance.lock")?.0)
     }
 
     /// Pins `keys` for as long as the returned lease lives. Waits while `gc`

@@ -212,21 +212,18 @@ impl Store {
 
     /// Takes the exclusive lock of a key, calling `waiting` if it must wait.
     fn lock(&self, key: &str, waiting: impl FnOnce()) -> anyhow::Result<File> {
-        let (file, path) = self.key_lock_file(key)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                waiting();
-                file.lock()?;
-            }
-            Err(TryLockError::Error(e)) => return Err(e).context(format!("cannot lock {}", path.display())),
+        if let Some(file) = self.try_lock(key)? {
+            return Ok(file);
         }
+        waiting();
+        let (file, path) = self.lock_file(&format!("{key}.lock"))?;
+        file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
         Ok(file)
     }
 
     /// The exclusive lock of a key if nobody holds it.
     fn try_lock(&self, key: &str) -> anyhow::Result<Option<File>> {
-        let (file, path) = self.key_lock_file(key)?;
+        let (file, path) = self.lock_file(&format!("{key}.lock"))?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(TryLockError::WouldBlock) => Ok(None),
@@ -234,10 +231,11 @@ impl Store {
         }
     }
 
-    fn key_lock_file(&self, key: &str) -> anyhow::Result<(File, PathBuf)> {
+    /// `<store>/.locks/<name>`, created if needed (not locked yet), and its path.
+    fn lock_file(&self, name: &str) -> anyhow::Result<(File, PathBuf)> {
         let dir = self.root.join(".locks");
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(format!("{key}.lock"));
+        let path = dir.join(name);
         let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok((file, path))
     }

@@ -153,22 +153,24 @@ impl Client {
         })
     }
 
+    /// `request` with the server's `Authorization` header, if it has credentials.
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(authorization) => request.header("Authorization", authorization),
+            None => request,
+        }
+    }
+
     fn post(&self, endpoint: &str, body: &Json) -> Result<Json, Error> {
         let url = format!("{}/api/2.0/mlflow/{endpoint}", self.base);
         let text = serde_json::to_string(body).expect("JSON values serialize");
-        let mut request = self.agent.post(&url).header("Content-Type", "application/json");
-        if let Some(authorization) = &self.authorization {
-            request = request.header("Authorization", authorization);
-        }
-        Self::answer(request.send(text))
+        let request = self.agent.post(&url).header("Content-Type", "application/json");
+        Self::answer(self.authorized(request).send(text))
     }
 
     fn get(&self, endpoint: &str, query: &[(&str, &str)]) -> Result<Json, Error> {
         let url = format!("{}/api/2.0/mlflow/{endpoint}", self.base);
-        let mut request = self.agent.get(&url);
-        if let Some(authorization) = &self.authorization {
-            request = request.header("Authorization", authorization);
-        }
+        let mut request = self.authorized(self.agent.get(&url));
         for (k, v) in query {
             request = request.query(*k, *v);
         }
@@ -283,11 +285,7 @@ impl Client {
             encoded.join("/")
         );
         let body = std::fs::File::open(file).map_err(Error::Io)?;
-        let mut request = self.agent.put(&url);
-        if let Some(authorization) = &self.authorization {
-            request = request.header("Authorization", authorization);
-        }
-        Self::answer(request.send(body)).map(|_| ())
+        Self::answer(self.authorized(self.agent.put(&url)).send(body)).map(|_| ())
     }
 }
 
