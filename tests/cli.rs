@@ -269,6 +269,11 @@ fn status_and_why_explain_what_changed_since_the_lock() {
     assert!(text.starts_with("stage `g` will run:"), "{text}");
     assert!(text.contains("upstream stage `f` changed"), "{text}");
     assert!(text.contains("in `f`: config.text changed: \"F\" -> \"F2\""), "{text}");
+    // Once the variant ran, its stages are still stale but cost nothing.
+    assert_eq!(ws.run_json(&["run", "p.yaml", "--set", "stages.f.text=F2"]).0, 0);
+    let (code, status) = ws.run_json(&["status", "p.yaml", "--set", "stages.f.text=F2"]);
+    assert_eq!(code, 1);
+    assert_eq!(status["stages"][5]["state"], "stale, cached", "{status}");
     let (_, why) = ws.run_json(&["why", "p.yaml", "a"]);
     assert_eq!(why["will_run"], false);
     // An entry removed from the store: the key is as locked but the stage must run.
@@ -521,4 +526,40 @@ fn fsck_and_verify_find_damage_the_stat_cache_cannot_see() {
     let (_, repaired) = ws.run_json(&["run", "p.yaml"]);
     assert_eq!(in_state(&repaired, "ran"), ["c"]);
     assert_eq!(ws.run_json(&["fsck"]).0, 0);
+}
+
+#[test]
+fn dag_draws_the_graph_and_completions_come_from_the_command_line() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        "name: fork\nseed: 0\nstages:\n  a: {kind: step, text: A}\n  b: {kind: step, text: B}\n  c: {kind: step, text: C, needs: [a, b]}\n",
+    );
+    let text = |args: &[&str]| {
+        let output = ws.run(args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let plain = text(&["dag", "p.yaml"]);
+    assert!(plain.contains("c  (step)  <- a, b"), "{plain}");
+    let mermaid = text(&["dag", "p.yaml", "--mermaid"]);
+    assert!(
+        mermaid.starts_with("flowchart TD") && mermaid.contains("s0 --> s2") && mermaid.contains("s1 --> s2"),
+        "{mermaid}"
+    );
+    let dot = text(&["dag", "p.yaml", "--dot"]);
+    assert!(
+        dot.contains("\"a\" -> \"c\";") && dot.contains("\"a\" -> \"b\";"),
+        "{dot}"
+    );
+    let (_, json) = ws.run_json(&["dag", "p.yaml"]);
+    assert_eq!(json["edges"].as_array().unwrap().len(), 3, "{json}");
+    assert!(ws.log().is_empty(), "dag runs nothing");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = text(&["completions", shell]);
+        assert!(
+            script.contains("metrics") && script.contains("verify"),
+            "{shell}: {script}"
+        );
+    }
 }

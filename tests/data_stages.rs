@@ -391,7 +391,21 @@ fn bad_input_gets_a_specific_error_and_leaves_no_entry() {
         0,
     );
     assert!(
-        err.contains("stage `d` reads pipelines/../data/missing.parquet, which cannot be read"),
+        err.contains("stage `d`: `source` names pipelines/../data/missing.parquet, which does not exist")
+            && err.contains("relative to the pipeline file's directory, pipelines")
+            && err.contains("bad.yaml:4:"),
+        "{err}"
+    );
+    // Known before anything runs, as a located usage error with the closest name.
+    let typo = project.write(
+        "typo.yaml",
+        &format!("{header}  d:\n    kind: download\n    source: ../data/imdb-sample/trian.parquet\n"),
+    );
+    let output = project.run(&["plan", &typo]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("typo.yaml:6:") && err.contains("did you mean pipelines/../data/imdb-sample/train.parquet?"),
         "{err}"
     );
     // Unquoted: 64 digits are read as written, not as a number.
@@ -421,6 +435,26 @@ fn bad_input_gets_a_specific_error_and_leaves_no_entry() {
         err.contains("test.parquet has no column `review`; its columns are `text`, `label`, `review_id`, `rating`"),
         "{err}"
     );
+    // Found at run time, but still the user's to fix: exit 2, at the key's
+    // line, with the closest column or the files the needed stages produced.
+    for (load, at, expected) in [
+        (
+            "  load:\n    splits: {test: test.parquet}\n    columns: {text: txet}\n",
+            "runtime.yaml:7:",
+            "did you mean `text`?",
+        ),
+        (
+            "  load:\n    splits: {test: tset.parquet}\n",
+            "runtime.yaml:6:",
+            "they produced `test.parquet`",
+        ),
+    ] {
+        let file = project.write("runtime.yaml", &format!("{header}{download}{load}"));
+        let output = project.run(&["run", &file]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{err}");
+        assert!(err.contains(at) && err.contains(expected), "{err}");
+    }
     let err = fails(
         &project,
         &format!("{header}{download}  load: {{splits: {{test: test.parquet}}, filter: ['label == 7']}}\n"),

@@ -26,6 +26,20 @@ fn labels_in(result: &Value, state: &str, suffix: &str) -> BTreeSet<String> {
 fn an_eight_trial_grid_runs_the_shared_stages_once_and_ranks_the_trials() {
     let project = Project::new();
     let sweep = sample_grid(&project, "grid", &["1.0e-2", "3.0e-3", "1.0e-3", "3.0e-4"], "");
+    // A dry run first: the trials, the merged graph, nothing executed.
+    let (code, plan) = project.run_json(&["plan", &sweep], &[]);
+    assert_eq!(code, 0, "{plan}");
+    assert_eq!(plan["trials"].as_array().unwrap().len(), 8);
+    assert_eq!(plan["stages"].as_array().unwrap().len(), 7 + 8 * 3);
+    assert_eq!(plan["to_run"], 7 + 8 * 3);
+    let shared = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["trials"] == 8)
+        .count();
+    assert_eq!(shared, 7, "{plan}");
+    assert!(!project.dir.path().join("store/train").exists(), "plan runs nothing");
     let (code, result) = project.run_json(&["run", &sweep], &[]);
     assert_eq!(code, 0, "{result}");
     let all = stages(&result);
@@ -81,6 +95,24 @@ fn an_eight_trial_grid_runs_the_shared_stages_once_and_ranks_the_trials() {
         8,
         "the lock keeps every trial's entries"
     );
+    // Every trial carries its evaluation per split, and `metrics` reads them back.
+    for t in trials {
+        let test = &t["results"]["scores"][0]["splits"]["test"];
+        assert_eq!(test["accuracy"], t["metrics"]["test_accuracy"], "{t}");
+        assert!(t["results"]["scores"][0]["splits"]["validation"]["f1"].is_f64(), "{t}");
+    }
+    let (code, metrics) = project.run_json(&["metrics", &sweep], &[]);
+    assert_eq!(code, 0, "{metrics}");
+    let parts = metrics["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 8);
+    let csv = project.run(&["metrics", &sweep, "--csv"]);
+    let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
+    assert!(csv.starts_with("trial,split,accuracy,"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 8 * 2, "a row per trial and split: {csv}");
+    let (code, diff) = project.run_json(&["metrics", &sweep, "--diff"], &[]);
+    assert_eq!(code, 0, "{diff}");
+    let rows = diff["diff"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["change"] == "+0"), "{diff}");
 
     // Again: everything comes from the cache, in the same order.
     let (code, again) = project.run_json(&["run", &sweep], &[]);

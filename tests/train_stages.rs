@@ -80,6 +80,38 @@ fn sample_pipeline_trains_evaluates_and_reports() {
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("![Loss](loss.svg)") && report.join("loss.svg").exists());
     assert!(md.contains("| test |"), "{md}");
+    // The run ends with its results; `metrics` prints them again from the store.
+    let results = &result["results"];
+    assert_eq!(results["scores"][0]["stage"], "evaluate");
+    assert_eq!(results["scores"][0]["splits"]["test"]["accuracy"], accuracy);
+    let files: Vec<&str> = results["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["model", "report"]);
+    assert!(Path::new(results["files"][1]["path"].as_str().unwrap()).ends_with("report.html"));
+    let again = project.run(&["run", &file]);
+    let text = stderr(&again);
+    assert!(
+        text.contains("evaluate:") && text.contains("accuracy") && text.contains("report:") && text.contains("model:"),
+        "{text}"
+    );
+    let md = project.run(&["metrics", &file, "--md"]);
+    let md = String::from_utf8_lossy(&md.stdout).into_owned();
+    assert!(
+        md.starts_with("| split | accuracy |") && md.contains(&format!("| test | {accuracy} |")),
+        "{md}"
+    );
+    let (code, diff) = project.run_json(&["metrics", &file, "--diff"], &[]);
+    assert_eq!(code, 0, "{diff}");
+    assert!(
+        diff["diff"].as_array().unwrap().iter().all(|r| r["change"] == "+0"),
+        "{diff}"
+    );
+    let (code, _) = project.run_json(&["metrics", &file, "--set", "stages.train.epochs=1"], &[]);
+    assert_eq!(code, 1, "not in the store for that configuration");
 }
 
 #[test]
@@ -318,4 +350,33 @@ fn a_kernel_wider_than_the_rows_is_an_error_and_short_batches_are_padded() {
     );
     let (code, result) = project.run_json(&["run", &file], &[]);
     assert_eq!(code, 0, "{result}");
+}
+
+#[test]
+fn evaluate_scores_the_eval_split_exactly_as_training_did() {
+    // Rows are padded to the longest of their batch, and a CNN pools over the
+    // padding, an RNN's backward direction runs through it: the evaluation
+    // batches must be the training's for the two scores to agree.
+    for model in [
+        "{type: cnn, embedding_dim: 16, num_filters: 8}",
+        "{type: gru, embedding_dim: 16, hidden_size: 8, bidirectional: true}",
+        // Kim's CNN: several kernel widths, dropout before the head.
+        "{type: cnn, embedding_dim: 16, num_filters: 4, filter_sizes: [2, 3, 5], head_dropout: 0.5}",
+    ] {
+        let project = Project::new();
+        let train = format!(
+            "    model: {model}\n    batch_size: 16\n    max_steps: 40\n    eval_steps: 20\n    load_best_at_end: true\n"
+        );
+        let file = project.write(
+            "p.yaml",
+            &sample(&train).replace("batch_size: 8", "batch_size: 8\n    bucket: 4"),
+        );
+        let (code, result) = project.run_json(&["run", &file], &[]);
+        assert_eq!(code, 0, "{result}");
+        assert_eq!(
+            metric(&result, "train", "best_eval_loss"),
+            metric(&result, "evaluate", "validation_loss"),
+            "{model}"
+        );
+    }
 }

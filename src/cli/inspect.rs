@@ -3,7 +3,8 @@
 use serde_json::json;
 
 use super::{EXIT_FAILED, Env, Target};
-use crate::spec::lock_path;
+use crate::dag::Graph;
+use crate::spec::{Sweep, is_sweep, lock_path};
 use crate::store::{LockFile, Lookup};
 
 /// Prints rows as left-aligned columns.
@@ -35,6 +36,9 @@ struct PlanRow<'a> {
 }
 
 pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
+    if is_sweep(&target.file) {
+        return plan_sweep(env, target);
+    }
     let pipeline = env.load(target)?;
     let (graph, nodes) = env.graph(&pipeline)?;
     let mut stages = Vec::new();
@@ -74,6 +78,174 @@ pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `pipeline plan SWEEP`: the trials, every stage of their merged graph
+/// (shared stages once, by their own name) and what a run would do.
+fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
+    let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+    let mut graph = Graph::new();
+    let mut users: Vec<Vec<String>> = Vec::new();
+    for trial in &sweep.trials {
+        let label = trial.label();
+        for node in graph.add_pipeline(&trial.pipeline, Some(&label), env.store.stat_cache())? {
+            users.resize(graph.nodes.len(), Vec::new());
+            if !users[node].contains(&label) {
+                users[node].push(label.clone());
+            }
+        }
+    }
+    let stages: Vec<_> = graph
+        .nodes
+        .iter()
+        .zip(&users)
+        .map(|(node, users)| {
+            let name = match node.label.split_once('/') {
+                Some((_, stage)) if users.len() > 1 => stage,
+                _ => &node.label,
+            };
+            let state = match env.store.lookup(&node.material.kind, &node.key) {
+                Lookup::Valid(_) => "cached",
+                Lookup::Missing => "run",
+                Lookup::Corrupt(_) => "run (damaged entry)",
+            };
+            json!({ "name": name, "kind": node.material.kind, "key": node.key, "state": state, "trials": users.len() })
+        })
+        .collect();
+    env.store.save_state();
+    let trials: Vec<_> = sweep
+        .trials
+        .iter()
+        .map(|t| {
+            let params: serde_json::Map<_, _> =
+                sweep.parameters.iter().cloned().zip(t.params.iter().cloned()).collect();
+            json!({ "trial": t.label(), "params": params })
+        })
+        .collect();
+    let to_run = stages.iter().filter(|s| s["state"] != "cached").count();
+    if env.json {
+        env.print_json(&json!({ "sweep": sweep.name, "trials": trials, "stages": stages, "to_run": to_run }));
+        return Ok(0);
+    }
+    println!(
+        "sweep `{}`: {} trials of {}, {} at a time",
+        sweep.name,
+        sweep.trials.len(),
+        sweep.pipeline_file.display(),
+        sweep.parallel
+    );
+    let rows: Vec<Vec<String>> = trials
+        .iter()
+        .map(|t| {
+            let params = t["params"].as_object().expect("params are an object");
+            let shown: Vec<String> = params
+                .iter()
+                .map(|(p, v)| format!("{}={v}", p.rsplit('.').next().unwrap_or(p)))
+                .collect();
+            vec![t["trial"].as_str().unwrap_or_default().to_string(), shown.join(" ")]
+        })
+        .collect();
+    print_table(&["TRIAL", "PARAMETERS"], &rows);
+    println!();
+    let rows: Vec<Vec<String>> = stages
+        .iter()
+        .map(|s| {
+            let text = |k: &str| s[k].as_str().unwrap_or_default().to_string();
+            let trials = s["trials"].as_u64().unwrap_or(0);
+            let shared = if trials > 1 {
+                format!("shared by {trials}")
+            } else {
+                String::new()
+            };
+            vec![
+                text("name"),
+                text("kind"),
+                text("key")[..12].to_string(),
+                text("state"),
+                shared,
+            ]
+        })
+        .collect();
+    print_table(&["STAGE", "KIND", "KEY", "STATE", "TRIALS"], &rows);
+    println!("\n{to_run} of {} stages would run; nothing was executed", stages.len());
+    Ok(0)
+}
+
+/// How `pipeline dag` draws the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DagFormat {
+    /// One line per stage with what it needs, in pipeline order.
+    Text,
+    /// A Mermaid flowchart (renders on GitHub and GitLab).
+    Mermaid,
+    /// Graphviz DOT.
+    Dot,
+}
+
+/// `pipeline dag FILE`: the stages and their `needs` edges.
+pub(super) fn dag(env: &Env, target: &Target, format: DagFormat) -> anyhow::Result<u8> {
+    let pipeline = env.load(target)?;
+    let edges: Vec<(&str, &str)> = pipeline
+        .stages
+        .iter()
+        .flat_map(|s| {
+            s.needs
+                .iter()
+                .map(|&n| (pipeline.stages[n].name.as_str(), s.name.as_str()))
+        })
+        .collect();
+    if env.json {
+        let stages: Vec<_> = pipeline
+            .stages
+            .iter()
+            .map(|s| json!({ "name": s.name, "kind": s.kind }))
+            .collect();
+        env.print_json(&json!({ "pipeline": pipeline.name, "stages": stages, "edges": edges }));
+        return Ok(0);
+    }
+    match format {
+        DagFormat::Text => {
+            let rows: Vec<Vec<String>> = pipeline
+                .stages
+                .iter()
+                .map(|s| {
+                    let needs: Vec<&str> = s.needs.iter().map(|&n| pipeline.stages[n].name.as_str()).collect();
+                    let needs = if needs.is_empty() {
+                        String::new()
+                    } else {
+                        format!("<- {}", needs.join(", "))
+                    };
+                    vec![s.name.clone(), format!("({})", s.kind), needs]
+                })
+                .collect();
+            for line in crate::results::aligned(&rows) {
+                println!("{line}");
+            }
+        }
+        DagFormat::Mermaid => {
+            println!("flowchart TD");
+            for (i, s) in pipeline.stages.iter().enumerate() {
+                println!("    s{i}[\"{} ({})\"]", s.name.replace('"', "#quot;"), s.kind);
+            }
+            for (i, s) in pipeline.stages.iter().enumerate() {
+                for &n in &s.needs {
+                    println!("    s{n} --> s{i}");
+                }
+            }
+        }
+        DagFormat::Dot => {
+            println!("digraph \"{}\" {{", pipeline.name);
+            println!("    rankdir=TB;");
+            for s in &pipeline.stages {
+                println!("    \"{}\" [label=\"{}\\n({})\"];", s.name, s.name, s.kind);
+            }
+            for (from, to) in &edges {
+                println!("    \"{from}\" -> \"{to}\";");
+            }
+            println!("}}");
+        }
+    }
+    Ok(0)
+}
+
 pub(super) fn show(env: &Env, target: &Target) -> anyhow::Result<u8> {
     let pipeline = env.load(target)?;
     if env.json {
@@ -92,9 +264,12 @@ pub(super) fn status(env: &Env, target: &Target) -> anyhow::Result<u8> {
     let mut rows = Vec::new();
     for (stage, &node) in pipeline.stages.iter().zip(&nodes) {
         let key = &graph.nodes[node].key;
+        let cached = matches!(env.store.lookup(&stage.kind, key), Lookup::Valid(_));
+        // A stale stage whose new key is already in the store costs the run nothing.
+        let stale = if cached { "stale, cached" } else { "stale" };
         let (state, detail) = match lock.stages.get(&stage.name) {
-            None => ("stale", "not in the lock file".to_string()),
-            Some(locked) if &locked.key != key => ("stale", format!("key changed from {}", &locked.key[..12])),
+            None => (stale, "not in the lock file".to_string()),
+            Some(locked) if &locked.key != key => (stale, format!("key changed from {}", &locked.key[..12])),
             Some(_) => match env.store.lookup(&stage.kind, key) {
                 Lookup::Valid(_) => ("up-to-date", String::new()),
                 Lookup::Missing => ("missing", "not in the store".to_string()),

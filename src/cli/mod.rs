@@ -1,11 +1,13 @@
 //! The `pipeline` command line.
 //!
 //! Exit codes: 0 success; 1 a stage failed, `status` found stages that
-//! would run, or `verify` found different bytes; 2 bad usage or an invalid
-//! pipeline file; 130 interrupted.
+//! would run, or `verify` found different bytes; 2 bad usage, an invalid
+//! pipeline file, or a config value its stage's input does not have (a
+//! missing column or file); 130 interrupted.
 
 mod gc;
 mod inspect;
+mod metrics;
 mod run;
 mod sweep;
 mod verify;
@@ -36,7 +38,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
     name = "pipeline",
     version,
     about,
-    after_help = "Exit codes: 0 success; 1 a stage failed, `status` found stages that would run, or `verify` found different bytes; 2 bad usage or an invalid pipeline file; 130 interrupted.\nLogs: set RUST_LOG (e.g. RUST_LOG=pipeline=debug)."
+    after_help = "Exit codes: 0 success; 1 a stage failed, `status` found stages that would run, or `verify` found different bytes; 2 bad usage, an invalid pipeline file or a config value its data does not have; 130 interrupted.\nLogs: set RUST_LOG (e.g. RUST_LOG=pipeline=debug)."
 )]
 pub struct Cli {
     /// The cache store directory.
@@ -74,6 +76,22 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Draw the stage graph: stages and what each needs.
+    Dag {
+        #[command(flatten)]
+        target: Target,
+        /// As a Mermaid flowchart.
+        #[arg(long, conflicts_with = "dot")]
+        mermaid: bool,
+        /// As Graphviz DOT.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Print shell completions for bash, zsh, fish, elvish or PowerShell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Print the fully resolved pipeline (defaults filled in, overrides applied).
     Show {
         #[command(flatten)]
@@ -101,6 +119,20 @@ enum Command {
         /// CPU threads that running stages may use together (default: all cores).
         #[arg(long, short)]
         jobs: Option<usize>,
+    },
+    /// Print the evaluation scores of a pipeline, or of every trial of a sweep, from the store.
+    Metrics {
+        #[command(flatten)]
+        target: Target,
+        /// Comma-separated values, numbers in full.
+        #[arg(long, conflicts_with = "md")]
+        csv: bool,
+        /// A Markdown table, numbers in full.
+        #[arg(long)]
+        md: bool,
+        /// Compare with the scores in the lock file.
+        #[arg(long)]
+        diff: bool,
     },
     /// Drop the cache entries of a pipeline's current stages.
     Clean {
@@ -222,9 +254,34 @@ pub fn main(registry: &Registry) -> ExitCode {
         Command::Run { target, jobs } => run::run(&env, target, *jobs),
         Command::Plan { target } => inspect::plan(&env, target),
         Command::Show { target } => inspect::show(&env, target),
+        Command::Dag { target, mermaid, dot } => {
+            let format = match (mermaid, dot) {
+                (true, _) => inspect::DagFormat::Mermaid,
+                (_, true) => inspect::DagFormat::Dot,
+                _ => inspect::DagFormat::Text,
+            };
+            inspect::dag(&env, target, format)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "pipeline",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
         Command::Status { target } => inspect::status(&env, target),
         Command::Why { target, stage } => why::why(&env, target, stage),
         Command::Verify { target, stages, jobs } => verify::verify(&env, target, stages, *jobs),
+        Command::Metrics { target, csv, md, diff } => {
+            let format = match (csv, md) {
+                (true, _) => metrics::Format::Csv,
+                (_, true) => metrics::Format::Markdown,
+                _ => metrics::Format::Table,
+            };
+            metrics::metrics(&env, target, format, *diff)
+        }
         Command::Clean { target, stages } => gc::clean(&env, target, stages),
         Command::Gc { locks, dry_run } => gc::gc(&env, locks, *dry_run),
         Command::Fsck { repair } => gc::fsck(&env, *repair),

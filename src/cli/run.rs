@@ -2,11 +2,13 @@
 
 use serde_json::json;
 
-use super::{EXIT_FAILED, EXIT_INTERRUPTED, Env, Target, default_jobs, interrupt_flag};
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Env, Target, default_jobs, interrupt_flag};
 use crate::console::Console;
-use crate::dag::{ExecOptions, Execution, NodeState};
+use crate::dag::{ExecOptions, Execution, Failure, NodeState};
+use crate::results::{FinishedStage, Results};
 use crate::session::{Instance, Session, Tracking};
-use crate::spec::{is_sweep, lock_path};
+use crate::spec::{Pipeline, SpecError, is_sweep, lock_path};
+use crate::stage::Invalid;
 use crate::tracking::record::git_tags;
 
 pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Result<u8> {
@@ -55,29 +57,65 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
         count("skipped"),
         execution.elapsed.as_secs_f64()
     ));
+    let results = Results::collect(
+        env.registry,
+        pipeline
+            .stages
+            .iter()
+            .zip(&session.nodes[0])
+            .map(|(stage, &node)| FinishedStage {
+                name: &stage.name,
+                kind: &stage.kind,
+                out_dir: execution.results[node].out_dir.as_deref(),
+            }),
+    )?;
+    for line in results.summary() {
+        console.line(&line);
+    }
     if env.json {
         env.print_json(&json!({
             "pipeline": pipeline.name,
             "ok": execution.succeeded(),
             "interrupted": execution.interrupted,
             "seconds": execution.elapsed.as_secs_f64(),
+            "results": results,
             "stages": stage_report(&session, 0, &execution),
         }));
     }
     for (stage, &node) in pipeline.stages.iter().zip(&session.nodes[0]) {
-        if let NodeState::Failed(error) = &execution.results[node].state {
-            eprintln!("error: stage `{}` failed: {error}", stage.name);
+        match &execution.results[node].state {
+            NodeState::Failed(Failure::Invalid(invalid)) => eprintln!("{}", located(pipeline, &stage.name, invalid)),
+            NodeState::Failed(error) => eprintln!("error: stage `{}` failed: {error}", stage.name),
+            _ => {}
         }
     }
     Ok(exit_code(&execution))
 }
 
-/// 130 when interrupted, 1 when a stage failed, else 0.
+/// A stage's [`Invalid`] as an error at its key in the pipeline file.
+pub(super) fn located(pipeline: &Pipeline, stage: &str, invalid: &Invalid) -> SpecError {
+    let mut path = vec!["stages", stage];
+    path.extend(invalid.path.iter().map(String::as_str));
+    let error = pipeline.error_at(
+        &path,
+        format!("stage `{stage}`: `{}`: {}", invalid.path.join("."), invalid.message),
+    );
+    match &invalid.help {
+        Some(help) => error.with_help(help.clone()),
+        None => error,
+    }
+}
+
+/// 130 when interrupted, 2 when a stage found its config wrong for its input,
+/// 1 when one failed otherwise, else 0.
 pub(super) fn exit_code(execution: &Execution) -> u8 {
+    let invalid = |r: &crate::dag::NodeResult| matches!(r.state, NodeState::Failed(Failure::Invalid(_)));
     if execution.interrupted {
         EXIT_INTERRUPTED
     } else if execution.succeeded() {
         0
+    } else if execution.results.iter().any(invalid) {
+        EXIT_USAGE
     } else {
         EXIT_FAILED
     }
@@ -93,7 +131,7 @@ pub(super) fn stage_report(session: &Session, instance: usize, execution: &Execu
         .map(|(stage, &node)| {
             let result = &execution.results[node];
             let error = match &result.state {
-                NodeState::Failed(e) => Some(e.clone()),
+                NodeState::Failed(e) => Some(e.to_string()),
                 _ => None,
             };
             json!({

@@ -4,6 +4,7 @@
 //! run with one nested run per trial.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use serde_json::{Value as Json, json};
 
@@ -12,6 +13,7 @@ use super::{Env, Target, default_jobs, interrupt_flag};
 use crate::console::Console;
 use crate::dag::ExecOptions;
 use crate::report::sweep::{SweepReport, TrialRow};
+use crate::results::{FinishedStage, Results, aligned};
 use crate::session::{Ending, Instance, InstanceResult, Session, Tracking};
 use crate::spec::{Goal, Sweep, lock_path};
 use crate::store::LockFile;
@@ -104,17 +106,31 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
     env.store.save_state();
 
     let rows = ranked_rows(&sweep, &results);
+    let trial_results = results
+        .iter()
+        .map(|r| {
+            Results::collect(
+                env.registry,
+                r.stages.iter().map(|s| FinishedStage {
+                    name: &s.name,
+                    kind: &s.kind,
+                    out_dir: s.out_dir.as_deref(),
+                }),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let report_dir = env.store.root().join(".sweeps").join(&sweep.name);
     let report_path = report_dir.join("sweep-report.html");
     let report = SweepReport {
         name: &sweep.name,
         metric: &sweep.metric.name,
         parameters: &sweep.parameters,
+        domains: &sweep.domains,
         rows: &rows,
     };
     std::fs::create_dir_all(&report_dir)?;
     std::fs::write(&report_path, report.html(&results_history(&rows, &results)))?;
-    print_table(&console, &sweep, &rows);
+    print_table(&console, &sweep, &rows, &trial_results);
     let best = rows.iter().find(|r| r.metric.is_some());
     match best {
         Some(best) => console.line(&format!(
@@ -197,6 +213,7 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
                 "metric": r.metric,
                 "seconds": r.seconds,
                 "metrics": r.metrics,
+                "results": trial_results[r.index],
                 "error": r.error,
             })).collect::<Vec<_>>(),
         }));
@@ -276,30 +293,51 @@ fn results_history(rows: &[TrialRow], results: &[InstanceResult]) -> Vec<Vec<Met
         .collect()
 }
 
-fn print_table(console: &Console, sweep: &Sweep, rows: &[TrialRow]) {
+/// The final table: per trial its parameters, the sweep metric, each
+/// split's accuracy and F1 from its evaluation, status and seconds.
+fn print_table(console: &Console, sweep: &Sweep, rows: &[TrialRow], results: &[Results]) {
     let short: Vec<&str> = sweep
         .parameters
         .iter()
         .map(|p| p.rsplit('.').next().unwrap_or(p))
         .collect();
+    let flat: Vec<BTreeMap<String, f64>> = results.iter().map(Results::flat).collect();
+    // Accuracy and binary F1 (macro F1 for more than two labels) per split.
+    let binary = flat.iter().flat_map(|f| f.keys()).any(|k| k.ends_with(".f1"));
+    let shown = if binary {
+        [".accuracy", ".f1"]
+    } else {
+        [".accuracy", ".f1_macro"]
+    };
+    let mut scores: Vec<String> = flat
+        .iter()
+        .flat_map(|f| f.keys())
+        .filter(|k| shown.iter().any(|m| k.ends_with(m)))
+        .cloned()
+        .collect();
+    scores.sort();
+    scores.dedup();
     let mut header = vec!["trial".to_string()];
     header.extend(short.iter().map(|s| s.to_string()));
-    header.extend([sweep.metric.name.clone(), "status".into(), "seconds".into()]);
+    header.push(sweep.metric.name.clone());
+    header.extend(scores.iter().cloned());
+    header.extend(["status".into(), "seconds".into()]);
     let mut table: Vec<Vec<String>> = vec![header];
     for row in rows {
         let mut line = vec![row.label.clone()];
         line.extend(row.params.iter().map(Json::to_string));
         line.push(row.metric.map_or_else(|| "-".into(), crate::report::fmt));
+        line.extend(scores.iter().map(|s| {
+            flat[row.index]
+                .get(s)
+                .map_or_else(|| "-".into(), |&v| crate::report::fmt(v))
+        }));
         line.push(row.status.to_string());
         line.push(format!("{:.1}", row.seconds));
         table.push(line);
     }
-    let widths: Vec<usize> = (0..table[0].len())
-        .map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for line in &table {
-        let cells: Vec<String> = line.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        console.line(cells.join("  ").trim_end());
+    for line in aligned(&table) {
+        console.line(&line);
     }
 }
 

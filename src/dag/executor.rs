@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::graph::{Graph, GraphNode};
-use crate::stage::{Cancelled, Progress, Registry, StageContext, StageInput};
+use crate::stage::{Cancelled, Invalid, Progress, Registry, StageContext, StageInput};
 use crate::store::{Built, Lookup, Manifest, Store};
 
 /// How a node ended.
@@ -20,12 +20,30 @@ pub enum NodeState {
     Ran,
     /// Another process computed it while this one waited for the key's lock.
     RanElsewhere,
-    /// It failed with this error.
-    Failed(String),
+    /// It failed.
+    Failed(Failure),
     /// A stage it needs failed or was interrupted.
     Skipped,
     /// The run was interrupted before or while it ran.
     Interrupted,
+}
+
+/// Why a stage failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// A config value does not fit the stage's input (the user's to fix).
+    Invalid(Invalid),
+    /// Any other error, with its causes.
+    Error(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Invalid(invalid) => invalid.fmt(f),
+            Failure::Error(error) => f.write_str(error),
+        }
+    }
 }
 
 impl NodeState {
@@ -241,7 +259,10 @@ pub fn execute(
                     let state = if err.downcast_ref::<Cancelled>().is_some() || cancel.load(Ordering::SeqCst) {
                         NodeState::Interrupted
                     } else {
-                        NodeState::Failed(format!("{err:#}"))
+                        NodeState::Failed(match err.downcast_ref::<Invalid>() {
+                            Some(invalid) => Failure::Invalid(invalid.clone()),
+                            None => Failure::Error(format!("{err:#}")),
+                        })
                     };
                     NodeResult {
                         state,
@@ -321,6 +342,7 @@ fn run_node(
                 out_dir,
                 inputs,
                 pipeline_dir: &node.pipeline_dir,
+                pipeline: &node.pipeline,
                 seed: node.seed,
                 device,
                 threads,

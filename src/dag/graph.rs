@@ -3,12 +3,12 @@
 //! instances (the trials of a sweep) become one node.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-
-use anyhow::Context as _;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use super::key::{KeyMaterial, Need};
-use crate::spec::Pipeline;
+use crate::spec::{Pipeline, SpecError, did_you_mean};
+use crate::stage::InputFile;
 use crate::store::StatCache;
 
 /// One unit of work: a stage with a given key.
@@ -24,6 +24,8 @@ pub struct GraphNode {
     pub threads: usize,
     /// Directory of the (first) pipeline file that uses the node.
     pub pipeline_dir: PathBuf,
+    /// The name of that pipeline.
+    pub pipeline: String,
     /// The pipeline seed and device the stage runs with.
     pub seed: u64,
     /// See [`crate::spec::Pipeline::device`].
@@ -84,11 +86,11 @@ impl Graph {
         }
         let mut inputs = BTreeMap::new();
         for file in &stage.resolved.input_files {
-            let path = pipeline.dir.join(file);
+            let path = pipeline.dir.join(&file.path);
             let digest = stat
                 .digest(&path)
-                .with_context(|| format!("stage `{}` reads {}, which cannot be read", stage.name, path.display()))?;
-            inputs.insert(file.clone(), digest.blake3);
+                .map_err(|e| unreadable_input(pipeline, &stage.name, file, &path, &e))?;
+            inputs.insert(file.path.clone(), digest.blake3);
         }
         let material = KeyMaterial {
             kind: stage.kind.clone(),
@@ -104,6 +106,7 @@ impl Graph {
                 })
                 .collect(),
             seed: stage.resolved.uses_seed.then_some(pipeline.seed),
+            pipeline: stage.resolved.uses_pipeline_name.then(|| pipeline.name.clone()),
             device: stage.resolved.uses_device.then(|| {
                 let kind = crate::backend::kind(&pipeline.device);
                 kind.expect("devices are checked when a pipeline is loaded").to_string()
@@ -120,6 +123,7 @@ impl Graph {
                     deps,
                     threads: stage.resolved.threads,
                     pipeline_dir: pipeline.dir.clone(),
+                    pipeline: pipeline.name.clone(),
                     seed: pipeline.seed,
                     device: pipeline.device.clone(),
                     label: match label {
@@ -134,4 +138,52 @@ impl Graph {
         nodes[index] = Some(node);
         Ok(node)
     }
+}
+
+/// A stage's input file that cannot be read: located at the key that names
+/// it, saying what the path is relative to, with the closest existing name.
+fn unreadable_input(pipeline: &Pipeline, stage: &str, file: &InputFile, path: &Path, error: &io::Error) -> SpecError {
+    let mut at = vec!["stages", stage];
+    at.extend(file.key.split('.'));
+    let what = if error.kind() == io::ErrorKind::NotFound {
+        "does not exist".to_string()
+    } else {
+        format!("cannot be read: {error}")
+    };
+    let message = format!(
+        "stage `{stage}`: `{}` names {}, which {what} (paths are relative to the pipeline file's directory, {})",
+        file.key,
+        path.display(),
+        pipeline.dir.display()
+    );
+    let error = pipeline.error_at(&at, message);
+    match closest_existing(path) {
+        Some(found) => error.with_help(format!("did you mean {}?", found.display())),
+        None => error,
+    }
+}
+
+/// The existing path nearest to `path`: under the deepest directory that
+/// exists, the entry whose name is closest to the missing component.
+fn closest_existing(path: &Path) -> Option<PathBuf> {
+    let mut missing = path;
+    let parent = loop {
+        let parent = missing.parent()?;
+        if parent.as_os_str().is_empty() || parent.is_dir() {
+            break parent;
+        }
+        missing = parent;
+    };
+    let name = missing.file_name()?.to_string_lossy();
+    let listing = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let mut names: Vec<String> = std::fs::read_dir(listing)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    did_you_mean(&name, &names).map(|found| parent.join(found))
 }

@@ -26,6 +26,9 @@ pub struct KeyMaterial {
     pub needs: Vec<Need>,
     /// The pipeline seed, for stages that use randomness.
     pub seed: Option<u64>,
+    /// The pipeline's name, for stages that write it into their output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
     /// The pipeline device, for stages whose output depends on it.
     pub device: Option<String>,
     /// Files read from outside the store: path (relative to the pipeline file) -> content hash.
@@ -84,6 +87,16 @@ impl KeyMaterial {
         diff_json("config", &old.config, &self.config, &mut changes);
         if self.seed != old.seed {
             changes.push(format!("seed changed: {} -> {}", show(&old.seed), show(&self.seed)).into());
+        }
+        if self.pipeline != old.pipeline {
+            changes.push(
+                format!(
+                    "pipeline name changed: {} -> {}",
+                    show(&old.pipeline),
+                    show(&self.pipeline)
+                )
+                .into(),
+            );
         }
         if self.device != old.device {
             changes.push(format!("device changed: {} -> {}", show(&old.device), show(&self.device)).into());
@@ -203,6 +216,7 @@ mod tests {
                 key: "a".repeat(32),
             }],
             seed: Some(1),
+            pipeline: None,
             device: None,
             inputs: BTreeMap::new(),
         }

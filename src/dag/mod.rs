@@ -4,6 +4,6 @@ mod executor;
 mod graph;
 mod key;
 
-pub use executor::{ExecOptions, Execution, NodeResult, NodeState, Reporter, execute};
+pub use executor::{ExecOptions, Execution, Failure, NodeResult, NodeState, Reporter, execute};
 pub use graph::{Graph, GraphNode};
 pub use key::{Change, KeyMaterial, Need, write_canonical};

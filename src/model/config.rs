@@ -81,6 +81,8 @@ struct Flat {
     filter_size: usize,
     #[serde(default)]
     padding: Option<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    filter_sizes: Vec<usize>,
     #[serde(default = "default_hidden_size")]
     hidden_size: usize,
     #[serde(default = "default_num_layers")]
@@ -146,29 +148,40 @@ impl Flat {
         serde_json::from_value(Json::Object(map)).expect("every key but `type` has a default")
     }
 
+    /// The keys `kind` does not use.
+    fn unused_keys(kind: FlatKind) -> &'static [&'static str] {
+        match kind {
+            FlatKind::Cnn => &[
+                "hidden_size",
+                "num_layers",
+                "bidirectional",
+                "dropout",
+                "pooling",
+                "recurrent_init",
+                "nonlinearity",
+            ],
+            FlatKind::Rnn => &["num_filters", "filter_size", "filter_sizes", "padding"],
+            FlatKind::Lstm | FlatKind::Gru => {
+                &["num_filters", "filter_size", "filter_sizes", "padding", "nonlinearity"]
+            }
+        }
+    }
+
     /// The keys set to something other than their default that `self.kind` does not use.
     fn inapplicable(&self) -> Vec<&'static str> {
-        let d = Flat::defaults(self.kind);
-        let cnn = [
-            ("num_filters", self.num_filters != d.num_filters),
-            ("filter_size", self.filter_size != d.filter_size),
-            ("padding", self.padding != d.padding),
-        ];
-        let recurrent = [
-            ("hidden_size", self.hidden_size != d.hidden_size),
-            ("num_layers", self.num_layers != d.num_layers),
-            ("bidirectional", self.bidirectional != d.bidirectional),
-            ("dropout", self.dropout != d.dropout),
-            ("pooling", self.pooling != d.pooling),
-            ("recurrent_init", self.recurrent_init != d.recurrent_init),
-        ];
-        let elman = [("nonlinearity", self.nonlinearity != d.nonlinearity)];
-        let unused: Vec<(&'static str, bool)> = match self.kind {
-            FlatKind::Cnn => recurrent.into_iter().chain(elman).collect(),
-            FlatKind::Rnn => cnn.to_vec(),
-            FlatKind::Lstm | FlatKind::Gru => cnn.into_iter().chain(elman).collect(),
-        };
-        unused.into_iter().filter(|(_, set)| *set).map(|(key, _)| key).collect()
+        let (set, defaults) = (self.to_map(), Flat::defaults(self.kind).to_map());
+        Flat::unused_keys(self.kind)
+            .iter()
+            .copied()
+            .filter(|key| set.get(*key) != defaults.get(*key))
+            .collect()
+    }
+
+    fn to_map(&self) -> Map<String, Json> {
+        match serde_json::to_value(self) {
+            Ok(Json::Object(map)) => map,
+            _ => unreachable!("the flat form serializes to a mapping"),
+        }
     }
 
     fn into_config(self) -> ModelConfig {
@@ -187,10 +200,15 @@ impl Flat {
         };
         let cell = match (self.kind, self.nonlinearity) {
             (FlatKind::Cnn, _) => {
+                let filter_sizes = if self.filter_sizes.is_empty() {
+                    vec![self.filter_size]
+                } else {
+                    self.filter_sizes
+                };
                 return ModelConfig::Cnn(CnnConfig {
                     embedding,
                     num_filters: self.num_filters,
-                    filter_size: self.filter_size,
+                    filter_sizes,
                     padding: self.padding,
                     head,
                 });
@@ -239,7 +257,11 @@ impl Flat {
         match config {
             ModelConfig::Cnn(c) => {
                 flat.num_filters = c.num_filters;
-                flat.filter_size = c.filter_size;
+                // One width keeps the `filter_size` form (and the keys made with it).
+                match c.filter_sizes.as_slice() {
+                    [one] => flat.filter_size = *one,
+                    several => flat.filter_sizes = several.to_vec(),
+                }
                 flat.padding = c.padding;
             }
             ModelConfig::Rnn(c) => {
@@ -266,6 +288,23 @@ struct Tagged<'a, T> {
     kind: &'static str,
     #[serde(flatten)]
     config: &'a T,
+}
+
+impl ModelConfig {
+    /// The config as a user reads it: the keys of its architecture only
+    /// (the flat form without those its `type` does not use).
+    pub fn applicable(&self) -> Json {
+        match Flat::from_config(self) {
+            Some(flat) => {
+                let mut map = flat.to_map();
+                for key in Flat::unused_keys(flat.kind) {
+                    map.remove(*key);
+                }
+                Json::Object(map)
+            }
+            None => serde_json::to_value(self).expect("model configs serialize"),
+        }
+    }
 }
 
 impl Serialize for ModelConfig {
@@ -301,6 +340,12 @@ impl<'de> Deserialize<'de> for ModelConfig {
             }
             "cnn" | "rnn" | "lstm" | "gru" => {
                 let flat: Flat = located(Json::Object(map))?;
+                if !flat.filter_sizes.is_empty() && flat.filter_size != default_filter_size() {
+                    return Err(nested::<D::Error>(
+                        "filter_sizes",
+                        "set either `filter_size` (one width) or `filter_sizes` (several), not both",
+                    ));
+                }
                 if let Some(key) = flat.inapplicable().first() {
                     return Err(nested::<D::Error>(
                         key,
@@ -410,6 +455,32 @@ mod tests {
         );
         assert!(parse("{type: cnn, dropout: 0.0, hidden_size: 64}").is_ok());
         assert!(parse("{type: rnn, num_filters: 11}").is_err());
+    }
+
+    #[test]
+    fn a_cnn_takes_several_kernel_widths() {
+        let config = parse("{type: cnn, filter_sizes: [3, 4, 5]}").unwrap();
+        assert!(matches!(&config, ModelConfig::Cnn(c) if c.filter_sizes == [3, 4, 5]));
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["filter_sizes"], serde_json::json!([3, 4, 5]));
+        assert_eq!(serde_json::from_value::<ModelConfig>(json).unwrap(), config);
+        // One width keeps the form (and the cache keys) of `filter_size`.
+        let one = serde_json::to_value(parse("{type: cnn, filter_sizes: [4]}").unwrap()).unwrap();
+        assert_eq!(
+            one,
+            serde_json::to_value(parse("{type: cnn, filter_size: 4}").unwrap()).unwrap()
+        );
+        assert!(one.get("filter_sizes").is_none());
+        assert!(
+            parse("{type: cnn, filter_size: 4, filter_sizes: [3, 5]}")
+                .unwrap_err()
+                .contains("either `filter_size`")
+        );
+        assert!(
+            parse("{type: gru, filter_sizes: [3]}")
+                .unwrap_err()
+                .contains("does not apply")
+        );
     }
 
     #[test]

@@ -63,17 +63,22 @@ impl RunReport<'_> {
             Chart {
                 file: "loss.svg",
                 title: "Loss",
-                svg: svg::line_chart("training and evaluation loss", "step", &line(&["loss", "eval_loss"])),
+                svg: svg::line_chart(
+                    "training and evaluation loss",
+                    "step",
+                    "loss",
+                    &line(&["loss", "eval_loss"]),
+                ),
             },
             Chart {
                 file: "learning_rate.svg",
                 title: "Learning rate",
-                svg: svg::line_chart("learning rate", "step", &line(&["learning_rate"])),
+                svg: svg::line_chart("learning rate", "step", "learning rate", &line(&["learning_rate"])),
             },
             Chart {
                 file: "grad_norm.svg",
                 title: "Gradient norm (before clipping)",
-                svg: svg::line_chart("global gradient norm", "step", &line(&["grad_norm"])),
+                svg: svg::line_chart("global gradient norm", "step", "L2 norm", &line(&["grad_norm"])),
             },
         ];
         let accuracy = line(&["eval_accuracy"]);
@@ -81,7 +86,7 @@ impl RunReport<'_> {
             charts.push(Chart {
                 file: "eval_accuracy.svg",
                 title: "Evaluation accuracy",
-                svg: svg::line_chart("evaluation accuracy", "step", &accuracy),
+                svg: svg::line_chart("evaluation accuracy", "step", "accuracy", &accuracy),
             });
         }
         charts

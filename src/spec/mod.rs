@@ -7,5 +7,5 @@ mod yaml;
 
 pub use error::{Source, SpecError, check_identifier, did_you_mean, nested};
 pub use pipeline::{MlflowTracking, Pipeline, StageSpec, Tracking, lock_path};
-pub use sweep::{Goal, Method, Objective, Sweep, Trial, is_sweep};
+pub use sweep::{Domain, Goal, Method, Objective, Sweep, Trial, is_sweep};
 pub use yaml::{Entry, Node, Origin, Value};

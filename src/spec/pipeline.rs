@@ -150,9 +150,21 @@ impl Pipeline {
         let Err(e) = crate::backend::device(&self.device) else {
             return Ok(());
         };
-        let mut root = self.source.parse()?;
-        apply_overrides(&self.source, &mut root)?;
-        Err(self.source.error(root.locate(["device"]), format!("{e:#}")))
+        Err(self.error_at(&["device"], format!("{e:#}")))
+    }
+
+    /// An error located at the value of a key path (`["stages", "d", "source"]`),
+    /// or at the `--set` override that gave it; at the nearest enclosing key
+    /// when the path is not written out.
+    pub fn error_at(&self, path: &[&str], message: impl Into<String>) -> SpecError {
+        let root = self.source.parse().and_then(|mut root| {
+            apply_overrides(&self.source, &mut root)?;
+            Ok(root)
+        });
+        match root {
+            Ok(root) => self.source.error(root.locate(path.iter().copied()), message),
+            Err(e) => e,
+        }
     }
 
     /// The stage called `name`.

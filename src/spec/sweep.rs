@@ -37,6 +37,8 @@ pub struct Sweep {
     pub tracking: Option<Tracking>,
     /// The dotted paths that vary, in file order.
     pub parameters: Vec<String>,
+    /// How each of them varies, in the same order.
+    pub domains: Vec<Domain>,
     /// The trials, in expansion order.
     pub trials: Vec<Trial>,
 }
@@ -51,6 +53,19 @@ impl Sweep {
             &self.devices
         }
     }
+}
+
+/// How a sweep parameter varies (what a chart of it needs to know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// `values:` (or `distribution: choice`): listed values.
+    Values,
+    /// `distribution: log_uniform`.
+    LogUniform,
+    /// `distribution: uniform`.
+    Uniform,
+    /// `distribution: int_uniform`.
+    IntUniform,
 }
 
 /// One pipeline instance of a sweep.
@@ -142,7 +157,7 @@ fn one() -> usize {
 /// One entry of `parameters:`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Domain {
+struct ParameterSpec {
     #[serde(default)]
     values: Option<Vec<Json>>,
     #[serde(default)]
@@ -175,6 +190,17 @@ enum Kind {
     LogUniform(f64, f64),
     Uniform(f64, f64),
     IntUniform(i64, i64),
+}
+
+impl Kind {
+    fn domain(&self) -> Domain {
+        match self {
+            Kind::Values(_) => Domain::Values,
+            Kind::LogUniform(..) => Domain::LogUniform,
+            Kind::Uniform(..) => Domain::Uniform,
+            Kind::IntUniform(..) => Domain::IntUniform,
+        }
+    }
 }
 
 /// True when the YAML file is a sweep (it has `pipeline:` and `parameters:`).
@@ -319,6 +345,7 @@ impl Sweep {
             parallel: header.parallel,
             devices,
             tracking,
+            domains: parameters.iter().map(|p| p.kind.domain()).collect(),
             parameters: parameters.into_iter().map(|p| p.path).collect(),
             trials,
         })
@@ -362,7 +389,7 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
     let mut parameters = Vec::new();
     for entry in entries {
         let what = format!("parameter `{}`", entry.key);
-        let domain: Domain = source.deserialize(root, &["parameters", &entry.key], &what)?;
+        let domain: ParameterSpec = source.deserialize(root, &["parameters", &entry.key], &what)?;
         let at = |key: &str| root.locate(["parameters", entry.key.as_str(), key]);
         let range = |name: &str| -> Result<(f64, f64), SpecError> {
             match (domain.min, domain.max) {

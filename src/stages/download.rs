@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::fetch::{self, Source};
-use crate::stage::{Invalid, Stage, StageContext, StageOutcome};
+use crate::stage::{InputFile, Invalid, Stage, StageContext, StageOutcome};
 
 /// The `download` stage kind.
 pub struct Download;
@@ -187,12 +187,14 @@ impl Stage for Download {
         Ok(())
     }
 
-    fn input_files(&self, config: &DownloadConfig) -> Vec<String> {
+    fn input_files(&self, config: &DownloadConfig) -> Vec<InputFile> {
         match config.source() {
-            Source::Local(dir) if !config.files.is_empty() => {
-                config.files.iter().map(|file| format!("{dir}/{file}")).collect()
-            }
-            Source::Local(path) => vec![path],
+            Source::Local(dir) if !config.files.is_empty() => config
+                .files
+                .iter()
+                .map(|file| InputFile::new("files", format!("{dir}/{file}")))
+                .collect(),
+            Source::Local(path) => vec![InputFile::new("source", path)],
             _ => Vec::new(),
         }
     }

@@ -29,13 +29,11 @@ pub struct EvaluateConfig {
     /// Splits to score (default: every split but `train`).
     #[serde(default)]
     pub splits: Option<Vec<String>>,
-    /// Rows per batch (default 64).
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-}
-
-fn default_batch_size() -> usize {
-    64
+    /// Rows per batch (default: the train stage's, so that its evaluation of
+    /// the train stage's `eval_split` is the train stage's own, to the bit:
+    /// with dynamic padding a row's logits depend on the width of its batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
 }
 
 /// The file with the per-split [`SplitScores`].
@@ -49,7 +47,7 @@ impl Stage for Evaluate {
     const ARTIFACTS: &'static [&'static str] = &["metrics.json"];
 
     fn validate(&self, config: &EvaluateConfig) -> Result<(), Invalid> {
-        if config.batch_size == 0 {
+        if config.batch_size == Some(0) {
             return Err(Invalid::at("batch_size", "must be at least 1"));
         }
         if config.splits.as_ref().is_some_and(Vec::is_empty) {
@@ -73,7 +71,9 @@ impl Stage for Evaluate {
         );
         let device = backend::device(ctx.device)?;
         let mut batching = data.batching.clone();
-        batching.batch_size = config.batch_size;
+        if let Some(size) = config.batch_size.or(info.config.batch_size) {
+            batching.batch_size = size;
+        }
         let checkpoint = info.checkpoint.clone().map(|architecture| Checkpoint {
             architecture,
             weights: None,

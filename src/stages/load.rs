@@ -2,12 +2,15 @@
 //! one normalized parquet file per split: `text`, optional `text_pair`, and
 //! `label` as integer ids (string labels are mapped, the mapping recorded).
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
 use indexmap::IndexMap;
 use polars::prelude::{BooleanChunked, Column, DataFrame, DataType};
 use serde::{Deserialize, Serialize};
 
 use crate::data::table::{self, Format, TableMeta};
+use crate::spec::did_you_mean;
 use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
 
 /// The `load` stage kind.
@@ -156,15 +159,60 @@ impl Condition {
     }
 }
 
-/// A column by name, or an error that lists the columns that exist.
+/// A column by name, or an error at `key` that lists the columns that exist
+/// and suggests the closest.
 fn column<'a>(df: &'a DataFrame, name: &str, file: &str, key: &str) -> anyhow::Result<&'a Column> {
     df.column(name).map_err(|_| {
-        let names: Vec<String> = df.get_column_names().iter().map(|n| format!("`{n}`")).collect();
-        anyhow::anyhow!(
-            "`{key}`: {file} has no column `{name}`; its columns are {}",
-            names.join(", ")
-        )
+        let names: Vec<String> = df.get_column_names().iter().map(|n| n.to_string()).collect();
+        let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        let invalid = Invalid::at(
+            key,
+            format!("{file} has no column `{name}`; its columns are {}", quoted.join(", ")),
+        );
+        let invalid = match did_you_mean(name, &names) {
+            Some(close) => invalid.with_help(format!("did you mean `{close}`?")),
+            None => invalid,
+        };
+        invalid.into()
     })
+}
+
+/// The file a split names, among the outputs of the stages this one needs;
+/// an error at `splits.<split>` listing what they produced when none has it.
+fn split_file(ctx: &StageContext, split: &str, file: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = ctx.inputs.iter().map(|i| i.dir.join(file)).find(|p| p.exists()) {
+        return Ok(path);
+    }
+    let mut produced: Vec<String> = Vec::new();
+    for input in ctx.inputs {
+        let mut names: Vec<String> = std::fs::read_dir(&input.dir)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        produced.extend(names);
+    }
+    let stages: Vec<&str> = ctx.inputs.iter().map(|i| i.name.as_str()).collect();
+    let message = match stages.as_slice() {
+        [] => format!("this stage needs no stage, so nothing produced {file}; add the download stage to `needs`"),
+        _ => format!(
+            "no stage this one needs ({}) produced {file}; they produced {}",
+            stages.join(", "),
+            if produced.is_empty() {
+                "no files".to_string()
+            } else {
+                produced.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+            }
+        ),
+    };
+    let invalid = Invalid::at(&format!("splits.{split}"), message);
+    let invalid = match did_you_mean(file, &produced) {
+        Some(close) => invalid.with_help(format!("did you mean `{close}`?")),
+        None => invalid,
+    };
+    Err(invalid.into())
 }
 
 impl Stage for Load {
@@ -206,22 +254,7 @@ impl Stage for Load {
         let mut frames = Vec::new();
         for (split, file) in &config.splits {
             ctx.check_cancelled()?;
-            let path = ctx
-                .inputs
-                .iter()
-                .map(|i| i.dir.join(file))
-                .find(|p| p.exists())
-                .ok_or_else(|| {
-                    let stages: Vec<&str> = ctx.inputs.iter().map(|i| i.name.as_str()).collect();
-                    anyhow::anyhow!(
-                        "`splits.{split}`: no stage this one needs ({}) produced {file}",
-                        if stages.is_empty() {
-                            "none".to_string()
-                        } else {
-                            stages.join(", ")
-                        }
-                    )
-                })?;
+            let path = split_file(ctx, split, file)?;
             let format = match config.format {
                 Some(format) => format,
                 None => Format::from_extension(&path)?,

@@ -13,7 +13,7 @@ mod vectorize;
 
 pub use download::{Download, DownloadConfig};
 pub use encode::{Encode, EncodeConfig};
-pub use evaluate::{Evaluate, EvaluateConfig};
+pub use evaluate::{Evaluate, EvaluateConfig, METRICS_FILE};
 pub use load::{Load, LoadConfig};
 pub use report::{Report, ReportConfig};
 pub use shuffle::{Shuffle, ShuffleConfig};

@@ -19,7 +19,7 @@ pub struct Report;
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
-    /// The page title (default: the train stage's name).
+    /// The page title (default: `<pipeline>: <train stage> (<model type>)`).
     #[serde(default)]
     pub title: Option<String>,
 }
@@ -29,6 +29,11 @@ impl Stage for Report {
     const KIND: &'static str = "report";
     const VERSION: u32 = 1;
     const ARTIFACTS: &'static [&'static str] = &["report.html", "report.md", "*.svg"];
+    const HEADLINE_FILES: &'static [(&'static str, &'static str)] = &[("report", "report.html")];
+
+    fn uses_pipeline_name(&self, config: &ReportConfig) -> bool {
+        config.title.is_none()
+    }
 
     fn run(&self, config: &ReportConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
         let trained = ctx.providing(Output::Model)?;
@@ -47,11 +52,14 @@ impl Stage for Report {
         if let Some(&(_, loss)) = history.series("loss").last() {
             summary.insert("final_train_loss".to_string(), loss);
         }
-        let config_yaml = serde_yaml::to_string(&info.config)?;
-        let title = config
-            .title
-            .clone()
-            .unwrap_or_else(|| format!("{} report", trained.name));
+        let mut config_json = serde_json::to_value(&info.config)?;
+        config_json["model"] = info.config.model.applicable();
+        let config_yaml = serde_yaml::to_string(&config_json)?;
+        let title = config.title.clone().unwrap_or_else(|| {
+            let model = info.config.model.applicable();
+            let kind = model["type"].as_str().unwrap_or("model");
+            format!("{}: {} ({kind})", ctx.pipeline, trained.name)
+        });
         let report = RunReport {
             title: &title,
             config_yaml: &config_yaml,

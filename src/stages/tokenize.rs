@@ -15,7 +15,7 @@ use crate::data::batches::Side;
 use crate::data::fetch::{self, Source};
 use crate::data::table::{self, TableMeta};
 use crate::data::vocab::{self, VocabSettings};
-use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
+use crate::stage::{InputFile, Invalid, Output, Stage, StageContext, StageOutcome};
 
 /// The `tokenize` stage kind.
 pub struct Tokenize;
@@ -181,10 +181,10 @@ impl Stage for Tokenize {
         }
     }
 
-    fn input_files(&self, config: &TokenizeConfig) -> Vec<String> {
+    fn input_files(&self, config: &TokenizeConfig) -> Vec<InputFile> {
         match &config.tokenizer {
             TokenizerSource::Pretrained(source) => match Source::parse(source) {
-                Ok(Source::Local(path)) => vec![path],
+                Ok(Source::Local(path)) => vec![InputFile::new("tokenizer.pretrained", path)],
                 _ => Vec::new(),
             },
             _ => Vec::new(),

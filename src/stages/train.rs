@@ -17,7 +17,7 @@ use crate::data::batches::{Batching, Side, SplitTensors};
 use crate::data::table::TableMeta;
 use crate::model::bert::{Architecture, Checkpoint};
 use crate::model::{self, Classifier, ModelConfig, Setup, Shape, with_model};
-use crate::stage::{Invalid, Output, Stage, StageContext, StageOutcome};
+use crate::stage::{InputFile, Invalid, Output, Stage, StageContext, StageOutcome};
 use crate::train::optimizer::{Clipping, OptimizerConfig};
 use crate::train::schedule::Schedule;
 use crate::train::{self, Data, Fitted, Loss, Plan, Selection};
@@ -245,6 +245,7 @@ impl Stage for Train {
     const OUTPUTS: &'static [Output] = &[Output::Model];
     const VERSION: u32 = 5;
     const ARTIFACTS: &'static [&'static str] = &["model.safetensors", "history.csv", "train.json"];
+    const HEADLINE_FILES: &'static [(&'static str, &'static str)] = &[("model", "model.safetensors")];
 
     fn validate(&self, config: &TrainConfig) -> Result<(), Invalid> {
         if let Err((key, message)) = config.model.check() {
@@ -297,11 +298,12 @@ impl Stage for Train {
         true
     }
 
-    fn input_files(&self, config: &TrainConfig) -> Vec<String> {
+    fn input_files(&self, config: &TrainConfig) -> Vec<InputFile> {
         config
             .model
             .embedding()
             .and_then(|e| e.glove.clone())
+            .map(|path| InputFile::new("model.glove", path))
             .into_iter()
             .collect()
     }

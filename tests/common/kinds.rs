@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 
-use pipeline::stage::{Invalid, Registry, Stage, StageContext, StageOutcome};
+use pipeline::stage::{InputFile, Invalid, Registry, Stage, StageContext, StageOutcome};
 use serde::{Deserialize, Serialize};
 
 /// Appends a line to `$TESTKIT_LOG`, so tests can count what ran across processes.
@@ -65,8 +65,8 @@ impl Stage for StepStage {
         config.on_device
     }
 
-    fn input_files(&self, config: &StepConfig) -> Vec<String> {
-        config.file.iter().cloned().collect()
+    fn input_files(&self, config: &StepConfig) -> Vec<InputFile> {
+        config.file.iter().map(|f| InputFile::new("file", f.clone())).collect()
     }
 
     fn run(&self, config: &StepConfig, ctx: &StageContext) -> anyhow::Result<StageOutcome> {
