@@ -63,6 +63,7 @@ fn ours(checkpoint: &Checkpoint, steps: usize) -> (f64, f64) {
         glove: None,
         checkpoint: Some(checkpoint),
         features: None,
+        train: None,
     };
     let device = Device::flex().autodiff();
     let mut model = config.init(&setup, &device).unwrap();

@@ -120,6 +120,7 @@ fn ours(checkpoint: &Path, batch: &Batch) -> (Vec<f32>, Vec<f32>) {
         glove: None,
         checkpoint: Some(&checkpoint),
         features: None,
+        train: None,
     };
     let model: Bert = config.init(&setup, &device).unwrap();
     let inputs = Inputs::new(batch, &device);

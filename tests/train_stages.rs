@@ -362,6 +362,8 @@ fn evaluate_scores_the_eval_split_exactly_as_training_did() {
         "{type: gru, embedding_dim: 16, hidden_size: 8, bidirectional: true}",
         // Kim's CNN: several kernel widths, dropout before the head.
         "{type: cnn, embedding_dim: 16, num_filters: 4, filter_sizes: [2, 3, 5], head_dropout: 0.5}",
+        // TF-IDF's document frequencies travel with the weights to `evaluate`.
+        "{type: bow, features: tfidf, ngrams: 2, l2: 1.0e-4}",
     ] {
         let project = Project::new();
         let train = format!(
@@ -379,4 +381,26 @@ fn evaluate_scores_the_eval_split_exactly_as_training_did() {
             "{model}"
         );
     }
+}
+
+#[test]
+fn a_bag_of_words_baseline_learns_the_sample() {
+    // TF-IDF over tokens and hashed bigrams, logistic regression with an L2
+    // penalty: 0.76 on the 1,000 test reviews here (the sample CNN: 0.59;
+    // chance stays within 0.5 +- 0.05).
+    let project = Project::new();
+    let train = "    model: {type: bow, features: tfidf, ngrams: 2, l2: 1.0e-5}\n    optimizer: {type: adam, lr: 1.0e-2}\n    epochs: 5\n    metric: eval_accuracy\n    load_best_at_end: true\n";
+    let file = project.write("bow.yaml", &sample(train));
+    let (code, result) = project.run_json(&["run", &file], &[]);
+    assert_eq!(code, 0, "{result}");
+    let accuracy = metric(&result, "evaluate", "test_accuracy");
+    assert!(accuracy > 0.7, "test accuracy {accuracy}");
+    // A bad setting is a located error.
+    let output = project.run(&["plan", &file, "--set", "stages.train.model.ngrams=3"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("must be 1 (tokens) or 2"),
+        "{}",
+        stderr(&output)
+    );
 }

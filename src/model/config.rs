@@ -15,6 +15,7 @@ use serde_json::{Map, Value as Json};
 use crate::spec::nested;
 
 use super::bert::BertConfig;
+use super::bow::BowConfig;
 use super::cnn::CnnConfig;
 use super::init::{EmbeddingInit, Init, RecurrentInit};
 use super::recurrent::Cell;
@@ -30,10 +31,12 @@ pub enum ModelConfig {
     Rnn(RnnConfig),
     /// `type: bert`: a pretrained encoder read from a checkpoint.
     Bert(BertConfig),
+    /// `type: bow`: bag-of-words logistic regression, the linear baseline.
+    Bow(BowConfig),
 }
 
 /// The names `type` takes.
-const TYPES: &[&str] = &["cnn", "rnn", "lstm", "gru", "bert"];
+const TYPES: &[&str] = &["cnn", "rnn", "lstm", "gru", "bert", "bow"];
 
 /// The token embedding shared by the CNN and the recurrent networks.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,7 +245,7 @@ impl Flat {
                 };
                 (kind, &c.embedding, &c.head)
             }
-            ModelConfig::Bert(_) => return None,
+            ModelConfig::Bert(_) | ModelConfig::Bow(_) => return None,
         };
         let mut flat = Flat::defaults(kind);
         flat.embedding_dim = embedding.dim;
@@ -275,7 +278,7 @@ impl Flat {
                     flat.nonlinearity = Nonlinearity::Relu;
                 }
             }
-            ModelConfig::Bert(_) => unreachable!("returned above"),
+            ModelConfig::Bert(_) | ModelConfig::Bow(_) => unreachable!("returned above"),
         }
         Some(flat)
     }
@@ -312,7 +315,8 @@ impl Serialize for ModelConfig {
         match (self, Flat::from_config(self)) {
             (_, Some(flat)) => flat.serialize(serializer),
             (ModelConfig::Bert(config), None) => Tagged { kind: "bert", config }.serialize(serializer),
-            (_, None) => unreachable!("only bert has no flat form"),
+            (ModelConfig::Bow(config), None) => Tagged { kind: "bow", config }.serialize(serializer),
+            (_, None) => unreachable!("only bert and bow have no flat form"),
         }
     }
 }
@@ -337,6 +341,10 @@ impl<'de> Deserialize<'de> for ModelConfig {
             "bert" => {
                 map.remove("type");
                 Ok(ModelConfig::Bert(located(Json::Object(map))?))
+            }
+            "bow" => {
+                map.remove("type");
+                Ok(ModelConfig::Bow(located(Json::Object(map))?))
             }
             "cnn" | "rnn" | "lstm" | "gru" => {
                 let flat: Flat = located(Json::Object(map))?;

@@ -7,6 +7,7 @@
 //! The parts the CNN and the recurrent networks share are below.
 
 pub mod bert;
+pub mod bow;
 pub mod cnn;
 pub mod composed;
 pub mod config;
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::ModelConfig;
 
-use crate::data::batches::{Batch, Side};
+use crate::data::batches::{Batch, Side, SplitTensors};
 use crate::data::rng;
 use config::{EmbeddingSpec, HeadSpec};
 use init::Initializer;
@@ -51,6 +52,10 @@ macro_rules! with_model {
                 let $model = c.init($setup, $device)?;
                 $body
             }
+            $crate::model::ModelConfig::Bow(c) => {
+                let $model = c.init($setup, $device);
+                $body
+            }
         }
     };
 }
@@ -63,6 +68,7 @@ impl ModelConfig {
             ModelConfig::Cnn(c) => c.check(),
             ModelConfig::Rnn(c) => c.check(),
             ModelConfig::Bert(c) => c.check(),
+            ModelConfig::Bow(c) => c.check(),
         }
     }
 
@@ -71,7 +77,7 @@ impl ModelConfig {
     pub fn check_width(&self, width: usize) -> Result<(), (&'static str, String)> {
         match self {
             ModelConfig::Cnn(c) => c.check_width(width),
-            ModelConfig::Rnn(_) | ModelConfig::Bert(_) => Ok(()),
+            ModelConfig::Rnn(_) | ModelConfig::Bert(_) | ModelConfig::Bow(_) => Ok(()),
         }
     }
 
@@ -83,6 +89,7 @@ impl ModelConfig {
         let parameters = match self {
             ModelConfig::Cnn(c) => c.parameters(vocab_size),
             ModelConfig::Rnn(c) => c.parameters(vocab_size),
+            ModelConfig::Bow(c) => c.parameters(vocab_size),
             ModelConfig::Bert(_) => return Ok(()),
         };
         let needed = parameters * 16.0;
@@ -104,7 +111,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Cnn(c) => Some(&c.embedding),
             ModelConfig::Rnn(c) => Some(&c.embedding),
-            ModelConfig::Bert(_) => None,
+            ModelConfig::Bert(_) | ModelConfig::Bow(_) => None,
         }
     }
 }
@@ -119,6 +126,12 @@ pub trait Classifier: Module + Sized {
     /// [`parameter_names`] entry). Default: every parameter, as PyTorch's optimizers.
     fn decays(&self, _path: &str) -> bool {
         true
+    }
+
+    /// A penalty on the weights added to the training loss (the elastic
+    /// net's L1 and L2 terms). Default: none.
+    fn penalty(&self) -> Option<Tensor<1>> {
+        None
     }
 }
 
@@ -185,6 +198,9 @@ pub struct Setup<'a> {
     /// The width of a frozen encoder's features, when the model reads those
     /// (`encode`) instead of embedding token ids.
     pub features: Option<usize>,
+    /// The train split, for models that fit statistics of it before training
+    /// (TF-IDF's document frequencies); `None` when loading trained weights.
+    pub train: Option<&'a SplitTensors>,
 }
 
 /// A batch on the device: ids `[batch, time]`, segment ids for sentence

@@ -95,6 +95,7 @@ impl Stage for Encode {
             glove: None,
             checkpoint: Some(&checkpoint),
             features: None,
+            train: None,
         };
         let encoder = BertConfig {
             checkpoint: config.checkpoint.clone(),

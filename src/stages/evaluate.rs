@@ -84,6 +84,7 @@ impl Stage for Evaluate {
             glove: None,
             checkpoint: checkpoint.as_ref(),
             features: info.features,
+            train: None,
         };
         let (reports, outcome) = with_model!(&info.config.model, &setup, &device, |model| {
             let model = model::load_safetensors(model, &trained.dir.join("model.safetensors"))?;

@@ -412,6 +412,7 @@ impl Stage for Train {
                 glove: embedding.as_deref(),
                 checkpoint: checkpoint.as_ref(),
                 features,
+                train: Some(&train_split),
             };
             with_model!(&config.model, &setup, &device, |model| {
                 let fitted = train::fit(model, &inputs, &plan, &device, ctx)?;

@@ -198,6 +198,10 @@ pub fn fit<M: Classifier>(
         let inputs = Inputs::new(&batch, device);
         let logits = model.forward(&inputs, Some(&mut dropout));
         let loss = plan.loss.tensor(logits, &batch.labels, device);
+        let loss = match model.penalty() {
+            Some(penalty) => loss + penalty,
+            None => loss,
+        };
         let value = f64::from(loss.clone().into_scalar::<f32>());
         if !value.is_finite() {
             let last = match last_finite {
