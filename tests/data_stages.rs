@@ -676,3 +676,33 @@ stages:
     assert!(lock.contains("../../elsewhere/reviews.parquet"), "{lock}");
     assert!(lock.contains(&hash[..16]), "the content hash is in the lock: {lock}");
 }
+
+#[test]
+fn the_data_root_moves_without_changing_keys() {
+    // `${PIPELINE_DATA:-../../shared/data}`: the same bytes elsewhere give the same keys.
+    let project = Project::new();
+    let file = project.copy("imdb-cnn.yaml");
+    let keys = |env: &[(&str, &str)]| {
+        let (code, plan) = project.run_json(&["plan", &file], env);
+        assert_eq!(code, 0, "{plan}");
+        plan["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].clone())
+            .collect::<Vec<_>>()
+    };
+    let moved = project.dir.path().join("elsewhere");
+    std::os::unix::fs::symlink(common::project::data_root(), &moved).unwrap();
+    let moved = moved.to_str().unwrap().to_string();
+    assert_eq!(keys(&[]), keys(&[("PIPELINE_DATA", &moved)]));
+    let empty = project.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = project.run_env(&["plan", &file], &[("PIPELINE_DATA", empty.to_str().unwrap())]);
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains("imdb-cnn.yaml:11:") && err.contains("empty/imdb/train.parquet, which does not exist"),
+        "{err}"
+    );
+}

@@ -195,10 +195,7 @@ fn glove_vectors_fill_the_embedding_and_stay_frozen() {
     let mut first = String::new();
     use std::io::BufRead;
     let gz = flate2::read::GzDecoder::new(
-        std::fs::File::open(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/glove/glove.6B.100d.first2604.txt.gz"),
-        )
-        .unwrap(),
+        std::fs::File::open(common::project::data_root().join("glove/glove.6B.100d.first2604.txt.gz")).unwrap(),
     );
     std::io::BufReader::new(gz).read_line(&mut first).unwrap();
     let expected: Vec<f32> = first.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();

@@ -1,6 +1,7 @@
 //! Pipeline files: YAML with located errors, typed stage configs and `--set` overrides.
 
 mod error;
+pub mod paths;
 mod pipeline;
 mod sweep;
 mod yaml;

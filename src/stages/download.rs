@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::fetch::{self, Source};
+use crate::spec::paths;
 use crate::stage::{InputFile, Invalid, Stage, StageContext, StageOutcome};
 
 /// The `download` stage kind.
@@ -210,8 +211,8 @@ impl Stage for Download {
             total += match config.source() {
                 Source::Local(path) => {
                     let source = match config.files.is_empty() {
-                        true => ctx.pipeline_dir.join(path),
-                        false => ctx.pipeline_dir.join(path).join(&name),
+                        true => paths::local(ctx.pipeline_dir, &path)?,
+                        false => paths::local(ctx.pipeline_dir, &path)?.join(&name),
                     };
                     std::fs::copy(&source, &target).with_context(|| format!("cannot copy {}", source.display()))?
                 }

@@ -15,6 +15,7 @@ use crate::data::batches::Side;
 use crate::data::fetch::{self, Source};
 use crate::data::table::{self, TableMeta};
 use crate::data::vocab::{self, VocabSettings};
+use crate::spec::paths;
 use crate::stage::{InputFile, Invalid, Output, Stage, StageContext, StageOutcome};
 
 /// The `tokenize` stage kind.
@@ -206,7 +207,7 @@ impl Stage for Tokenize {
                         fetch::fetch_hub(&repo, false, "main", "tokenizer.json", &saved, ctx)?;
                     }
                     _ => {
-                        let path = ctx.pipeline_dir.join(source);
+                        let path = paths::local(ctx.pipeline_dir, source)?;
                         std::fs::copy(&path, &saved).with_context(|| format!("cannot read {}", path.display()))?;
                     }
                 }

@@ -17,6 +17,7 @@ use crate::data::batches::{Batching, Side, SplitTensors};
 use crate::data::table::TableMeta;
 use crate::model::bert::{Architecture, Checkpoint};
 use crate::model::{self, Classifier, ModelConfig, Setup, Shape, with_model};
+use crate::spec::paths;
 use crate::stage::{InputFile, Invalid, Output, Stage, StageContext, StageOutcome};
 use crate::train::optimizer::{Clipping, OptimizerConfig};
 use crate::train::schedule::Schedule;
@@ -562,7 +563,7 @@ fn pretrained(
     pad_id: Option<u32>,
     vocab_size: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    let path = ctx.pipeline_dir.join(glove);
+    let path = paths::local(ctx.pipeline_dir, glove)?;
     let input = ctx
         .providing(Output::Tokens)
         .context("GloVe vectors are matched to the words of the tokenizer")?;

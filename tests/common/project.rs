@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// A scratch project: `main/pipelines/*.yaml`, `main/data` -> the repo's data,
-/// `shared` -> the real ../shared, and a store.
+/// `shared/data` -> the full data sets ([`data_root`]), and a store.
 pub struct Project {
     pub dir: tempfile::TempDir,
 }
@@ -15,9 +15,9 @@ impl Project {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         std::fs::create_dir_all(dir.path().join("main/pipelines")).unwrap();
         std::os::unix::fs::symlink(repo.join("data"), dir.path().join("main/data")).unwrap();
-        let shared = repo.join("../shared");
-        assert!(shared.join("data").exists(), "{} is missing", shared.display());
-        std::os::unix::fs::symlink(shared, dir.path().join("shared")).unwrap();
+        let data = data_root();
+        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+        std::os::unix::fs::symlink(data, dir.path().join("shared/data")).unwrap();
         Project { dir }
     }
 
@@ -98,4 +98,22 @@ impl Project {
             })
             .unwrap_or(0)
     }
+}
+
+/// The full data sets (IMDB, GLUE MRPC, GloVe, tokenizers; see `../shared/data/README.md`):
+/// `PIPELINE_DATA` when set, else the checkout's `../shared/data`. The tests that build a
+/// [`Project`] need them and fail, naming what to do, without them.
+pub fn data_root() -> PathBuf {
+    let root = std::env::var_os("PIPELINE_DATA").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+        PathBuf::from,
+    );
+    assert!(
+        root.join("imdb/train.parquet").exists(),
+        "the full data sets are missing at {}: the data, train, sweep, BERT and MLflow tests read them. \
+         Point PIPELINE_DATA at a copy laid out as ../shared/data/README.md describes \
+         (imdb/, glue-mrpc/, glove/, tokenizers/), or put one at ../shared/data",
+        root.display()
+    );
+    root
 }
