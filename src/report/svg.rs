@@ -379,6 +379,9 @@ pub fn scatter(
 /// across them, coloured from the last column (the metric: dark is high);
 /// `best` drawn on top, thick and red.
 pub fn parallel_coordinates(title: &str, columns: &[(String, Axis)], rows: &[Vec<f64>], best: Option<usize>) -> String {
+    if columns.len() < 2 || rows.is_empty() {
+        return no_data(title);
+    }
     let height = PLOT_HEIGHT + 40.0;
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="100%" font-family="sans-serif" font-size="12">"#
@@ -389,9 +392,6 @@ pub fn parallel_coordinates(title: &str, columns: &[(String, Axis)], rows: &[Vec
         WIDTH / 2.0,
         escape(title)
     );
-    if columns.len() < 2 || rows.is_empty() {
-        return no_data(title);
-    }
     let (top, bottom) = (TOP + 24.0, height - BOTTOM);
     let span = (WIDTH - 2.0 * LEFT) / (columns.len() - 1) as f64;
     let ax = |c: usize| LEFT + span * c as f64;
