@@ -7,21 +7,21 @@ use crate::dag::Graph;
 use crate::spec::{Sweep, is_sweep, lock_path};
 use crate::store::{LockFile, Lookup};
 
-/// Prints rows as left-aligned columns.
+/// Prints a header and rows as left-aligned columns.
 pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    table.extend(rows.iter().cloned());
+    for line in crate::results::aligned(&table) {
+        println!("{line}");
     }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
+}
+
+/// What `plan` says a run would do with a stage's entry.
+fn plan_state(lookup: &Lookup) -> &'static str {
+    match lookup {
+        Lookup::Valid(_) => "cached",
+        Lookup::Missing => "run",
+        Lookup::Corrupt(_) => "run (damaged entry)",
     }
 }
 
@@ -44,11 +44,7 @@ pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
     let mut stages = Vec::new();
     for (stage, &node) in pipeline.stages.iter().zip(&nodes) {
         let node = &graph.nodes[node];
-        let state = match env.store.lookup(&stage.kind, &node.key) {
-            Lookup::Valid(_) => "cached",
-            Lookup::Missing => "run",
-            Lookup::Corrupt(_) => "run (damaged entry)",
-        };
+        let state = plan_state(&env.store.lookup(&stage.kind, &node.key));
         let needs = stage.needs.iter().map(|&n| pipeline.stages[n].name.as_str()).collect();
         stages.push(PlanRow {
             name: &stage.name,
@@ -102,11 +98,7 @@ fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
                 Some((_, stage)) if users.len() > 1 => stage,
                 _ => &node.label,
             };
-            let state = match env.store.lookup(&node.material.kind, &node.key) {
-                Lookup::Valid(_) => "cached",
-                Lookup::Missing => "run",
-                Lookup::Corrupt(_) => "run (damaged entry)",
-            };
+            let state = plan_state(&env.store.lookup(&node.material.kind, &node.key));
             json!({ "name": name, "kind": node.material.kind, "key": node.key, "state": state, "trials": users.len() })
         })
         .collect();
@@ -264,13 +256,17 @@ pub(super) fn status(env: &Env, target: &Target) -> anyhow::Result<u8> {
     let mut rows = Vec::new();
     for (stage, &node) in pipeline.stages.iter().zip(&nodes) {
         let key = &graph.nodes[node].key;
-        let cached = matches!(env.store.lookup(&stage.kind, key), Lookup::Valid(_));
+        let entry = env.store.lookup(&stage.kind, key);
         // A stale stage whose new key is already in the store costs the run nothing.
-        let stale = if cached { "stale, cached" } else { "stale" };
+        let stale = if matches!(entry, Lookup::Valid(_)) {
+            "stale, cached"
+        } else {
+            "stale"
+        };
         let (state, detail) = match lock.stages.get(&stage.name) {
             None => (stale, "not in the lock file".to_string()),
             Some(locked) if &locked.key != key => (stale, format!("key changed from {}", &locked.key[..12])),
-            Some(_) => match env.store.lookup(&stage.kind, key) {
+            Some(_) => match entry {
                 Lookup::Valid(_) => ("up-to-date", String::new()),
                 Lookup::Missing => ("missing", "not in the store".to_string()),
                 Lookup::Corrupt(why) => ("missing", format!("damaged entry: {why}")),

@@ -261,20 +261,10 @@ fn render(format: Format, header: &[String], rows: &[Vec<String>]) -> String {
             }
         }
         Format::Markdown => {
-            let cells = |row: &[String]| {
-                format!(
-                    "| {} |",
-                    row.iter()
-                        .map(|c| c.replace('|', "\\|"))
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                )
-            };
-            let _ = writeln!(out, "{}", cells(header));
-            let _ = writeln!(out, "|{}", "---|".repeat(header.len()));
-            for row in rows {
-                let _ = writeln!(out, "{}", cells(row));
-            }
+            let escape = |row: &[String]| -> Vec<String> { row.iter().map(|c| c.replace('|', "\\|")).collect() };
+            let header = escape(header);
+            let header: Vec<&str> = header.iter().map(String::as_str).collect();
+            out.push_str(&crate::report::md_table(&header, rows.iter().map(|r| escape(r))));
         }
     }
     out

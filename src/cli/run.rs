@@ -94,10 +94,9 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
 
 /// A stage's [`Invalid`] as an error at its key in the pipeline file.
 pub(super) fn located(pipeline: &Pipeline, stage: &str, invalid: &Invalid) -> SpecError {
-    let mut path = vec!["stages", stage];
-    path.extend(invalid.path.iter().map(String::as_str));
-    let error = pipeline.error_at(
-        &path,
+    let error = pipeline.stage_error(
+        stage,
+        &invalid.path.join("."),
         format!("stage `{stage}`: `{}`: {}", invalid.path.join("."), invalid.message),
     );
     match &invalid.help {

@@ -88,7 +88,7 @@ impl Graph {
         for file in &stage.resolved.input_files {
             let path = crate::spec::paths::expand(&file.path)
                 .map(|expanded| pipeline.dir.join(expanded))
-                .map_err(|e| pipeline.error_at(&input_key(&stage.name, file), e))?;
+                .map_err(|e| pipeline.stage_error(&stage.name, file.key, e))?;
             let digest = stat
                 .digest(&path)
                 .map_err(|e| unreadable_input(pipeline, &stage.name, file, &path, &e))?;
@@ -145,7 +145,6 @@ impl Graph {
 /// A stage's input file that cannot be read: located at the key that names
 /// it, saying what the path is relative to, with the closest existing name.
 fn unreadable_input(pipeline: &Pipeline, stage: &str, file: &InputFile, path: &Path, error: &io::Error) -> SpecError {
-    let at = input_key(stage, file);
     let what = if error.kind() == io::ErrorKind::NotFound {
         "does not exist".to_string()
     } else {
@@ -157,18 +156,11 @@ fn unreadable_input(pipeline: &Pipeline, stage: &str, file: &InputFile, path: &P
         path.display(),
         pipeline.dir.display()
     );
-    let error = pipeline.error_at(&at, message);
+    let error = pipeline.stage_error(stage, file.key, message);
     match closest_existing(path) {
         Some(found) => error.with_help(format!("did you mean {}?", found.display())),
         None => error,
     }
-}
-
-/// The key path of an input file's key in the pipeline file.
-fn input_key<'a>(stage: &'a str, file: &'a InputFile) -> Vec<&'a str> {
-    let mut at = vec!["stages", stage];
-    at.extend(file.key.split('.'));
-    at
 }
 
 /// The existing path nearest to `path`: under the deepest directory that

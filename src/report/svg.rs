@@ -197,18 +197,7 @@ struct Frame {
 
 impl Frame {
     fn new(title: &str, x: Axis, x_label: &str, y: Axis, y_label: &str, legend_rows: usize) -> Frame {
-        let height = PLOT_HEIGHT + LEGEND_ROW * legend_rows as f64;
-        let mut svg = String::new();
-        let _ = write!(
-            svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="100%" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
-            WIDTH / 2.0,
-            escape(title)
-        );
+        let mut svg = open_svg(title, PLOT_HEIGHT + LEGEND_ROW * legend_rows as f64);
         let _ = write!(
             svg,
             r##"<rect x="{LEFT}" y="{TOP}" width="{}" height="{}" fill="none" stroke="#999"/>"##,
@@ -289,11 +278,19 @@ impl Frame {
     }
 }
 
+/// The opening of a chart as wide as the page, `height` tall, with its title.
+fn open_svg(title: &str, height: f64) -> String {
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="100%" font-family="sans-serif" font-size="12"><text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        WIDTH / 2.0,
+        escape(title)
+    )
+}
+
 fn no_data(title: &str) -> String {
     format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} 80" width="100%" font-family="sans-serif" font-size="12"><text x="{}" y="20" text-anchor="middle" font-size="14">{}</text><text x="{}" y="56" text-anchor="middle">no data</text></svg>"#,
-        WIDTH / 2.0,
-        escape(title),
+        r#"{}<text x="{}" y="56" text-anchor="middle">no data</text></svg>"#,
+        open_svg(title, 80.0),
         WIDTH / 2.0
     )
 }
@@ -383,15 +380,7 @@ pub fn parallel_coordinates(title: &str, columns: &[(String, Axis)], rows: &[Vec
         return no_data(title);
     }
     let height = PLOT_HEIGHT + 40.0;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="100%" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
-        WIDTH / 2.0,
-        escape(title)
-    );
+    let mut svg = open_svg(title, height);
     let (top, bottom) = (TOP + 24.0, height - BOTTOM);
     let span = (WIDTH - 2.0 * LEFT) / (columns.len() - 1) as f64;
     let ax = |c: usize| LEFT + span * c as f64;

@@ -153,6 +153,13 @@ impl Pipeline {
         Err(self.error_at(&["device"], format!("{e:#}")))
     }
 
+    /// An error at the dotted `key` of stage `stage`'s body (see [`Pipeline::error_at`]).
+    pub fn stage_error(&self, stage: &str, key: &str, message: impl Into<String>) -> SpecError {
+        let mut path = vec!["stages", stage];
+        path.extend(key.split('.'));
+        self.error_at(&path, message)
+    }
+
     /// An error located at the value of a key path (`["stages", "d", "source"]`),
     /// or at the `--set` override that gave it; at the nearest enclosing key
     /// when the path is not written out.
