@@ -75,8 +75,9 @@ impl Console {
     }
 }
 
+/// The first 12 digits of the node's key, or "pending" before the stages it needs have entries.
 fn key_prefix(node: &GraphNode) -> &str {
-    &node.key[..12]
+    node.key().map_or("pending", |key| &key[..12])
 }
 
 impl Reporter for Console {

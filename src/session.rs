@@ -92,11 +92,11 @@ pub struct Session {
     /// Per node, the instances that use it.
     pub owners: Vec<Vec<usize>>,
     /// Pins the graph's entries in the store for as long as the session lives.
-    _lease: Lease,
+    lease: Lease,
 }
 
 impl Session {
-    /// Builds the graph of all instances; stages with equal keys merge.
+    /// Builds the graph of all instances; stages with equal recipes merge.
     pub fn new(instances: Vec<Instance>, store: &Store) -> anyhow::Result<Session> {
         let mut graph = Graph::new();
         let mut nodes = Vec::with_capacity(instances.len());
@@ -119,13 +119,14 @@ impl Session {
                 graph.nodes[n].label = stage.to_string();
             }
         }
-        let lease = store.lease(graph.nodes.iter().map(|node| node.key.clone()))?;
+        // Keys after stages that have not run yet join the lease as the executor completes them.
+        let lease = store.lease(graph.nodes.iter().filter_map(|node| node.key().map(str::to_string)))?;
         Ok(Session {
             graph,
             instances,
             nodes,
             owners,
-            _lease: lease,
+            lease,
         })
     }
 
@@ -157,7 +158,11 @@ impl Session {
                 results: vec![None; self.instances.len()],
             }),
         };
-        let execution = execute(&self.graph, registry, store, options, &live, cancel);
+        let options = ExecOptions {
+            lease: Some(&self.lease),
+            ..*options
+        };
+        let execution = execute(&self.graph, registry, store, &options, &live, cancel);
         let mut state = live.state.into_inner().expect("session lock");
         for (n, result) in execution.results.iter().enumerate() {
             if state.ended[n].is_none() {
@@ -200,8 +205,8 @@ fn lock_file(session: &Session, instance: usize, outputs: impl Fn(usize) -> Opti
         stages.insert(
             stage.name.clone(),
             LockedStage {
-                key: node.key.clone(),
-                material: node.material.clone(),
+                key: node.key()?.to_string(),
+                material: node.material().clone(),
                 outputs: files,
                 metrics,
             },
@@ -236,10 +241,7 @@ struct Live<'a> {
 
 impl Live<'_> {
     fn index(&self, node: &GraphNode) -> usize {
-        self.session
-            .graph
-            .index_of(&node.key)
-            .expect("the node is in the graph")
+        self.session.graph.index_of(&node.id).expect("the node is in the graph")
     }
 
     fn ended(&self, n: usize, state: NodeState, seconds: f64) {
@@ -328,7 +330,10 @@ fn finalize(
         if session.is_own(n) {
             seconds += node_seconds;
         }
-        let manifest = match state.succeeded().then(|| store.lookup(&node.material.kind, &node.key)) {
+        let lookup = state
+            .succeeded()
+            .then(|| node.key().map(|key| store.lookup(node.kind(), key)));
+        let manifest = match lookup.flatten() {
             Some(Lookup::Valid(manifest)) => Some(manifest),
             _ => None,
         };
@@ -341,12 +346,10 @@ fn finalize(
         metrics.extend(stage_metrics.clone());
         stages.push(StageRecord {
             name: stage.name.clone(),
-            kind: node.material.kind.clone(),
-            key: node.key.clone(),
+            kind: node.kind().to_string(),
+            key: node.key().unwrap_or_default().to_string(),
             state: state.word(),
-            out_dir: manifest
-                .is_some()
-                .then(|| store.out_dir(&node.material.kind, &node.key)),
+            out_dir: manifest.as_ref().map(|m| store.out_dir(node.kind(), &m.key)),
             metrics: stage_metrics,
             // Only a stage that ran here reported its steps (not one another process computed).
             streamed: state == NodeState::Ran && live.streamed[i].contains(&n),

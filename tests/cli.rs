@@ -49,6 +49,71 @@ fn a_changed_parameter_reruns_the_stage_and_its_dependents_and_reverting_reuses_
 }
 
 #[test]
+fn a_stage_that_reruns_with_the_same_outputs_leaves_the_stages_after_it_cached() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", SEVEN_STAGES);
+    assert_eq!(ws.run_json(&["run", "p.yaml"]).0, 0);
+    let locked_keys = |ws: &Workspace| -> Vec<String> {
+        let lock: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(ws.path().join("p.lock")).unwrap()).unwrap();
+        let stages = lock["stages"].as_mapping().unwrap();
+        stages
+            .values()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = locked_keys(&ws);
+    // `sleep_ms` is part of b's key but not of what b writes.
+    ws.write("p.yaml", &SEVEN_STAGES.replace("text: B}", "text: B, sleep_ms: 20}"));
+    let (_, plan) = ws.run_json(&["plan", "p.yaml"]);
+    let planned: Vec<(&str, &str)> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            ("a", "cached"),
+            ("b", "run"),
+            ("c", "pending"),
+            ("d", "pending"),
+            ("e", "pending"),
+            ("f", "pending"),
+            ("g", "pending")
+        ]
+    );
+    assert_eq!(plan["stages"][6]["after"], serde_json::json!(["b"]), "{plan}");
+    assert!(plan["stages"][6]["key"].is_null(), "{plan}");
+    ws.clear_log();
+    let (code, rerun) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(code, 0);
+    assert_eq!(in_state(&rerun, "ran"), all("b"));
+    assert_eq!(in_state(&rerun, "cached"), all("acdefg"));
+    assert_eq!(ws.log(), ["start B", "done B"], "only b may run");
+    let after = locked_keys(&ws);
+    assert_ne!(before[1], after[1], "b's own key changed");
+    assert_eq!(
+        before[2..],
+        after[2..],
+        "the keys after b follow its outputs, which are the same"
+    );
+    let (code, status) = ws.run_json(&["status", "p.yaml"]);
+    assert_eq!((code, &status["up_to_date"]), (0, &serde_json::json!(true)), "{status}");
+    let (code, verified) = ws.run_json(&["verify", "p.yaml"]);
+    assert_eq!(
+        (code, &verified["identical"]),
+        (0, &serde_json::json!(true)),
+        "{verified}"
+    );
+    // A change that does alter b's outputs re-runs everything after it.
+    ws.write("p.yaml", &SEVEN_STAGES.replace("text: B}", "text: B2}"));
+    let (_, changed) = ws.run_json(&["run", "p.yaml"]);
+    assert_eq!(in_state(&changed, "ran"), all("bcdefg"));
+}
+
+#[test]
 fn a_failing_stage_stops_its_dependents_and_keeps_finished_work() {
     let ws = Workspace::new();
     let pipeline = "name: branchy
@@ -256,24 +321,27 @@ fn status_and_why_explain_what_changed_since_the_lock() {
     assert_eq!(status["up_to_date"], true);
     let (code, status) = ws.run_json(&["status", "p.yaml", "--set", "stages.f.text=F2"]);
     assert_eq!(code, 1);
-    let stale: Vec<&str> = status["stages"]
+    let stale: Vec<(&str, &str)> = status["stages"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["state"] == "stale")
-        .map(|s| s["name"].as_str().unwrap())
+        .filter(|s| s["state"] != "up-to-date")
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
         .collect();
-    assert_eq!(stale, ["f", "g"]);
+    // g's key follows f's new outputs, which do not exist yet.
+    assert_eq!(stale, [("f", "stale"), ("g", "pending")]);
     let why = ws.run(&["why", "p.yaml", "g", "--set", "stages.f.text=F2"]);
     let text = String::from_utf8_lossy(&why.stdout);
     assert!(text.starts_with("stage `g` will run:"), "{text}");
-    assert!(text.contains("upstream stage `f` changed"), "{text}");
+    assert!(text.contains("its key follows the outputs of `f`"), "{text}");
+    assert!(text.contains("upstream stage `f` runs first"), "{text}");
     assert!(text.contains("in `f`: config.text changed: \"F\" -> \"F2\""), "{text}");
     // Once the variant ran, its stages are still stale but cost nothing.
     assert_eq!(ws.run_json(&["run", "p.yaml", "--set", "stages.f.text=F2"]).0, 0);
     let (code, status) = ws.run_json(&["status", "p.yaml", "--set", "stages.f.text=F2"]);
     assert_eq!(code, 1);
     assert_eq!(status["stages"][5]["state"], "stale, cached", "{status}");
+    assert_eq!(status["stages"][6]["state"], "stale, cached", "{status}");
     let (_, why) = ws.run_json(&["why", "p.yaml", "a"]);
     assert_eq!(why["will_run"], false);
     // An entry removed from the store: the key is as locked but the stage must run.

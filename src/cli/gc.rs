@@ -141,14 +141,18 @@ pub(super) fn clean(env: &Env, target: &Target, stage_names: &[String]) -> anyho
     let pipeline = env.load(target)?;
     let selected = select_stages(&pipeline, stage_names)?;
     let (graph, nodes) = env.graph(&pipeline)?;
+    // Completes the keys that the entries in the store determine.
+    graph.survey(&env.store);
     let maintenance = env.store.maintenance()?;
     let mut removed = Vec::new();
     let mut skipped = Vec::new();
     for i in selected {
         let node = &graph.nodes[nodes[i]];
         let name = &pipeline.stages[i].name;
-        if let Some(pid) = maintenance.user_of(&node.key) {
-            if env.store.entry_dir(&node.material.kind, &node.key).exists() {
+        // A stage after one without an entry has no known key, so no entry to remove.
+        let Some(key) = node.key() else { continue };
+        if let Some(pid) = maintenance.user_of(key) {
+            if env.store.entry_dir(node.kind(), key).exists() {
                 skipped.push(Skipped {
                     entry: name.clone(),
                     pid,
@@ -156,7 +160,7 @@ pub(super) fn clean(env: &Env, target: &Target, stage_names: &[String]) -> anyho
             }
             continue;
         }
-        if env.store.remove(&node.material.kind, &node.key)? {
+        if env.store.remove(node.kind(), key)? {
             removed.push(name.clone());
         }
     }

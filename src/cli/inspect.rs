@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::{EXIT_FAILED, Env, Target};
-use crate::dag::Graph;
+use crate::dag::{Graph, Survey};
 use crate::spec::{Sweep, is_sweep, lock_path};
 use crate::store::{LockFile, Lookup};
 
@@ -17,22 +17,51 @@ pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// What `plan` says a run would do with a stage's entry.
-fn plan_state(lookup: &Lookup) -> &'static str {
-    match lookup {
-        Lookup::Valid(_) => "cached",
-        Lookup::Missing => "run",
-        Lookup::Corrupt(_) => "run (damaged entry)",
+fn plan_state(survey: &Survey) -> &'static str {
+    match survey {
+        Survey::Known(Lookup::Valid(_)) => "cached",
+        Survey::Known(Lookup::Missing) => "run",
+        Survey::Known(Lookup::Corrupt(_)) => "run (damaged entry)",
+        Survey::After(_) => "pending",
     }
 }
+
+/// The stages a pending node waits for, by their labels (empty when its key is known).
+fn waits_for<'a>(graph: &'a Graph, survey: &Survey) -> Vec<&'a str> {
+    match survey {
+        Survey::After(nodes) => nodes.iter().map(|&n| graph.nodes[n].label.as_str()).collect(),
+        Survey::Known(_) => Vec::new(),
+    }
+}
+
+/// How the tables show a pending stage.
+const PENDING_LEGEND: &str = "pending: its key follows the outputs of the stages named, which have no entry yet; \
+     it runs after them unless they write outputs that a stored entry was built from";
 
 /// One stage in `pipeline plan`.
 #[derive(serde::Serialize)]
 struct PlanRow<'a> {
     name: &'a str,
     kind: &'a str,
-    key: &'a str,
+    key: Option<&'a str>,
     state: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    after: Vec<&'a str>,
     needs: Vec<&'a str>,
+}
+
+/// The KEY column: a key's first 12 digits, or "pending".
+fn short_key(key: Option<&str>) -> String {
+    key.map_or("pending".into(), |key| key[..12].to_string())
+}
+
+/// The STATE column: the state, and for a pending stage what it waits for.
+fn state_cell(state: &str, after: &[&str]) -> String {
+    if after.is_empty() {
+        state.to_string()
+    } else {
+        format!("{state} (after {})", after.join(", "))
+    }
 }
 
 pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
@@ -41,16 +70,16 @@ pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
     }
     let pipeline = env.load(target)?;
     let (graph, nodes) = env.graph(&pipeline)?;
+    let surveys = graph.survey(&env.store);
     let mut stages = Vec::new();
     for (stage, &node) in pipeline.stages.iter().zip(&nodes) {
-        let node = &graph.nodes[node];
-        let state = plan_state(&env.store.lookup(&stage.kind, &node.key));
         let needs = stage.needs.iter().map(|&n| pipeline.stages[n].name.as_str()).collect();
         stages.push(PlanRow {
             name: &stage.name,
             kind: &stage.kind,
-            key: &node.key,
-            state,
+            key: graph.nodes[node].key(),
+            state: plan_state(&surveys[node]),
+            after: waits_for(&graph, &surveys[node]),
             needs,
         });
     }
@@ -66,10 +95,19 @@ pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
                 } else {
                     s.needs.join(",")
                 };
-                vec![s.name.into(), s.kind.into(), s.key[..12].into(), s.state.into(), needs]
+                vec![
+                    s.name.into(),
+                    s.kind.into(),
+                    short_key(s.key),
+                    state_cell(s.state, &s.after),
+                    needs,
+                ]
             })
             .collect();
         print_table(&["STAGE", "KIND", "KEY", "STATE", "NEEDS"], &rows);
+        if stages.iter().any(|s| !s.after.is_empty()) {
+            println!("\n{PENDING_LEGEND}");
+        }
     }
     Ok(0)
 }
@@ -89,17 +127,25 @@ fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
             }
         }
     }
+    let surveys = graph.survey(&env.store);
     let stages: Vec<_> = graph
         .nodes
         .iter()
         .zip(&users)
-        .map(|(node, users)| {
+        .zip(&surveys)
+        .map(|((node, users), survey)| {
             let name = match node.label.split_once('/') {
                 Some((_, stage)) if users.len() > 1 => stage,
                 _ => &node.label,
             };
-            let state = plan_state(&env.store.lookup(&node.material.kind, &node.key));
-            json!({ "name": name, "kind": node.material.kind, "key": node.key, "state": state, "trials": users.len() })
+            json!({
+                "name": name,
+                "kind": node.kind(),
+                "key": node.key(),
+                "state": plan_state(survey),
+                "after": waits_for(&graph, survey),
+                "trials": users.len(),
+            })
         })
         .collect();
     env.store.save_state();
@@ -113,8 +159,11 @@ fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
         })
         .collect();
     let to_run = stages.iter().filter(|s| s["state"] != "cached").count();
+    let pending = stages.iter().filter(|s| s["state"] == "pending").count();
     if env.json {
-        env.print_json(&json!({ "sweep": sweep.name, "trials": trials, "stages": stages, "to_run": to_run }));
+        env.print_json(
+            &json!({ "sweep": sweep.name, "trials": trials, "stages": stages, "to_run": to_run, "pending": pending }),
+        );
         return Ok(0);
     }
     println!(
@@ -147,17 +196,29 @@ fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
             } else {
                 String::new()
             };
+            let after: Vec<&str> = s["after"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
             vec![
                 text("name"),
                 text("kind"),
-                text("key")[..12].to_string(),
-                text("state"),
+                short_key(s["key"].as_str()),
+                state_cell(&text("state"), &after),
                 shared,
             ]
         })
         .collect();
     print_table(&["STAGE", "KIND", "KEY", "STATE", "TRIALS"], &rows);
-    println!("\n{to_run} of {} stages would run; nothing was executed", stages.len());
+    let maybe = if pending > 0 {
+        format!(" ({pending} pending: {PENDING_LEGEND})")
+    } else {
+        String::new()
+    };
+    println!(
+        "\n{to_run} of {} stages would run{maybe}; nothing was executed",
+        stages.len()
+    );
     Ok(0)
 }
 
@@ -251,28 +312,39 @@ pub(super) fn show(env: &Env, target: &Target) -> anyhow::Result<u8> {
 pub(super) fn status(env: &Env, target: &Target) -> anyhow::Result<u8> {
     let pipeline = env.load(target)?;
     let (graph, nodes) = env.graph(&pipeline)?;
+    let surveys = graph.survey(&env.store);
     let lock_file = lock_path(&target.file);
     let lock = LockFile::read(&lock_file)?.unwrap_or_default();
     let mut rows = Vec::new();
     for (stage, &node) in pipeline.stages.iter().zip(&nodes) {
-        let key = &graph.nodes[node].key;
-        let entry = env.store.lookup(&stage.kind, key);
-        // A stale stage whose new key is already in the store costs the run nothing.
-        let stale = if matches!(entry, Lookup::Valid(_)) {
-            "stale, cached"
-        } else {
-            "stale"
+        let key = graph.nodes[node].key().unwrap_or("pending");
+        let (state, detail) = match &surveys[node] {
+            Survey::After(_) => (
+                "pending",
+                format!(
+                    "its key follows the outputs of {}, which have no entry yet",
+                    waits_for(&graph, &surveys[node]).join(", ")
+                ),
+            ),
+            Survey::Known(entry) => {
+                // A stale stage whose new key is already in the store costs the run nothing.
+                let stale = if matches!(entry, Lookup::Valid(_)) {
+                    "stale, cached"
+                } else {
+                    "stale"
+                };
+                match lock.stages.get(&stage.name) {
+                    None => (stale, "not in the lock file".to_string()),
+                    Some(locked) if locked.key != key => (stale, format!("key changed from {}", &locked.key[..12])),
+                    Some(_) => match entry {
+                        Lookup::Valid(_) => ("up-to-date", String::new()),
+                        Lookup::Missing => ("missing", "not in the store".to_string()),
+                        Lookup::Corrupt(why) => ("missing", format!("damaged entry: {why}")),
+                    },
+                }
+            }
         };
-        let (state, detail) = match lock.stages.get(&stage.name) {
-            None => (stale, "not in the lock file".to_string()),
-            Some(locked) if &locked.key != key => (stale, format!("key changed from {}", &locked.key[..12])),
-            Some(_) => match entry {
-                Lookup::Valid(_) => ("up-to-date", String::new()),
-                Lookup::Missing => ("missing", "not in the store".to_string()),
-                Lookup::Corrupt(why) => ("missing", format!("damaged entry: {why}")),
-            },
-        };
-        rows.push(vec![stage.name.clone(), state.to_string(), key.clone(), detail]);
+        rows.push(vec![stage.name.clone(), state.to_string(), key.to_string(), detail]);
     }
     for name in lock.stages.keys() {
         if pipeline.stage(name).is_none() {

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use super::{EXIT_FAILED, Env, Target, UsageError};
+use crate::dag::Survey;
 use crate::results::{FinishedStage, Results, aligned};
 use crate::spec::{Pipeline, Sweep, is_sweep, lock_path};
 use crate::stage::Output;
@@ -112,12 +113,12 @@ pub(super) fn metrics(env: &Env, target: &Target, format: Format, diff: bool) ->
 /// Looks up `pipeline`'s current stage keys in the store.
 fn part(env: &Env, trial: Option<String>, pipeline: &Pipeline) -> anyhow::Result<Part> {
     let (graph, nodes) = env.graph(pipeline)?;
+    let mut surveys: Vec<Option<Survey>> = graph.survey(&env.store).into_iter().map(Some).collect();
     let mut found = Vec::new();
     let mut current = Vec::new();
     for (stage, &node) in pipeline.stages.iter().zip(&nodes) {
-        let key = &graph.nodes[node].key;
-        let manifest = match env.store.lookup(&stage.kind, key) {
-            Lookup::Valid(manifest) => Some(manifest),
+        let manifest = match surveys[node].take() {
+            Some(Survey::Known(Lookup::Valid(manifest))) => Some(manifest),
             _ => None,
         };
         let evaluates = env
@@ -127,7 +128,7 @@ fn part(env: &Env, trial: Option<String>, pipeline: &Pipeline) -> anyhow::Result
         if evaluates {
             current.push((stage.name.clone(), manifest.as_ref().map(|m| m.metrics.clone())));
         }
-        found.push(manifest.map(|_| env.store.out_dir(&stage.kind, key)));
+        found.push(manifest.map(|m| env.store.out_dir(&stage.kind, &m.key)));
     }
     let results = Results::collect(
         env.registry,

@@ -136,7 +136,7 @@ pub(super) fn stage_report(session: &Session, instance: usize, execution: &Execu
             json!({
                 "name": stage.name,
                 "kind": stage.kind,
-                "key": session.graph.nodes[node].key,
+                "key": session.graph.nodes[node].key(),
                 "state": result.state.word(),
                 "seconds": result.seconds,
                 "metrics": result.manifest.as_ref().map(|m| &m.metrics),

@@ -201,8 +201,8 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
             "report": report_path,
             "stages": session.graph.nodes.iter().zip(&execution.results).map(|(node, result)| json!({
                 "label": node.label,
-                "kind": node.material.kind,
-                "key": node.key,
+                "kind": node.kind(),
+                "key": node.key(),
                 "state": result.state.word(),
                 "seconds": result.seconds,
             })).collect::<Vec<_>>(),

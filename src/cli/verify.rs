@@ -27,8 +27,11 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
     for &i in &selected {
         recompute[nodes[i]] = true;
     }
-    // The lease pins the cached upstream entries; the scratch store is named after it.
-    let lease = env.store.lease(graph.nodes.iter().map(|node| node.key.clone()))?;
+    // The lease pins the cached upstream entries (keys known now, the rest as
+    // they are completed); the scratch store is named after it.
+    let lease = env
+        .store
+        .lease(graph.nodes.iter().filter_map(|node| node.key().map(str::to_string)))?;
     let scratch = ScratchDir::new(env.store.root(), lease.id())?;
     let scratch_store = Store::open(&scratch.0);
     // Upstream entries come from the store, each file re-hashed: verify never trusts the stat cache.
@@ -39,6 +42,7 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
         recompute: Some(&recompute),
         fallback: Some(&upstream),
         devices: &[],
+        lease: Some(&lease),
     };
     let execution = execute(
         &graph,
@@ -68,23 +72,31 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
             differ("-", "not in the lock file", "-");
             continue;
         };
-        if locked.key != node.key {
+        let result = &execution.results[nodes[i]];
+        let Some(key) = node.key() else {
+            let why = match &result.state {
+                NodeState::Failed(e) => format!("failed: {e}"),
+                other => other.word().to_string(),
+            };
+            differ("-", "ran", &format!("{why} (a stage it needs did not run)"));
+            continue;
+        };
+        if locked.key != key {
             differ(
                 "-",
                 &format!("key {}", &locked.key[..12]),
-                &format!("key {} (the pipeline changed since the lock)", &node.key[..12]),
+                &format!("key {} (the pipeline changed since the lock)", &key[..12]),
             );
             continue;
         }
         // The store's own entry must be sound too: it is what runs reuse.
-        if let Lookup::Corrupt(why) = upstream.lookup(&node.material.kind, &node.key) {
+        if let Lookup::Corrupt(why) = upstream.lookup(node.kind(), key) {
             differ(
                 "-",
                 "the cached entry",
                 &format!("damaged: {why} (`pipeline fsck --repair` removes it)"),
             );
         }
-        let result = &execution.results[nodes[i]];
         let Some(manifest) = &result.manifest else {
             let why = match &result.state {
                 NodeState::Failed(e) => format!("failed: {e}"),

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::{Env, Target, select_stages};
-use crate::dag::Graph;
+use crate::dag::{Graph, KeyMaterial, Survey};
 use crate::spec::{Pipeline, lock_path};
 use crate::store::{LockFile, Lookup};
 
@@ -11,28 +11,44 @@ pub(super) fn why(env: &Env, target: &Target, stage_name: &str) -> anyhow::Resul
     let pipeline = env.load(target)?;
     let index = select_stages(&pipeline, &[stage_name.to_string()])?[0];
     let (graph, nodes) = env.graph(&pipeline)?;
+    let surveys = graph.survey(&env.store);
     let lock_file = lock_path(&target.file);
     let lock = LockFile::read(&lock_file)?;
-    let stage = &pipeline.stages[index];
     let node = &graph.nodes[nodes[index]];
-    let (will_run, reasons) = match env.store.lookup(&stage.kind, &node.key) {
-        Lookup::Valid(_) => (false, vec![format!("its entry {} is in the store", &node.key[..12])]),
-        lookup => {
+    let short = node.key().map_or("pending", |key| &key[..12]);
+    let (will_run, reasons) = match &surveys[nodes[index]] {
+        Survey::Known(Lookup::Valid(_)) => (false, vec![format!("its entry {short} is in the store")]),
+        survey => {
             let mut reasons = Vec::new();
-            if let Lookup::Corrupt(why) = lookup {
-                reasons.push(format!("its entry {} is damaged: {why}", &node.key[..12]));
+            match survey {
+                Survey::Known(Lookup::Corrupt(why)) => reasons.push(format!("its entry {short} is damaged: {why}")),
+                Survey::After(after) => {
+                    let names: Vec<String> = after.iter().map(|&n| format!("`{}`", graph.nodes[n].label)).collect();
+                    reasons.push(format!(
+                        "its key follows the outputs of {}, which have no entry: it runs after them, unless they write outputs that a stored entry was built from",
+                        names.join(", ")
+                    ));
+                }
+                Survey::Known(_) => {}
             }
             match &lock {
                 None => reasons.push(format!(
                     "there is no lock file {} (the pipeline never completed)",
                     lock_file.display()
                 )),
-                Some(lock) => explain(&pipeline, &graph, &nodes, lock, index, 0, &mut reasons),
+                Some(lock) => {
+                    let now = Now {
+                        pipeline: &pipeline,
+                        graph: &graph,
+                        nodes: &nodes,
+                        surveys: &surveys,
+                    };
+                    explain(&now, lock, index, 0, &mut reasons)
+                }
             }
             if reasons.is_empty() {
                 reasons.push(format!(
-                    "its entry {} (as locked) is not in the store {} (removed by `gc` or `clean`, or computed elsewhere)",
-                    &node.key[..12],
+                    "its entry {short} (as locked) is not in the store {} (removed by `gc` or `clean`, or computed elsewhere)",
                     env.store.root().display()
                 ));
             }
@@ -41,7 +57,7 @@ pub(super) fn why(env: &Env, target: &Target, stage_name: &str) -> anyhow::Resul
     };
     env.store.save_state();
     if env.json {
-        env.print_json(&json!({ "stage": stage_name, "key": node.key, "will_run": will_run, "reasons": reasons }));
+        env.print_json(&json!({ "stage": stage_name, "key": node.key(), "will_run": will_run, "reasons": reasons }));
     } else {
         let verdict = if will_run { "will run" } else { "will not run" };
         println!("stage `{stage_name}` {verdict}:");
@@ -52,16 +68,32 @@ pub(super) fn why(env: &Env, target: &Target, stage_name: &str) -> anyhow::Resul
     Ok(0)
 }
 
+/// The pipeline as it is now: its graph and what the store holds.
+struct Now<'a> {
+    pipeline: &'a Pipeline,
+    graph: &'a Graph,
+    nodes: &'a [usize],
+    surveys: &'a [Survey],
+}
+
+impl Now<'_> {
+    /// Stage `index`'s key material with every upstream output the store knows
+    /// (a pending stage's other upstream outputs stay `None`).
+    fn material(&self, index: usize) -> KeyMaterial {
+        let node = &self.graph.nodes[self.nodes[index]];
+        let mut material = node.material().clone();
+        for (need, &d) in material.needs.iter_mut().zip(&node.deps) {
+            if let Survey::Known(Lookup::Valid(manifest)) = &self.surveys[d] {
+                need.output = Some(manifest.output_digest());
+            }
+        }
+        material
+    }
+}
+
 /// Adds why stage `index` differs from the lock, following changed upstream stages to their causes.
-fn explain(
-    pipeline: &Pipeline,
-    graph: &Graph,
-    nodes: &[usize],
-    lock: &LockFile,
-    index: usize,
-    depth: usize,
-    out: &mut Vec<String>,
-) {
+fn explain(now: &Now, lock: &LockFile, index: usize, depth: usize, out: &mut Vec<String>) {
+    let pipeline = now.pipeline;
     let stage = &pipeline.stages[index];
     let indent = "    ".repeat(depth);
     let Some(locked) = lock.stages.get(&stage.name) else {
@@ -71,8 +103,7 @@ fn explain(
         ));
         return;
     };
-    let current = &graph.nodes[nodes[index]].material;
-    for change in current.changes_since(&locked.material) {
+    for change in now.material(index).changes_since(&locked.material) {
         let upstream = change
             .upstream
             .and_then(|name| pipeline.stages.iter().position(|s| s.name == name));
@@ -83,7 +114,7 @@ fn explain(
         };
         out.push(format!("{indent}{scope}{}", change.text));
         if let Some(up) = upstream {
-            explain(pipeline, graph, nodes, lock, up, depth + 1, out);
+            explain(now, lock, up, depth + 1, out);
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Runs a [`Graph`]: cached nodes are reused, the rest run concurrently in
-//! topological order within a CPU budget.
+//! topological order within a CPU budget. A node's key is completed when the
+//! nodes it needs have ended (their outputs are part of it), and looked up
+//! then: a stage after one that re-ran and wrote the same bytes is cached.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::graph::{Graph, GraphNode};
 use crate::stage::{Cancelled, Invalid, Progress, Registry, StageContext, StageInput};
-use crate::store::{Built, Lookup, Manifest, Store};
+use crate::store::{Built, Lease, Lookup, Manifest, Store};
 
 /// How a node ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +99,7 @@ impl Execution {
 }
 
 /// Options of [`execute`].
+#[derive(Clone, Copy)]
 pub struct ExecOptions<'a> {
     /// CPU threads the running stages may use together.
     pub jobs: usize,
@@ -108,6 +111,9 @@ pub struct ExecOptions<'a> {
     /// each, for as long as they run; such a stage waits for a free one.
     /// Empty: every stage runs on its pipeline's device.
     pub devices: &'a [String],
+    /// The lease that pins the run's entries: keys completed during the run
+    /// are added to it before they are looked up.
+    pub lease: Option<&'a Lease>,
 }
 
 impl ExecOptions<'_> {
@@ -118,6 +124,7 @@ impl ExecOptions<'_> {
             recompute: None,
             fallback: None,
             devices: &[],
+            lease: None,
         }
     }
 }
@@ -149,17 +156,9 @@ pub fn execute(
     let clock = Instant::now();
     let count = graph.nodes.len();
     let mut results: Vec<Option<NodeResult>> = vec![None; count];
-    for (i, node) in graph.nodes.iter().enumerate() {
-        if options.recompute.is_some_and(|r| r[i]) {
-            continue;
-        }
-        tracing::debug!(stage = %node.label, key = %node.key, material = ?node.material, "planned");
-        if let Some(found) = find_cached(node, store, options.fallback, reporter) {
-            reporter.cached(node);
-            results[i] = Some(found);
-        }
-    }
     let jobs = options.jobs.max(1);
+    // Nodes looked up in the store (once each, when the nodes they need have ended).
+    let mut looked_up = vec![false; count];
     let mut launched = vec![false; count];
     let mut threads_in_use = 0;
     let mut active = 0;
@@ -189,14 +188,46 @@ pub fn execute(
                     });
                     continue;
                 }
-                if cancel.load(Ordering::SeqCst) || dep_states.iter().any(Option::is_none) {
+                if dep_states.iter().any(Option::is_none) {
+                    continue;
+                }
+                if !looked_up[i] {
+                    looked_up[i] = true;
+                    let outputs = node.deps.iter().map(|&d| {
+                        let manifest = results[d].as_ref().and_then(|r| r.manifest.as_ref());
+                        manifest.expect("succeeded deps have manifests").output_digest()
+                    });
+                    let key = node.resolve(outputs);
+                    tracing::debug!(stage = %node.label, key, material = ?node.material(), "planned");
+                    if !options.recompute.is_some_and(|r| r[i]) {
+                        if let Some(lease) = options.lease
+                            && let Err(e) = lease.pin(key)
+                        {
+                            let state = NodeState::Failed(Failure::Error(format!("cannot pin its entry: {e:#}")));
+                            reporter.finished(node, &state, 0.0);
+                            results[i] = Some(NodeResult {
+                                state,
+                                manifest: None,
+                                out_dir: None,
+                                seconds: 0.0,
+                            });
+                            continue;
+                        }
+                        if let Some(found) = find_cached(node, key, store, options.fallback, reporter) {
+                            reporter.cached(node);
+                            results[i] = Some(found);
+                            continue;
+                        }
+                    }
+                }
+                if cancel.load(Ordering::SeqCst) {
                     continue;
                 }
                 let threads = node.threads.min(jobs);
                 if active > 0 && threads_in_use + threads > jobs {
                     continue;
                 }
-                let leases_device = node.material.device.is_some() && !leases.is_empty();
+                let leases_device = node.material().device.is_some() && !leases.is_empty();
                 let device = if leases_device {
                     let Some(free) = leases.iter().position(Option::is_none) else {
                         continue;
@@ -207,16 +238,14 @@ pub fn execute(
                     node.device.as_str()
                 };
                 let inputs: Vec<StageInput> = node
-                    .material
+                    .material()
                     .needs
                     .iter()
                     .zip(&node.deps)
                     .map(|(need, &d)| StageInput {
                         name: need.stage.clone(),
-                        kind: graph.nodes[d].material.kind.clone(),
-                        outputs: registry
-                            .get(&graph.nodes[d].material.kind)
-                            .map_or(&[], |kind| kind.outputs()),
+                        kind: graph.nodes[d].kind().to_string(),
+                        outputs: registry.get(graph.nodes[d].kind()).map_or(&[], |kind| kind.outputs()),
                         dir: results[d]
                             .as_ref()
                             .and_then(|r| r.out_dir.clone())
@@ -251,7 +280,7 @@ pub fn execute(
                     } else {
                         NodeState::Ran
                     },
-                    out_dir: Some(store.out_dir(&node.material.kind, &node.key)),
+                    out_dir: Some(store.out_dir(node.kind(), &built.manifest.key)),
                     manifest: Some(built.manifest),
                     seconds,
                 },
@@ -297,17 +326,18 @@ pub fn execute(
 /// The node's valid entry in the store or the fallback store, if any.
 fn find_cached(
     node: &GraphNode,
+    key: &str,
     store: &Store,
     fallback: Option<&Store>,
     reporter: &dyn Reporter,
 ) -> Option<NodeResult> {
     for candidate in std::iter::once(store).chain(fallback) {
-        match candidate.lookup(&node.material.kind, &node.key) {
+        match candidate.lookup(node.kind(), key) {
             Lookup::Valid(manifest) => {
                 return Some(NodeResult {
                     state: NodeState::Cached,
                     manifest: Some(*manifest),
-                    out_dir: Some(candidate.out_dir(&node.material.kind, &node.key)),
+                    out_dir: Some(candidate.out_dir(node.kind(), key)),
                     seconds: 0.0,
                 });
             }
@@ -331,11 +361,11 @@ fn run_node(
     cancel: &AtomicBool,
 ) -> anyhow::Result<Built> {
     let stage = registry
-        .get(&node.material.kind)
-        .ok_or_else(|| anyhow::anyhow!("unknown stage kind `{}`", node.material.kind))?;
+        .get(node.kind())
+        .ok_or_else(|| anyhow::anyhow!("unknown stage kind `{}`", node.kind()))?;
     let progress = reporter.started(node);
     store.build(
-        &node.material,
+        node.material(),
         || reporter.waiting(node),
         |out_dir| {
             let ctx = StageContext {
@@ -349,7 +379,7 @@ fn run_node(
                 progress: progress.as_ref(),
                 cancel,
             };
-            match catch_unwind(AssertUnwindSafe(|| stage.run(&node.material.config, &ctx))) {
+            match catch_unwind(AssertUnwindSafe(|| stage.run(&node.material().config, &ctx))) {
                 Ok(result) => result,
                 Err(panic) => {
                     let message = panic

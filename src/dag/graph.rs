@@ -1,23 +1,29 @@
 //! Builds the graph of stage nodes from one or more pipeline instances.
-//! Nodes are identified by their cache key, so equal stages of several
-//! instances (the trials of a sweep) become one node.
+//! Nodes are identified by their recipe ([`GraphNode::id`]), so equal stages
+//! of several instances (the trials of a sweep) become one node. A node's
+//! cache key follows its upstream outputs' content, so it is known only once
+//! every stage it needs has an entry: [`GraphNode::resolve`] completes it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::key::{KeyMaterial, Need};
 use crate::spec::{Pipeline, SpecError, did_you_mean};
 use crate::stage::InputFile;
-use crate::store::StatCache;
+use crate::store::{Lookup, StatCache, Store};
 
-/// One unit of work: a stage with a given key.
+/// One unit of work: a stage with a given recipe, and its key once known.
 #[derive(Debug, Clone)]
 pub struct GraphNode {
-    /// The cache key.
-    pub key: String,
-    /// What the key is made of (kind, config, upstream keys, ...).
-    pub material: KeyMaterial,
+    /// The node's identity in the graph: the hash of its key material with
+    /// each upstream stage named by its own id instead of its outputs.
+    pub id: String,
+    /// The key material with upstream outputs unknown (`None`).
+    recipe: KeyMaterial,
+    /// The complete key material and its key, set once the upstream outputs are known.
+    resolved: OnceLock<(String, KeyMaterial)>,
     /// Nodes this one needs, in `needs` order.
     pub deps: Vec<usize>,
     /// CPU threads the stage keeps busy.
@@ -34,12 +40,53 @@ pub struct GraphNode {
     pub label: String,
 }
 
+impl GraphNode {
+    /// The stage kind.
+    pub fn kind(&self) -> &str {
+        &self.recipe.kind
+    }
+
+    /// The cache key, once the outputs of the stages it needs are known.
+    pub fn key(&self) -> Option<&str> {
+        self.resolved.get().map(|(key, _)| key.as_str())
+    }
+
+    /// The key material: complete once [`GraphNode::key`] is known, else with upstream outputs `None`.
+    pub fn material(&self) -> &KeyMaterial {
+        self.resolved.get().map_or(&self.recipe, |(_, material)| material)
+    }
+
+    /// Completes the key from the output digests of the stages it needs (in
+    /// `needs` order) and returns it; a node already resolved keeps its key.
+    pub fn resolve(&self, outputs: impl IntoIterator<Item = String>) -> &str {
+        let (key, _) = self.resolved.get_or_init(|| {
+            let mut material = self.recipe.clone();
+            for (need, output) in material.needs.iter_mut().zip(outputs) {
+                need.output = Some(output);
+            }
+            debug_assert!(material.is_complete(), "every upstream output is given");
+            (material.key(), material)
+        });
+        key
+    }
+}
+
+/// What the store says about a node before anything runs ([`Graph::survey`]).
+#[derive(Debug)]
+pub enum Survey {
+    /// Its key is known: the store's entry under it.
+    Known(Lookup),
+    /// Its key waits for these nodes, which have no entry, to run: whether it
+    /// runs then depends on what they produce.
+    After(Vec<usize>),
+}
+
 /// Stage nodes in topological order (every node comes after the nodes it needs).
 #[derive(Debug, Default)]
 pub struct Graph {
     /// The nodes.
     pub nodes: Vec<GraphNode>,
-    by_key: HashMap<String, usize>,
+    by_id: HashMap<String, usize>,
 }
 
 impl Graph {
@@ -48,9 +95,36 @@ impl Graph {
         Self::default()
     }
 
-    /// The node with this cache key.
-    pub fn index_of(&self, key: &str) -> Option<usize> {
-        self.by_key.get(key).copied()
+    /// The node with this id.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Looks every node up in `store`, resolving the key of each node whose
+    /// upstream entries are all there, in topological order.
+    pub fn survey(&self, store: &Store) -> Vec<Survey> {
+        let mut surveys: Vec<Survey> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let mut after = BTreeSet::new();
+            let mut outputs = Vec::with_capacity(node.deps.len());
+            for &d in &node.deps {
+                match &surveys[d] {
+                    Survey::Known(Lookup::Valid(manifest)) => outputs.push(manifest.output_digest()),
+                    Survey::Known(_) => {
+                        after.insert(d);
+                    }
+                    Survey::After(nodes) => after.extend(nodes),
+                }
+            }
+            let survey = if after.is_empty() {
+                let key = node.resolve(outputs);
+                Survey::Known(store.lookup(node.kind(), key))
+            } else {
+                Survey::After(after.into_iter().collect())
+            };
+            surveys.push(survey);
+        }
+        surveys
     }
 
     /// Adds a pipeline instance and returns the node of each of its stages
@@ -94,17 +168,16 @@ impl Graph {
                 .map_err(|e| unreadable_input(pipeline, &stage.name, file, &path, &e))?;
             inputs.insert(file.path.clone(), digest.blake3);
         }
-        let material = KeyMaterial {
+        let recipe = KeyMaterial {
             kind: stage.kind.clone(),
             version: stage.resolved.version,
             config: stage.resolved.config.clone(),
             needs: stage
                 .needs
                 .iter()
-                .zip(&deps)
-                .map(|(&n, &d)| Need {
+                .map(|&n| Need {
                     stage: pipeline.stages[n].name.clone(),
-                    key: self.nodes[d].key.clone(),
+                    output: None,
                 })
                 .collect(),
             seed: stage.resolved.uses_seed.then_some(pipeline.seed),
@@ -115,13 +188,22 @@ impl Graph {
             }),
             inputs,
         };
-        let key = material.key();
-        let node = match self.by_key.get(&key) {
+        let mut named_by_ids = recipe.clone();
+        for (need, &d) in named_by_ids.needs.iter_mut().zip(&deps) {
+            need.output = Some(format!("node {}", self.nodes[d].id));
+        }
+        let id = named_by_ids.key();
+        let node = match self.by_id.get(&id) {
             Some(&existing) => existing,
             None => {
+                let resolved = OnceLock::new();
+                if recipe.needs.is_empty() {
+                    let _ = resolved.set((recipe.key(), recipe.clone()));
+                }
                 self.nodes.push(GraphNode {
-                    key: key.clone(),
-                    material,
+                    id: id.clone(),
+                    recipe,
+                    resolved,
                     deps,
                     threads: stage.resolved.threads,
                     pipeline_dir: pipeline.dir.clone(),
@@ -133,7 +215,7 @@ impl Graph {
                         None => stage.name.clone(),
                     },
                 });
-                self.by_key.insert(key, self.nodes.len() - 1);
+                self.by_id.insert(id, self.nodes.len() - 1);
                 self.nodes.len() - 1
             }
         };

@@ -1,4 +1,11 @@
 //! The cache key: everything that determines a stage's output, in one struct.
+//!
+//! A key holds its upstream stages by the *content* of their outputs
+//! ([`Need::output`]), not by their keys: when an upstream stage re-runs and
+//! writes the same bytes as before, the stages after it keep their keys and
+//! come from the cache (early cut-off, as DVC and Bazel do). Until an upstream
+//! entry exists its output is unknown, so the keys after it are pending; the
+//! executor completes them as the upstream stages finish.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 /// Bumped when the meaning of [`KeyMaterial`] changes, invalidating every key.
-const KEY_FORMAT: u32 = 1;
+const KEY_FORMAT: u32 = 2;
 
 /// Everything that determines a stage's output. Its hash is the stage's
 /// cache key, so two stages with equal material share one cache entry.
@@ -22,7 +29,7 @@ pub struct KeyMaterial {
     pub version: u32,
     /// The resolved config, defaults filled in (map order is irrelevant).
     pub config: Json,
-    /// The stages this one needs, in `needs` order, with their keys.
+    /// The stages this one needs, in `needs` order, with their outputs' digests.
     pub needs: Vec<Need>,
     /// The pipeline seed, for stages that use randomness.
     pub seed: Option<u64>,
@@ -55,12 +62,20 @@ impl From<String> for Change {
 pub struct Need {
     /// The upstream stage's name.
     pub stage: String,
-    /// Its cache key.
-    pub key: String,
+    /// The digest of what it hands on ([`crate::store::Manifest::output_digest`]:
+    /// its kind and its files' hashes); `None` while its entry does not exist yet.
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 impl KeyMaterial {
-    /// The cache key: 32 hex digits of the blake3 hash of the canonical JSON.
+    /// True when every upstream output is known, so that [`KeyMaterial::key`] is the cache key.
+    pub fn is_complete(&self) -> bool {
+        self.needs.iter().all(|need| need.output.is_some())
+    }
+
+    /// The cache key: 32 hex digits of the blake3 hash of the canonical JSON
+    /// (meaningful once [`KeyMaterial::is_complete`]).
     pub fn key(&self) -> String {
         let mut text = format!("pipeline-key-v{KEY_FORMAT}\n");
         let json = serde_json::to_value(self).expect("key material serializes");
@@ -68,7 +83,6 @@ impl KeyMaterial {
         blake3::hash(text.as_bytes()).to_hex()[..32].to_string()
     }
 
-    /// What differs from `old`, in words, one line per change (empty when equal).
     /// What differs from `old`, one entry per change (empty when equal).
     pub fn changes_since(&self, old: &KeyMaterial) -> Vec<Change> {
         let mut changes: Vec<Change> = Vec::new();
@@ -104,13 +118,19 @@ impl KeyMaterial {
         for need in &self.needs {
             match old.needs.iter().find(|n| n.stage == need.stage) {
                 None => changes.push(format!("now needs stage `{}`", need.stage).into()),
-                Some(o) if o.key != need.key => changes.push(Change {
-                    text: format!(
-                        "upstream stage `{}` changed (key {} -> {})",
-                        need.stage,
-                        &o.key[..12.min(o.key.len())],
-                        &need.key[..12.min(need.key.len())]
-                    ),
+                Some(o) if o.output != need.output => changes.push(Change {
+                    text: match &need.output {
+                        Some(_) => format!(
+                            "upstream stage `{}` produced other outputs (digest {} -> {})",
+                            need.stage,
+                            short(&o.output),
+                            short(&need.output)
+                        ),
+                        None => format!(
+                            "upstream stage `{0}` runs first: this stage runs only if `{0}` writes other outputs than the locked ones",
+                            need.stage
+                        ),
+                    },
                     upstream: Some(need.stage.clone()),
                 }),
                 Some(_) => {}
@@ -142,6 +162,13 @@ impl KeyMaterial {
         }
         changes
     }
+}
+
+/// The first 12 digits of a digest, or "none".
+fn short(digest: &Option<String>) -> String {
+    digest
+        .as_ref()
+        .map_or("none".into(), |d| d[..12.min(d.len())].to_string())
 }
 
 fn show<T: std::fmt::Display>(value: &Option<T>) -> String {
@@ -213,7 +240,7 @@ mod tests {
             config,
             needs: vec![Need {
                 stage: "data".into(),
-                key: "a".repeat(32),
+                output: Some("a".repeat(32)),
             }],
             seed: Some(1),
             pipeline: None,

@@ -12,8 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
-use std::io::Write as _;
+use std::io::{Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -34,13 +35,36 @@ struct LeaseRecord {
 pub struct Lease {
     id: String,
     path: PathBuf,
-    _file: File,
+    /// The store's maintenance lock file, taken (shared) to add keys.
+    maintenance: PathBuf,
+    /// The lease file (locked) and the keys it lists.
+    record: Mutex<(File, LeaseRecord)>,
 }
 
 impl Lease {
     /// A name unique to this lease, for the command's own scratch folders.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Adds a key that became known while the command runs (a key after an
+    /// upstream stage that just finished), before the command looks it up.
+    /// Waits while `gc` or `clean` runs, as taking the lease did.
+    pub fn pin(&self, key: &str) -> anyhow::Result<()> {
+        let mut record = self.record.lock().expect("lease lock");
+        let (file, record) = &mut *record;
+        if record.keys.contains(key) {
+            return Ok(());
+        }
+        let maintenance =
+            File::create(&self.maintenance).with_context(|| format!("cannot open {}", self.maintenance.display()))?;
+        maintenance.lock_shared()?;
+        record.keys.insert(key.to_string());
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(&serde_json::to_vec(record)?)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(())
     }
 }
 
@@ -101,7 +125,12 @@ impl Store {
         };
         file.write_all(&serde_json::to_vec(&record)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Lease { id, path, _file: file })
+        Ok(Lease {
+            id,
+            path,
+            maintenance: self.root.join(".locks").join("maintenance.lock"),
+            record: Mutex::new((file, record)),
+        })
     }
 
     /// Takes the maintenance lock (waiting for commands that are taking
@@ -158,7 +187,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_live_lease_pins_its_keys_and_a_released_one_nothing() {
+    fn a_live_lease_pins_its_keys_and_those_added_later_and_a_released_one_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path());
         let lease = store.lease(["a".to_string(), "b".to_string()]).unwrap();
@@ -168,6 +197,8 @@ mod tests {
             assert_eq!(maintenance.user_of("c"), None);
             assert!(maintenance.is_live(lease.id()));
         }
+        lease.pin("c").unwrap();
+        assert_eq!(store.maintenance().unwrap().user_of("c"), Some(std::process::id()));
         let id = lease.id().to_string();
         drop(lease);
         let maintenance = store.maintenance().unwrap();

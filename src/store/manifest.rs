@@ -19,7 +19,7 @@ pub struct Manifest {
     pub tool_version: String,
     /// The cache key.
     pub key: String,
-    /// What the key was computed from (kind, resolved config, upstream keys, ...).
+    /// What the key was computed from (kind, resolved config, upstream outputs, ...).
     pub material: KeyMaterial,
     /// Output files (relative to `out/`) with size and hash.
     pub files: BTreeMap<String, FileDigest>,
@@ -30,6 +30,30 @@ pub struct Manifest {
     pub started_at: u64,
     /// How long the stage ran, in seconds.
     pub duration_secs: f64,
+}
+
+impl Manifest {
+    /// The digest of what the entry hands on to the stages that need it
+    /// ([`crate::dag::Need::output`]): see [`output_digest`].
+    pub fn output_digest(&self) -> String {
+        output_digest(&self.material.kind, &self.files)
+    }
+}
+
+/// 32 hex digits of blake3 over a stage's kind and each output file's name
+/// and content hash, in name order: equal for two entries whose outputs are
+/// the same bytes, whatever computed them.
+pub fn output_digest(kind: &str, files: &BTreeMap<String, FileDigest>) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"pipeline-output-v1\n");
+    hasher.update(kind.as_bytes());
+    for (name, digest) in files {
+        hasher.update(b"\n");
+        hasher.update(name.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(digest.blake3.as_bytes());
+    }
+    hasher.finalize().to_hex()[..32].to_string()
 }
 
 /// Metrics written as decimal strings and read back with Rust's exact float

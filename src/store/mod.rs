@@ -19,7 +19,7 @@ use anyhow::Context as _;
 pub use digest::{FileDigest, StatCache, hash_file, list_files};
 pub use lease::{Lease, Maintenance};
 pub use lockfile::{LockFile, LockedStage};
-pub use manifest::{MANIFEST_FORMAT, Manifest};
+pub use manifest::{MANIFEST_FORMAT, Manifest, output_digest};
 
 use crate::dag::KeyMaterial;
 use crate::stage::StageOutcome;
