@@ -371,7 +371,7 @@ fn bad_checkpoints_and_mismatched_data_stop_before_training() {
 
 #[test]
 fn mrpc_fine_tuning_reproduces_its_weights_and_verifies() {
-    let project = Project::new();
+    let project = Project::with_full_data();
     // pipelines/mrpc-bert.yaml up to its train stage, for 20 steps.
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/mrpc-bert.yaml")).unwrap();
     let text = text[..text.find("  evaluate:").expect("the pipeline evaluates")].replace("epochs: 3", "max_steps: 20");

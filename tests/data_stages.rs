@@ -161,7 +161,7 @@ stages:
 
 #[test]
 fn full_imdb_train_ids_equal_the_python_tokenizers_library() {
-    let project = Project::new();
+    let project = Project::with_full_data();
     let file = project.write(
         "full.yaml",
         "name: full
@@ -221,7 +221,7 @@ fn a_word_vocabulary_is_trained_on_the_train_split_only() {
 
 #[test]
 fn mrpc_sentence_pairs_are_tokenized_as_pairs() {
-    let project = Project::new();
+    let project = Project::with_full_data();
     let file = project.copy("mrpc.yaml");
     let (code, result) = project.run_json(&["run", &file], &[]);
     assert_eq!(code, 0, "{result}");
@@ -609,7 +609,7 @@ stages:
 #[test]
 fn ctrl_c_stops_tokenize_within_a_fraction_of_a_second() {
     use std::io::BufRead as _;
-    let project = Project::new();
+    let project = Project::with_full_data();
     let file = project.write(
         "tokenize-imdb.yaml",
         "name: tokenize-imdb
@@ -680,7 +680,7 @@ stages:
 #[test]
 fn the_data_root_moves_without_changing_keys() {
     // `${PIPELINE_DATA:-../../shared/data}`: the same bytes elsewhere give the same keys.
-    let project = Project::new();
+    let project = Project::with_full_data();
     let file = project.copy("imdb-cnn.yaml");
     let keys = |env: &[(&str, &str)]| {
         let (code, plan) = project.run_json(&["plan", &file], env);

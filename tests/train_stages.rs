@@ -117,7 +117,7 @@ fn sample_pipeline_trains_evaluates_and_reports() {
 #[test]
 fn training_gives_the_same_outputs_in_fresh_stores_and_thread_counts() {
     let weights = |threads: &str| {
-        let project = Project::new();
+        let project = Project::with_full_data();
         let file = project.copy("imdb-cnn.yaml");
         let max_steps = "stages.train.max_steps=200";
         let threads = format!("stages.train.threads={threads}");
@@ -168,7 +168,7 @@ fn a_diverging_loss_stops_with_a_hint_and_no_entry() {
 
 #[test]
 fn glove_vectors_fill_the_embedding_and_stay_frozen() {
-    let project = Project::new();
+    let project = Project::with_full_data();
     let base =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/imdb-sample.yaml")).unwrap();
     let data = &base[..base.find("  tokenize:").unwrap()];

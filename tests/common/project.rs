@@ -4,21 +4,31 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// A scratch project: `main/pipelines/*.yaml`, `main/data` -> the repo's data,
-/// `shared/data` -> the full data sets ([`data_root`]), and a store.
+/// `shared/data` -> the full data sets ([`data_root`]) where they exist, and a store.
 pub struct Project {
     pub dir: tempfile::TempDir,
 }
 
 impl Project {
+    /// A project for tests that need only the repository's own data.
     pub fn new() -> Project {
         let dir = tempfile::tempdir().unwrap();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         std::fs::create_dir_all(dir.path().join("main/pipelines")).unwrap();
         std::os::unix::fs::symlink(repo.join("data"), dir.path().join("main/data")).unwrap();
-        let data = data_root();
-        std::fs::create_dir_all(dir.path().join("shared")).unwrap();
-        std::os::unix::fs::symlink(data, dir.path().join("shared/data")).unwrap();
+        let data = data_root_path();
+        if data.exists() {
+            std::fs::create_dir_all(dir.path().join("shared")).unwrap();
+            std::os::unix::fs::symlink(data, dir.path().join("shared/data")).unwrap();
+        }
         Project { dir }
+    }
+
+    /// A project for tests that read the full data sets: fails, saying how to
+    /// provide them, where they are missing.
+    pub fn with_full_data() -> Project {
+        data_root();
+        Project::new()
     }
 
     pub fn main(&self) -> PathBuf {
@@ -100,17 +110,22 @@ impl Project {
     }
 }
 
-/// The full data sets (IMDB, GLUE MRPC, GloVe, tokenizers; see `../shared/data/README.md`):
-/// `PIPELINE_DATA` when set, else the checkout's `../shared/data`. The tests that build a
-/// [`Project`] need them and fail, naming what to do, without them.
-pub fn data_root() -> PathBuf {
-    let root = std::env::var_os("PIPELINE_DATA").map_or_else(
+/// Where the full data sets are looked for: `PIPELINE_DATA` when set, else the checkout's `../shared/data`.
+fn data_root_path() -> PathBuf {
+    std::env::var_os("PIPELINE_DATA").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
         PathBuf::from,
-    );
+    )
+}
+
+/// The full data sets (IMDB, GLUE MRPC, GloVe, tokenizers; see `../shared/data/README.md`)
+/// at [`data_root_path`]. The tests that read them ([`Project::with_full_data`]) fail,
+/// naming what to do, without them.
+pub fn data_root() -> PathBuf {
+    let root = data_root_path();
     assert!(
         root.join("imdb/train.parquet").exists(),
-        "the full data sets are missing at {}: the data, train, sweep, BERT and MLflow tests read them. \
+        "the full data sets are missing at {}: this test reads them (the README lists the tests that do). \
          Point PIPELINE_DATA at a copy laid out as ../shared/data/README.md describes \
          (imdb/, glue-mrpc/, glove/, tokenizers/), or put one at ../shared/data",
         root.display()
