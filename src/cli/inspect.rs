@@ -35,8 +35,8 @@ fn waits_for<'a>(graph: &'a Graph, survey: &Survey) -> Vec<&'a str> {
 }
 
 /// How the tables show a pending stage.
-const PENDING_LEGEND: &str = "pending: its key follows the outputs of the stages named, which have no entry yet; \
-     it runs after them unless they write outputs that a stored entry was built from";
+const PENDING_LEGEND: &str = "a pending stage's key follows the outputs of the stages named, which have no entry \
+     yet: it runs after them unless they write outputs that a stored entry was built from";
 
 /// One stage in `pipeline plan`.
 #[derive(serde::Serialize)]
@@ -127,6 +127,14 @@ fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
             }
         }
     }
+    // A stage shared by several trials is shown by its own name, as a run shows it.
+    for (node, users) in graph.nodes.iter_mut().zip(&users) {
+        if users.len() > 1
+            && let Some((_, stage)) = node.label.split_once('/')
+        {
+            node.label = stage.to_string();
+        }
+    }
     let surveys = graph.survey(&env.store);
     let stages: Vec<_> = graph
         .nodes
@@ -134,12 +142,8 @@ fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
         .zip(&users)
         .zip(&surveys)
         .map(|((node, users), survey)| {
-            let name = match node.label.split_once('/') {
-                Some((_, stage)) if users.len() > 1 => stage,
-                _ => &node.label,
-            };
             json!({
-                "name": name,
+                "name": node.label,
                 "kind": node.kind(),
                 "key": node.key(),
                 "state": plan_state(survey),
@@ -210,15 +214,10 @@ fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
         })
         .collect();
     print_table(&["STAGE", "KIND", "KEY", "STATE", "TRIALS"], &rows);
-    let maybe = if pending > 0 {
-        format!(" ({pending} pending: {PENDING_LEGEND})")
-    } else {
-        String::new()
-    };
-    println!(
-        "\n{to_run} of {} stages would run{maybe}; nothing was executed",
-        stages.len()
-    );
+    println!("\n{to_run} of {} stages would run; nothing was executed", stages.len());
+    if pending > 0 {
+        println!("{pending} of them are pending; {PENDING_LEGEND}");
+    }
     Ok(0)
 }
 
