@@ -74,11 +74,11 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
         };
         let result = &execution.results[nodes[i]];
         let Some(key) = node.key() else {
-            let why = match &result.state {
-                NodeState::Failed(e) => format!("failed: {e}"),
-                other => other.word().to_string(),
-            };
-            differ("-", "ran", &format!("{why} (a stage it needs did not run)"));
+            differ(
+                "-",
+                "ran",
+                &format!("{} (a stage it needs did not run)", how_it_ended(&result.state)),
+            );
             continue;
         };
         if locked.key != key {
@@ -98,11 +98,7 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
             );
         }
         let Some(manifest) = &result.manifest else {
-            let why = match &result.state {
-                NodeState::Failed(e) => format!("failed: {e}"),
-                other => other.word().to_string(),
-            };
-            differ("-", "ran", &why);
+            differ("-", "ran", &how_it_ended(&result.state));
             continue;
         };
         let files: std::collections::BTreeSet<&String> = locked.outputs.keys().chain(manifest.files.keys()).collect();
@@ -133,6 +129,14 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
         print_table(&["STAGE", "FILE", "LOCKED", "NOW"], &differences);
     }
     Ok(if differences.is_empty() { 0 } else { EXIT_FAILED })
+}
+
+/// How a verified stage that produced nothing ended, for the table.
+fn how_it_ended(state: &NodeState) -> String {
+    match state {
+        NodeState::Failed(e) => format!("failed: {e}"),
+        other => other.word().to_string(),
+    }
 }
 
 /// A scratch store inside the main store (`.scratch/<lease id>`, which `gc`

@@ -80,6 +80,18 @@ pub struct NodeResult {
     pub seconds: f64,
 }
 
+impl NodeResult {
+    /// A node that ended without an entry (failed, skipped or interrupted).
+    fn without_entry(state: NodeState, seconds: f64) -> NodeResult {
+        NodeResult {
+            state,
+            manifest: None,
+            out_dir: None,
+            seconds,
+        }
+    }
+}
+
 /// The outcome of a run.
 #[derive(Debug)]
 pub struct Execution {
@@ -180,12 +192,7 @@ pub fn execute(
                 if dep_states.iter().any(|s| s.is_some_and(|s| !s.succeeded())) {
                     let state = NodeState::Skipped;
                     reporter.finished(node, &state, 0.0);
-                    results[i] = Some(NodeResult {
-                        state,
-                        manifest: None,
-                        out_dir: None,
-                        seconds: 0.0,
-                    });
+                    results[i] = Some(NodeResult::without_entry(state, 0.0));
                     continue;
                 }
                 if dep_states.iter().any(Option::is_none) {
@@ -205,12 +212,7 @@ pub fn execute(
                         {
                             let state = NodeState::Failed(Failure::Error(format!("cannot pin its entry: {e:#}")));
                             reporter.finished(node, &state, 0.0);
-                            results[i] = Some(NodeResult {
-                                state,
-                                manifest: None,
-                                out_dir: None,
-                                seconds: 0.0,
-                            });
+                            results[i] = Some(NodeResult::without_entry(state, 0.0));
                             continue;
                         }
                         if let Some(found) = find_cached(node, key, store, options.fallback, reporter) {
@@ -293,12 +295,7 @@ pub fn execute(
                             None => Failure::Error(format!("{err:#}")),
                         })
                     };
-                    NodeResult {
-                        state,
-                        manifest: None,
-                        out_dir: None,
-                        seconds,
-                    }
+                    NodeResult::without_entry(state, seconds)
                 }
             };
             reporter.finished(node, &done.state, seconds);
@@ -307,14 +304,7 @@ pub fn execute(
     });
     let results: Vec<NodeResult> = results
         .into_iter()
-        .map(|r| {
-            r.unwrap_or(NodeResult {
-                state: NodeState::Interrupted,
-                manifest: None,
-                out_dir: None,
-                seconds: 0.0,
-            })
-        })
+        .map(|r| r.unwrap_or(NodeResult::without_entry(NodeState::Interrupted, 0.0)))
         .collect();
     Execution {
         results,

@@ -198,7 +198,8 @@ impl Graph {
             None => {
                 let resolved = OnceLock::new();
                 if recipe.needs.is_empty() {
-                    let _ = resolved.set((recipe.key(), recipe.clone()));
+                    // Nothing upstream: the id's material is the complete material, so the id is the key.
+                    let _ = resolved.set((id.clone(), recipe.clone()));
                 }
                 self.nodes.push(GraphNode {
                     id: id.clone(),
