@@ -437,6 +437,32 @@ fn libtorch_fine_tunes_like_flex_and_reproducibly() {
     assert!(run("libtorch").1 == weights, "two libtorch runs differ");
 }
 
+/// The fused dense layers and LayerNorms split rows between threads without
+/// changing a sum: fine-tuning on 1 and 2 threads gives the same bytes.
+#[test]
+fn fine_tuning_gives_the_same_weights_on_one_and_two_threads() {
+    let train = "    model: {type: bert, checkpoint: checkpoint, classifier_dropout: 0.1}
+    optimizer: {type: adamw, lr: 1.0e-3, weight_decay: 0.01}
+    clip_grad_norm: 1.0
+    max_steps: 4
+    logging_steps: 1
+";
+    let run = |threads: &str| {
+        let project = Project::new();
+        let file = pairs_pipeline(&project, &tiny().join("f32"), train, "{from_stage: checkpoint}");
+        let set = format!("stages.train.threads={threads}");
+        let (code, result) = project.run_json(&["run", &file, "--set", &set], &[]);
+        assert_eq!(code, 0, "{threads} threads: {result}");
+        let out = project.out(&result, "train");
+        (
+            std::fs::read(out.join("model.safetensors")).unwrap(),
+            std::fs::read(out.join("history.csv")).unwrap(),
+        )
+    };
+    let one = run("1");
+    assert!(one == run("2"), "1 and 2 threads give different weights or losses");
+}
+
 /// The frozen workflow on the sample reviews: `encode` stores the encoder's
 /// states once (f16), a bidirectional GRU trains on them, and a second trial
 /// with another learning rate reuses the cached features.

@@ -14,12 +14,15 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax, tanh};
+use burn::tensor::activation::{gelu_approximate, relu, softmax, tanh};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::dense::dense;
+use super::gelu::gelu;
 use super::init::{Init, Initializer};
+use super::norm::layer_norm;
 use super::{Classifier, Inputs, Setup, apply_dropout, embedding};
 use crate::data::rng;
 
@@ -326,6 +329,7 @@ impl BertConfig {
             classifier,
             settings: Settings {
                 heads: a.num_attention_heads,
+                layer_norm_eps: a.layer_norm_eps,
                 act: a.hidden_act,
                 hidden_dropout: a.hidden_dropout_prob,
                 attention_dropout: a.attention_probs_dropout_prob,
@@ -446,6 +450,7 @@ pub struct Bert {
 #[derive(Debug, Clone)]
 struct Settings {
     heads: usize,
+    layer_norm_eps: f64,
     act: HiddenAct,
     hidden_dropout: f64,
     attention_dropout: f64,
@@ -487,6 +492,12 @@ struct Layer {
     output_norm: LayerNorm,
 }
 
+/// `layer` applied to `x` as one fused operation (every layer here has a bias).
+fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let bias = layer.bias.as_ref().expect("built with a bias").val();
+    dense(x, layer.weight.val(), bias)
+}
+
 /// Dropout with a mask from `stream` (training); the identity without one.
 fn dropout<const D: usize>(x: Tensor<D>, p: f64, stream: &mut Option<&mut ChaCha8Rng>) -> Tensor<D> {
     match stream.as_deref_mut() {
@@ -512,7 +523,7 @@ impl Bert {
         let x = embedding::embedding_lookup(e.word_embeddings.weight.val(), inputs.ids.clone())
             + embedding::embedding_lookup(e.position_embeddings.weight.val(), positions)
             + embedding::embedding_lookup(e.token_type_embeddings.weight.val(), types);
-        let mut x = dropout(e.layer_norm.forward(x), s.hidden_dropout, stream);
+        let mut x = dropout(layer_norm(&e.layer_norm, s.layer_norm_eps, x), s.hidden_dropout, stream);
         // Padded keys get the most negative f32 added to their scores, as in `transformers`.
         let mut bias = Vec::with_capacity(batch * time);
         for &length in &inputs.lengths {
@@ -525,22 +536,22 @@ impl Bert {
         for layer in &self.encoder.layer {
             let a = &layer.attention;
             let split = |t: Tensor<3>| t.reshape([batch, time, s.heads, head]).swap_dims(1, 2);
-            let q = split(a.query.forward(x.clone()));
-            let k = split(a.key.forward(x.clone()));
-            let v = split(a.value.forward(x.clone()));
+            let q = split(linear(&a.query, x.clone()));
+            let k = split(linear(&a.key, x.clone()));
+            let v = split(linear(&a.value, x.clone()));
             let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
             let probs = dropout(softmax(scores, 3), s.attention_dropout, stream);
             let context = probs.matmul(v).swap_dims(1, 2).reshape([batch, time, hidden]);
-            let attended = dropout(a.output.forward(context), s.hidden_dropout, stream);
-            x = a.layer_norm.forward(attended + x);
-            let inner = layer.intermediate.forward(x.clone());
+            let attended = dropout(linear(&a.output, context), s.hidden_dropout, stream);
+            x = layer_norm(&a.layer_norm, s.layer_norm_eps, attended + x);
+            let inner = linear(&layer.intermediate, x.clone());
             let inner = match s.act {
                 HiddenAct::Gelu => gelu(inner),
                 HiddenAct::GeluNew => gelu_approximate(inner),
                 HiddenAct::Relu => relu(inner),
             };
-            let out = dropout(layer.output.forward(inner), s.hidden_dropout, stream);
-            x = layer.output_norm.forward(out + x);
+            let out = dropout(linear(&layer.output, inner), s.hidden_dropout, stream);
+            x = layer_norm(&layer.output_norm, s.layer_norm_eps, out + x);
         }
         x
     }
@@ -555,7 +566,7 @@ impl Bert {
                 .reshape([batch, hidden])
         };
         match self.settings.pooling {
-            BertPooling::Pooler => tanh(self.pooler.as_ref().expect("built with a pooler").forward(first())),
+            BertPooling::Pooler => tanh(linear(self.pooler.as_ref().expect("built with a pooler"), first())),
             BertPooling::Cls => first(),
             BertPooling::Mean => {
                 let mut mask = Vec::with_capacity(batch * time);
@@ -575,7 +586,7 @@ impl Classifier for Bert {
         let states = self.encode(inputs, &mut stream);
         let pooled = self.pool(states, inputs);
         let pooled = dropout(pooled, self.settings.classifier_dropout, &mut stream);
-        self.classifier.forward(pooled)
+        linear(&self.classifier, pooled)
     }
 
     /// Not biases and LayerNorm weights, as the Trainer's parameter groups.

@@ -12,11 +12,14 @@ pub mod cnn;
 pub mod composed;
 pub mod config;
 pub mod convolution;
+pub mod dense;
 pub mod embedding;
+pub mod gelu;
 pub mod glove;
 pub mod init;
 pub mod kernels;
 pub mod layer;
+pub mod norm;
 pub mod recurrent;
 pub mod rnn;
 
