@@ -2,13 +2,14 @@
 //! (forward, and the input's and weight's gradients) run in
 //! `matrixmultiply`'s packed, register-blocked kernels.
 //!
-//! burn-flex's matmul reached 24-45 GFLOP/s on a BERT layer's shapes here,
-//! and its backward materialises the transposes; `matrixmultiply` reads the
-//! transposes through strides and ran at 130-190 GFLOP/s on one core
-//! (`[1024, 384] x [384, 1536]` and its backward shapes). Every output
-//! element sums over the shared dimension in the same blocks and order
-//! whichever rows a thread takes, so results do not depend on the thread
-//! count.
+//! On a BERT layer's shapes (`[1024, 384] x [384, 1536]` and its backward
+//! shapes) `matrixmultiply` ran at 130-190 GFLOP/s on one core here, the
+//! `gemm` crate under burn-flex's matmul at 90-110 (its AVX-512 kernels
+//! need a feature that changes flex's bits for the other models), and
+//! flex's backward materialises the transposes that `matrixmultiply`
+//! reads through strides. Every output element sums over the shared
+//! dimension in the same blocks and order whichever rows a thread takes,
+//! so results do not depend on the thread count.
 
 use std::sync::Arc;
 
