@@ -43,25 +43,21 @@ impl DenseOps for Flex {}
 /// `x W + b` for `x: [..., input]`, `weight: [input, output]`, `bias:
 /// [output]`: see [`DenseOps::dense`]; burn's matmul off the flex backend.
 pub fn dense<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<D> {
-    let dims = x.dims();
+    let mut dims = x.dims();
     let [input, output] = weight.dims();
-    if !runs_fused(&x.device()) {
-        let rows = dims[..D - 1].iter().product();
-        let flat: Tensor<2> = x.reshape([rows, input]);
-        let mut out = dims;
-        out[D - 1] = output;
-        return (flat.matmul(weight) + bias.unsqueeze::<2>()).reshape(out);
-    }
     let rows = dims[..D - 1].iter().product();
     let flat: Tensor<2> = x.reshape([rows, input]);
-    let result: Tensor<2> = Tensor::from_dispatch(<Dispatch as DenseOps>::dense(
-        flat.into_dispatch(),
-        weight.into_dispatch(),
-        bias.into_dispatch(),
-    ));
-    let mut out = dims;
-    out[D - 1] = output;
-    result.reshape(out)
+    let result: Tensor<2> = if runs_fused(&flat.device()) {
+        Tensor::from_dispatch(<Dispatch as DenseOps>::dense(
+            flat.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+        ))
+    } else {
+        flat.matmul(weight) + bias.unsqueeze::<2>()
+    };
+    dims[D - 1] = output;
+    result.reshape(dims)
 }
 
 /// A dense layer's operands on the host.
