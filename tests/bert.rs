@@ -285,6 +285,17 @@ fn one_training_step_has_pytorchs_loss_and_gradient_norm() {
     assert!(relative(norm, g) <= 1e-4, "gradient norm {norm} vs PyTorch {g}");
 }
 
+/// Fine-tunes the tiny f32 checkpoint with `train` and one `--set`; the
+/// project (which holds the store) and the train stage's output directory.
+fn fine_tune_tiny(train: &str, set: &str) -> (Project, PathBuf) {
+    let project = Project::new();
+    let file = pairs_pipeline(&project, &tiny().join("f32"), train, "{from_stage: checkpoint}");
+    let (code, result) = project.run_json(&["run", &file, "--set", set], &[]);
+    assert_eq!(code, 0, "{set}: {result}");
+    let out = project.out(&result, "train");
+    (project, out)
+}
+
 /// Runs `pairs.yaml` and returns its exit code and stderr; the train stage must leave no entry.
 fn fails_before_training(project: &Project, file: &str) -> String {
     let output = project.run(&["run", file]);
@@ -415,11 +426,7 @@ fn libtorch_fine_tunes_like_flex_and_reproducibly() {
     logging_steps: 1
 ";
     let run = |device: &str| {
-        let project = Project::new();
-        let file = pairs_pipeline(&project, &tiny().join("f32"), train, "{from_stage: checkpoint}");
-        let (code, result) = project.run_json(&["run", &file, "--set", &format!("device={device}")], &[]);
-        assert_eq!(code, 0, "{device}: {result}");
-        let out = project.out(&result, "train");
+        let (_project, out) = fine_tune_tiny(train, &format!("device={device}"));
         let history = pipeline::train::history::History::read_csv(&out.join("history.csv")).unwrap();
         let losses: Vec<f64> = history.series("loss").iter().map(|(_, l)| *l).collect();
         (losses, std::fs::read(out.join("model.safetensors")).unwrap())
@@ -448,12 +455,7 @@ fn fine_tuning_gives_the_same_weights_on_one_and_two_threads() {
     logging_steps: 1
 ";
     let run = |threads: &str| {
-        let project = Project::new();
-        let file = pairs_pipeline(&project, &tiny().join("f32"), train, "{from_stage: checkpoint}");
-        let set = format!("stages.train.threads={threads}");
-        let (code, result) = project.run_json(&["run", &file, "--set", &set], &[]);
-        assert_eq!(code, 0, "{threads} threads: {result}");
-        let out = project.out(&result, "train");
+        let (_project, out) = fine_tune_tiny(train, &format!("stages.train.threads={threads}"));
         (
             std::fs::read(out.join("model.safetensors")).unwrap(),
             std::fs::read(out.join("history.csv")).unwrap(),

@@ -285,13 +285,10 @@ impl<B: Backend + ConvOps, C: CheckpointStrategy> ConvOps for Autodiff<B, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::testing::values;
     use burn::nn::PaddingConfig1d;
     use burn::nn::conv::Conv1dConfig;
     use burn::tensor::Device;
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().unwrap()
-    }
 
     #[test]
     fn output_and_every_gradient_equal_burns_conv1d() {

@@ -267,17 +267,8 @@ impl<B: Backend + DenseOps, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::testing::{assert_close, tensor, values};
     use burn::tensor::Device;
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().unwrap()
-    }
-
-    fn tensor<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
-        let n = shape.iter().product::<usize>();
-        let v: Vec<f32> = (0..n).map(|i| ((i * 37 + salt) % 23) as f32 / 7.0 - 1.5).collect();
-        Tensor::from_data(TensorData::new(v, shape), device)
-    }
 
     #[test]
     fn output_and_every_gradient_equal_burns_matmul() {
@@ -290,13 +281,7 @@ mod tests {
             let theirs = x1.clone().matmul(weight.clone().unsqueeze::<3>()) + bias.clone().unsqueeze::<3>();
             let ours = dense(x2.clone(), weight.clone(), bias.clone());
             let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
-                assert_eq!(a.len(), b.len(), "{what}");
-                for (u, v) in a.iter().zip(&b) {
-                    assert!(
-                        (u - v).abs() < 1e-4 * (1.0 + v.abs()),
-                        "{what} {rows}x{input}x{output}: {u} vs {v}"
-                    );
-                }
+                assert_close(&a, &b, 1e-4, &format!("{what} {rows}x{input}x{output}"))
             };
             close(values(ours.clone()), values(theirs.clone()), "output");
             let w = tensor([2, rows, output], 4, &device);

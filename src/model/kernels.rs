@@ -269,6 +269,32 @@ pub fn column_sums(matrix: &[f32], n: usize) -> Vec<f32> {
     sums
 }
 
+/// What the fused operations' tests share.
+#[cfg(test)]
+pub mod testing {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    /// A tensor's values.
+    pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    /// A tensor of `shape` with values in [-1.5, 1.6] that `salt` shifts.
+    pub fn tensor<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37 + salt) % 23) as f32 / 7.0 - 1.5).collect();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    /// Asserts `|a - b| < tolerance * (1 + |b|)` element by element.
+    pub fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (u, v) in a.iter().zip(b) {
+            assert!((u - v).abs() < tolerance * (1.0 + v.abs()), "{what}: {u} vs {v}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

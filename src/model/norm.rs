@@ -203,18 +203,9 @@ impl<B: Backend + NormOps, C: CheckpointStrategy> NormOps for Autodiff<B, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::testing::{assert_close, tensor, values};
     use burn::nn::LayerNormConfig;
     use burn::tensor::Device;
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().unwrap()
-    }
-
-    fn tensor<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
-        let n = shape.iter().product::<usize>();
-        let v: Vec<f32> = (0..n).map(|i| ((i * 37 + salt) % 23) as f32 / 7.0 - 1.5).collect();
-        Tensor::from_data(TensorData::new(v, shape), device)
-    }
 
     fn norm(width: usize, device: &Device) -> LayerNorm {
         let mut norm = LayerNormConfig::new(width).with_epsilon(1e-12).init(device);
@@ -232,15 +223,8 @@ mod tests {
             let (x1, x2) = (x.clone().require_grad(), x.require_grad());
             let theirs = norm.forward(x1.clone());
             let ours = layer_norm(&norm, 1e-12, x2.clone());
-            let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
-                assert_eq!(a.len(), b.len(), "{what}");
-                for (u, v) in a.iter().zip(&b) {
-                    assert!(
-                        (u - v).abs() < 1e-4 * (1.0 + v.abs()),
-                        "{what} {rows}x{width}: {u} vs {v}"
-                    );
-                }
-            };
+            let close =
+                |a: Vec<f32>, b: Vec<f32>, what: &str| assert_close(&a, &b, 1e-4, &format!("{what} {rows}x{width}"));
             close(values(ours.clone()), values(theirs.clone()), "output");
             let w = tensor([2, rows, width], 5, &device);
             let g_theirs = (theirs * w.clone()).sum().backward();

@@ -144,6 +144,7 @@ impl Recurrent {
 mod tests {
     use super::*;
     use crate::model::init::Init;
+    use crate::model::kernels::testing::values;
     use burn::nn::{GateController, GruConfig, Linear, LstmConfig};
     use burn::tensor::Gradients;
     use burn::tensor::{Device, TensorData};
@@ -172,10 +173,6 @@ mod tests {
             .map(|i| ((i * 37 % 11) as f32 - 5.0) / 4.0)
             .collect();
         Tensor::from_data(TensorData::new(values, [batch, time, INPUT]), device).require_grad()
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_into_vec::<f32>().unwrap()
     }
 
     /// The outputs, then the gradients of the input and of `w_ih, w_hh, b_ih,
