@@ -4,7 +4,9 @@
 //! encoder's throughput (batch 32 x 128, sequences per second). Each
 //! repetition runs ours and PyTorch's (benches/reference/bert_speed.py) one
 //! after the other, alternating which goes first; the table gives medians
-//! and the paired ratios. `make bench-bert` (REPS, THREADS, STEPS).
+//! and the paired ratios. `make bench-bert` (REPS, STEPS, THREADS: one count
+//! or several, `THREADS=1,2`, each run in every repetition, with our scaling
+//! from the first count to the others as paired ratios too).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -128,45 +130,71 @@ fn main() {
     let python = std::env::var("PYTHON").expect("PYTHON: a Python with torch and transformers (make bench-bert)");
     let dir = PathBuf::from(std::env::var("MINILM_DIR").expect("MINILM_DIR: the all-MiniLM-L6-v2 checkpoint"));
     let reps: usize = env("REPS", "3").parse().unwrap();
-    let threads: usize = env("THREADS", "1").parse().unwrap();
+    let threads: Vec<usize> = env("THREADS", "1")
+        .split(',')
+        .map(|t| t.trim().parse().expect("THREADS: thread counts separated by commas"))
+        .collect();
     let steps: usize = env("STEPS", "5").parse().unwrap();
     let checkpoint = Checkpoint::open(&dir).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    let (mut ours_runs, mut torch_runs) = (Vec::new(), Vec::new());
+    let pools: Vec<_> = threads
+        .iter()
+        .map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap())
+        .collect();
+    // Per thread count, per repetition: (ours, PyTorch), each (seconds per step, sequences/s).
+    let mut runs = vec![Vec::new(); threads.len()];
     for rep in 0..reps {
-        let run_ours = || pool.install(|| ours(&checkpoint, steps));
-        let (a, b) = if rep % 2 == 0 {
-            let a = run_ours();
-            (a, pytorch(&python, &dir, threads, steps))
-        } else {
-            let b = pytorch(&python, &dir, threads, steps);
-            (run_ours(), b)
-        };
-        eprintln!(
-            "rep {rep}: step ours {:.3} s, PyTorch {:.3} s; frozen ours {:.1}/s, PyTorch {:.1}/s",
-            a.0, b.0, a.1, b.1
-        );
-        ours_runs.push(a);
-        torch_runs.push(b);
+        for (k, (&count, pool)) in threads.iter().zip(&pools).enumerate() {
+            let run_ours = || pool.install(|| ours(&checkpoint, steps));
+            let (a, b) = if rep % 2 == 0 {
+                let a = run_ours();
+                (a, pytorch(&python, &dir, count, steps))
+            } else {
+                let b = pytorch(&python, &dir, count, steps);
+                (run_ours(), b)
+            };
+            eprintln!(
+                "rep {rep}, {count} thread(s): step ours {:.3} s, PyTorch {:.3} s; frozen ours {:.1}/s, PyTorch {:.1}/s",
+                a.0, b.0, a.1, b.1
+            );
+            runs[k].push((a, b));
+        }
     }
-    let step_ratios: Vec<f64> = ours_runs.iter().zip(&torch_runs).map(|(o, t)| t.0 / o.0).collect();
-    let frozen_ratios: Vec<f64> = ours_runs.iter().zip(&torch_runs).map(|(o, t)| o.1 / t.1).collect();
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / ");
-    println!("MiniLM (all-MiniLM-L6-v2), {threads} thread(s), {reps} paired repetitions of {steps} steps");
-    println!("| | ours | PyTorch | ratio (>1: ours faster) | paired ratios |");
-    println!("|---|---|---|---|---|");
     println!(
-        "| fine-tuning step, 8 x 128 | {:.3} s | {:.3} s | {:.2}x | {} |",
-        median(ours_runs.iter().map(|r| r.0).collect()),
-        median(torch_runs.iter().map(|r| r.0).collect()),
-        median(step_ratios.clone()),
-        list(&step_ratios)
+        "MiniLM (all-MiniLM-L6-v2), {reps} paired repetitions of {steps} steps, thread counts {:?} in each",
+        threads
     );
-    println!(
-        "| frozen encoder, 32 x 128 | {:.1} seq/s | {:.1} seq/s | {:.2}x | {} |",
-        median(ours_runs.iter().map(|r| r.1).collect()),
-        median(torch_runs.iter().map(|r| r.1).collect()),
-        median(frozen_ratios.clone()),
-        list(&frozen_ratios)
-    );
+    println!("| | threads | ours | PyTorch | ratio (>1: ours faster) | paired ratios |");
+    println!("|---|---|---|---|---|---|");
+    for (&count, runs) in threads.iter().zip(&runs) {
+        let step_ratios: Vec<f64> = runs.iter().map(|(o, t)| t.0 / o.0).collect();
+        let frozen_ratios: Vec<f64> = runs.iter().map(|(o, t)| o.1 / t.1).collect();
+        println!(
+            "| fine-tuning step, 8 x 128 | {count} | {:.3} s | {:.3} s | {:.2}x | {} |",
+            median(runs.iter().map(|r| r.0.0).collect()),
+            median(runs.iter().map(|r| r.1.0).collect()),
+            median(step_ratios.clone()),
+            list(&step_ratios)
+        );
+        println!(
+            "| frozen encoder, 32 x 128 | {count} | {:.1} seq/s | {:.1} seq/s | {:.2}x | {} |",
+            median(runs.iter().map(|r| r.0.1).collect()),
+            median(runs.iter().map(|r| r.1.1).collect()),
+            median(frozen_ratios.clone()),
+            list(&frozen_ratios)
+        );
+    }
+    // Scaling: each thread count against the first, within the same repetition.
+    for (&count, later) in threads.iter().zip(&runs).skip(1) {
+        let step: Vec<f64> = runs[0].iter().zip(later).map(|(a, b)| a.0.0 / b.0.0).collect();
+        let frozen: Vec<f64> = runs[0].iter().zip(later).map(|(a, b)| b.0.1 / a.0.1).collect();
+        println!(
+            "ours at {count} threads against {}: fine-tuning step {:.2}x ({}), frozen encoder {:.2}x ({})",
+            threads[0],
+            median(step.clone()),
+            list(&step),
+            median(frozen.clone()),
+            list(&frozen)
+        );
+    }
 }

@@ -19,7 +19,9 @@ use burn::tensor::module::conv1d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
-use super::kernels::{column_sums, host, matmul_add, matmul_tn_add, register_host_grads, runs_fused, transpose};
+use super::kernels::{
+    HostValues, column_sums, host, matmul_add, matmul_tn_add, register_host_grads, runs_fused, transpose,
+};
 
 /// The convolution as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -91,9 +93,9 @@ impl Dims {
 #[derive(Debug)]
 struct Inputs {
     dims: Dims,
-    x: Vec<f32>,
+    x: HostValues,
     taps: Vec<f32>,
-    bias: Vec<f32>,
+    bias: HostValues,
 }
 
 impl Inputs {

@@ -22,7 +22,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_e
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::kernels::{column_sums, host, register_host_grads, runs_fused};
+use super::kernels::{HostValues, column_sums, host, register_host_grads, runs_fused};
 
 /// The dense layer as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -63,9 +63,9 @@ pub fn dense<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) -
 /// A dense layer's operands on the host.
 #[derive(Debug)]
 struct Inputs {
-    x: Vec<f32>,
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+    x: HostValues,
+    weight: HostValues,
+    bias: HostValues,
 }
 
 impl Inputs {

@@ -22,7 +22,7 @@ use burn::tensor::activation;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::kernels::{host, register_host_grads, runs_fused, widest_simd};
+use super::kernels::{HostValues, host, register_host_grads, runs_fused, widest_simd};
 
 /// Elements per rayon task.
 const TASK: usize = 1 << 14;
@@ -145,7 +145,7 @@ struct GeluBackward;
 
 impl<B: Backend> Backward<B, 1> for GeluBackward {
     /// The input and its shape.
-    type State = Arc<(Vec<f32>, Vec<usize>)>;
+    type State = Arc<(HostValues, Vec<usize>)>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let d_out = grads.consume::<B>(&ops.node);

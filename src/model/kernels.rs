@@ -3,6 +3,10 @@
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::grads::Gradients;
+use std::any::Any;
+use std::ops::Deref;
+
+use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DispatchDevice, read_sync};
 use burn::tensor::{Device, TensorData};
@@ -14,12 +18,77 @@ pub fn runs_fused(device: &Device) -> bool {
     matches!(device.clone().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
-/// A float tensor's values on the host.
-pub fn host<B: Backend>(tensor: FloatTensor<B>) -> Vec<f32> {
-    read_sync(B::float_into_data(tensor))
-        .expect("a readable tensor")
-        .try_into_vec::<f32>()
-        .expect("f32 values")
+/// A float tensor's values in host memory, read with [`host`]: a slice of
+/// the flex tensor's own buffer where it allows, a copy otherwise.
+#[derive(Debug)]
+pub struct HostValues {
+    _owner: Owner,
+    values: *const f32,
+    len: usize,
+}
+
+/// What owns the memory a [`HostValues`] points into.
+#[derive(Debug)]
+#[expect(dead_code, reason = "held for the memory, which is read through the pointer")]
+enum Owner {
+    /// A contiguous f32 flex tensor, whose buffer is read in place.
+    Flex(FlexTensor),
+    /// Values copied out of any other tensor.
+    Copied(Vec<f32>),
+}
+
+// SAFETY: the pointer reads memory `_owner` owns: a flex buffer behind an
+// `Arc` (never written while shared: flex copies on write) or a vector, both
+// `Send` and `Sync` themselves.
+unsafe impl Send for HostValues {}
+unsafe impl Sync for HostValues {}
+
+impl HostValues {
+    fn new(owner: Owner, values: &[f32]) -> HostValues {
+        HostValues {
+            values: values.as_ptr(),
+            len: values.len(),
+            _owner: owner,
+        }
+    }
+}
+
+impl Deref for HostValues {
+    type Target = [f32];
+
+    /// Free, unlike flex's own slice accessors (a dynamic call each time),
+    /// so kernels may index it in their inner loops.
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `values` and `len` describe a slice of memory owned by
+        // `_owner`, which moving `self` does not move.
+        unsafe { std::slice::from_raw_parts(self.values, self.len) }
+    }
+}
+
+/// A float tensor's values on the host. A contiguous f32 tensor of the flex
+/// backend is read in place: its buffer is usually shared (a layer's weight,
+/// or an activation autodiff keeps for the backward pass), and reading it
+/// through `into_data` copied it twice, on one thread.
+pub fn host<B: Backend>(tensor: FloatTensor<B>) -> HostValues {
+    let tensor: Box<dyn Any> = Box::new(tensor);
+    let data = match tensor.downcast::<FlexTensor>() {
+        Ok(flex) => match flex.as_slice::<f32>() {
+            Some(values) => {
+                let values: *const [f32] = values;
+                // SAFETY: `values` points into the buffer `flex` owns, and moving `flex` moves no buffer.
+                return HostValues::new(Owner::Flex(*flex), unsafe { &*values });
+            }
+            None => flex.into_data(),
+        },
+        Err(other) => {
+            let tensor = other.downcast::<FloatTensor<B>>().expect("a float tensor of B");
+            read_sync(B::float_into_data(*tensor)).expect("a readable tensor")
+        }
+    };
+    let copied = data.try_into_vec::<f32>().expect("f32 values");
+    let values: *const [f32] = copied.as_slice();
+    // SAFETY: as above, for the vector's heap buffer.
+    HostValues::new(Owner::Copied(copied), unsafe { &*values })
 }
 
 /// Registers host gradients, each with its shape, for the parents of an

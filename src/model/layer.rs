@@ -27,7 +27,8 @@ use rayon::prelude::*;
 
 use super::composed;
 use super::kernels::{
-    FlushDenormals, column_sums, host, matmul_add, matmul_tn_add, register_host_grads, runs_fused, transpose,
+    FlushDenormals, HostValues, column_sums, host, matmul_add, matmul_tn_add, register_host_grads, runs_fused,
+    transpose,
 };
 use super::recurrent::Cell;
 
@@ -99,11 +100,11 @@ struct Dims {
 #[derive(Debug)]
 struct Inputs {
     dims: Dims,
-    x: Vec<f32>,
-    w_ih: Vec<f32>,
-    b_ih: Vec<f32>,
-    w_hh: Vec<f32>,
-    b_hh: Vec<f32>,
+    x: HostValues,
+    w_ih: HostValues,
+    b_ih: HostValues,
+    w_hh: HostValues,
+    b_hh: HostValues,
 }
 
 impl Inputs {

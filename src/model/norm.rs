@@ -21,7 +21,7 @@ use burn::nn::LayerNorm;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::kernels::{column_sums, host, register_host_grads, runs_fused};
+use super::kernels::{HostValues, column_sums, host, register_host_grads, runs_fused};
 
 /// Rows per rayon task.
 const ROWS_PER_TASK: usize = 64;
@@ -77,7 +77,7 @@ struct Saved {
     normalized: Vec<f32>,
     /// `1 / sqrt(var + epsilon)` of every row.
     rstd: Vec<f32>,
-    gamma: Vec<f32>,
+    gamma: HostValues,
 }
 
 /// The normalised, scaled and shifted rows, and what the backward pass reads.
