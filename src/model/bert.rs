@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::store::{FloatCastAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-use burn::tensor::activation::{gelu_approximate, relu, softmax, tanh};
+use burn::tensor::activation::{gelu_approximate, relu, tanh};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use super::dense::dense;
 use super::gelu::gelu;
 use super::init::{Init, Initializer};
 use super::norm::layer_norm;
+use super::softmax::attention_softmax;
 use super::{Classifier, Inputs, Setup, apply_dropout, embedding};
 use crate::data::rng;
 
@@ -529,7 +530,7 @@ impl Bert {
         for &length in &inputs.lengths {
             bias.extend((0..time).map(|t| if t < length { 0.0 } else { f32::MIN }));
         }
-        let bias = Tensor::<4>::from_data(TensorData::new(bias, [batch, 1, 1, time]), &device);
+        let bias = Tensor::<2>::from_data(TensorData::new(bias, [batch, time]), &device);
         let hidden = x.dims()[2];
         let head = hidden / s.heads;
         let scale = 1.0 / (head as f64).sqrt();
@@ -539,8 +540,8 @@ impl Bert {
             let q = split(linear(&a.query, x.clone()));
             let k = split(linear(&a.key, x.clone()));
             let v = split(linear(&a.value, x.clone()));
-            let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + bias.clone();
-            let probs = dropout(softmax(scores, 3), s.attention_dropout, stream);
+            let probs = attention_softmax(q.matmul(k.swap_dims(2, 3)), bias.clone(), scale);
+            let probs = dropout(probs, s.attention_dropout, stream);
             let context = probs.matmul(v).swap_dims(1, 2).reshape([batch, time, hidden]);
             let attended = dropout(linear(&a.output, context), s.hidden_dropout, stream);
             x = layer_norm(&a.layer_norm, s.layer_norm_eps, attended + x);

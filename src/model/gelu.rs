@@ -22,7 +22,7 @@ use burn::tensor::activation;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::kernels::{HostValues, host, register_host_grads, runs_fused, widest_simd};
+use super::kernels::{HostValues, exp_negative, host, register_host_grads, runs_fused, widest_simd};
 
 /// Elements per rayon task.
 const TASK: usize = 1 << 14;
@@ -46,29 +46,6 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         return activation::gelu(x);
     }
     Tensor::from_dispatch(<Dispatch as GeluOps>::gelu_erf(x.into_dispatch()))
-}
-
-/// `e^y` for `y <= 0`: `2^k * p(r)` with `y = k ln 2 + r`, `|r| <= ln 2 / 2`,
-/// `p` the Taylor polynomial of degree 7 (relative error about 1e-7).
-/// Below -87 it returns `e^-87` (the smallest normal float is `e^-87.3`).
-#[inline(always)]
-fn exp_negative(y: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa
-    // bits. Integer conversions (`as i32`) would keep LLVM from vectorizing.
-    const ROUND: f32 = 12_582_912.0;
-    let y = y.max(-87.0);
-    let shifted = y * std::f32::consts::LOG2_E + ROUND;
-    let k = shifted - ROUND;
-    let r = (y - k * LN2_HI) - k * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = p * r + c;
-    }
-    // k as an integer (-126..=0, two's complement), then 2^k from its exponent bits.
-    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    p * f32::from_bits(k_bits.wrapping_add(127) << 23)
 }
 
 /// `erf(x)`: `1 - erfc(|x|)` with the sign of `x`.

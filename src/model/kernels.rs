@@ -1,5 +1,6 @@
 //! Host-side building blocks of the fused operations: reading tensors to
-//! host memory and small dense matrix products that sum in a fixed order.
+//! host memory, small dense matrix products that sum in a fixed order, and
+//! an `exp` that vectorizes.
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::grads::Gradients;
@@ -104,6 +105,29 @@ pub fn register_host_grads<B: Backend>(
             grads.register::<B>(node, B::float_from_data(TensorData::new(values, shape), device));
         }
     }
+}
+
+/// `e^y` for `y <= 0`: `2^k * p(r)` with `y = k ln 2 + r`, `|r| <= ln 2 / 2`,
+/// `p` the Taylor polynomial of degree 7 (relative error about 1e-7).
+/// Below -87 it returns `e^-87` (the smallest normal float is `e^-87.3`).
+#[inline(always)]
+pub fn exp_negative(y: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa
+    // bits. Integer conversions (`as i32`) would keep LLVM from vectorizing.
+    const ROUND: f32 = 12_582_912.0;
+    let y = y.max(-87.0);
+    let shifted = y * std::f32::consts::LOG2_E + ROUND;
+    let k = shifted - ROUND;
+    let r = (y - k * LN2_HI) - k * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p * r + c;
+    }
+    // k as an integer (-126..=0, two's complement), then 2^k from its exponent bits.
+    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(k_bits.wrapping_add(127) << 23)
 }
 
 /// Flushes denormal floats to zero on this thread (x86's FTZ and DAZ bits)

@@ -22,6 +22,7 @@ pub mod layer;
 pub mod norm;
 pub mod recurrent;
 pub mod rnn;
+pub mod softmax;
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
