@@ -119,8 +119,17 @@ impl Session {
                 graph.nodes[n].label = stage.to_string();
             }
         }
-        // Keys after stages that have not run yet join the lease as the executor completes them.
-        let lease = store.lease(graph.nodes.iter().filter_map(|node| node.key().map(str::to_string)))?;
+        // The keys the store resolves now (every stage cached so far and the
+        // first ones after them) join the lease at once; keys after stages
+        // that have not run yet join as the executor completes them.
+        let lease = store.lease_found(|store| {
+            graph.survey(store);
+            graph
+                .nodes
+                .iter()
+                .filter_map(|node| node.key().map(str::to_string))
+                .collect()
+        })?;
         Ok(Session {
             graph,
             instances,

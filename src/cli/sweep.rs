@@ -64,7 +64,11 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
         }
     }
     let tracker = env.tracker(sweep.tracking.as_ref())?;
-    let git = git_tags(sweep.source.path.parent().unwrap_or(std::path::Path::new(".")));
+    // Two `git` processes (some 3 ms): only for a run that is tracked.
+    let git = match &tracker {
+        Some(_) => git_tags(sweep.source.path.parent().unwrap_or(std::path::Path::new("."))),
+        None => Vec::new(),
+    };
     let parent = tracker.as_ref().map(|tracker| {
         let mut tags = vec![
             (

@@ -107,11 +107,20 @@ impl Store {
     /// Pins `keys` for as long as the returned lease lives. Waits while `gc`
     /// or `clean` runs on this store.
     pub fn lease(&self, keys: impl IntoIterator<Item = String>) -> anyhow::Result<Lease> {
+        self.lease_found(|_| keys.into_iter().collect())
+    }
+
+    /// Pins the keys `find` returns, which it may look up in this store:
+    /// `gc` and `clean` wait while it looks, so no entry it finds is removed
+    /// before the lease lists it. One write of the lease file instead of one
+    /// per key.
+    pub fn lease_found(&self, find: impl FnOnce(&Store) -> BTreeSet<String>) -> anyhow::Result<Lease> {
         let maintenance = self.maintenance_lock()?;
         if let Err(TryLockError::WouldBlock) = maintenance.try_lock_shared() {
             eprintln!("waiting for `gc` or `clean` on this store to finish");
             maintenance.lock_shared()?;
         }
+        let keys = find(self);
         let dir = self.leases_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -121,7 +130,7 @@ impl Store {
         file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
         let record = LeaseRecord {
             pid: std::process::id(),
-            keys: keys.into_iter().collect(),
+            keys,
         };
         file.write_all(&serde_json::to_vec(&record)?)
             .with_context(|| format!("cannot write {}", path.display()))?;

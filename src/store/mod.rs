@@ -10,8 +10,10 @@ mod lease;
 mod lockfile;
 mod manifest;
 
+use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -50,6 +52,11 @@ pub struct Store {
     stat: StatCache,
     /// Lookups hash every file instead of trusting the stat cache.
     rehash: bool,
+    /// The manifests of entries this process found valid, by entry
+    /// directory. Entries never change once published, so looking a key up
+    /// again (a sweep's shared stages, once per trial) reads nothing;
+    /// discarding an entry forgets it.
+    verified: Mutex<HashMap<PathBuf, Manifest>>,
 }
 
 impl Store {
@@ -59,6 +66,7 @@ impl Store {
             root: root.to_path_buf(),
             stat: StatCache::new(root.join(".state").join("stat-cache.json")),
             rehash: false,
+            verified: Mutex::default(),
         }
     }
 
@@ -90,6 +98,9 @@ impl Store {
     /// Looks a key up and checks its files against its manifest (through the stat cache).
     pub fn lookup(&self, kind: &str, key: &str) -> Lookup {
         let dir = self.entry_dir(kind, key);
+        if let Some(manifest) = self.verified().get(&dir) {
+            return Lookup::Valid(Box::new(manifest.clone()));
+        }
         let bytes = match std::fs::read(dir.join("manifest.json")) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -109,9 +120,16 @@ impl Store {
             return Lookup::Corrupt(format!("its manifest is for key {}", manifest.key));
         }
         match self.check_files(&dir.join("out"), &manifest) {
-            Ok(()) => Lookup::Valid(Box::new(manifest)),
+            Ok(()) => {
+                self.verified().insert(dir, manifest.clone());
+                Lookup::Valid(Box::new(manifest))
+            }
             Err(why) => Lookup::Corrupt(why),
         }
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Manifest>> {
+        self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn check_files(&self, out: &Path, manifest: &Manifest) -> Result<(), String> {
@@ -282,6 +300,7 @@ impl Store {
     /// Removes a directory by first renaming it out of the way, so that no
     /// reader ever sees it half deleted.
     fn discard(&self, dir: &Path) -> anyhow::Result<()> {
+        self.verified().remove(dir);
         let trash = self.root.join(".trash");
         std::fs::create_dir_all(&trash)?;
         let name = format!(
