@@ -70,10 +70,10 @@ bench: .venv-bench/bin/python
 	python3 -m venv .venv-bench
 	.venv-bench/bin/pip install --quiet tokenizers==0.23.3 pyarrow
 
-# Training throughput against the PyTorch reference scripts in ../shared/bench/pytorch
-# (torch is a ~3 GB download, so it has a venv of its own).
-bench-train: .venv-torch/bin/python
-	PYTHON=$(CURDIR)/.venv-torch/bin/python $(CARGO) bench --profile dev --bench train
+# Training throughput against the PyTorch reference scripts in ../shared/bench/pytorch and
+# benches/reference/recurrent_train.py, on the tests' torch venv (pyarrow added).
+bench-train: $(BENCH_PYTHON)
+	PYTHON=$(TORCH_VENV)/bin/python $(CARGO) bench --profile dev --bench train
 
 # BERT fine-tuning step and frozen-encoder throughput against PyTorch (transformers 4.57.1
 # in the torch venv), and MRPC accuracy against Hugging Face's Trainer (also needs accelerate
@@ -99,6 +99,3 @@ $(BENCH_PYTHON): $(TRANSFORMERS)
 	$(TORCH_VENV)/bin/pip install --quiet accelerate==1.11.0 pyarrow
 	touch $@
 
-.venv-torch/bin/python:
-	python3 -m venv .venv-torch
-	.venv-torch/bin/pip install --quiet torch==2.15.0 tokenizers==0.23.3 pyarrow numpy psutil

@@ -1,6 +1,7 @@
 //! Training throughput on the full IMDB train split (bert-base-cased, 128
 //! tokens, batch 8), measured through the real `pipeline` binary, side by side
-//! with the PyTorch reference scripts in `../shared/bench/pytorch` when
+//! with the PyTorch reference scripts in `../shared/bench/pytorch` (LSTM and
+//! GRU: `benches/reference/recurrent_train.py`, which adds them there) when
 //! `PYTHON` names an interpreter with torch and tokenizers.
 //!
 //! `cargo bench --bench train` (or `make bench`). Steady-state steps/s is
@@ -52,8 +53,7 @@ fn main() {
             "gru" => vec!["stages.train.model.type=gru", "stages.train.model.hidden_size=96"],
             other => panic!("unknown model {other}"),
         };
-        // The PyTorch scripts have the cnn and rnn models at this size.
-        let torch = python.as_deref().filter(|_| matches!(model, "cnn" | "rnn"));
+        let torch = python.as_deref();
         let optims = ["adamw_fused", "adamw"];
         let mut ours = Vec::new();
         let mut theirs: [Vec<f64>; 2] = Default::default();
@@ -122,18 +122,16 @@ fn train_seconds(binary: &Path, file: &Path, store: &Path, sets: &[&str], steps:
 fn pytorch_steps(python: &str, dir: &Path, model: &str, optim: &str, threads: &str, work: &Path) -> f64 {
     let out = work.join(format!("torch-{model}-{optim}.jsonl"));
     let _ = std::fs::remove_file(&out);
-    let status = Command::new(python)
-        .args([
-            "bench_train.py",
-            "--model",
-            model,
-            "--steps",
-            "300",
-            "--warmup",
-            "20",
-            "--eval-n",
-            "200",
-        ])
+    // The shared script has the cnn and rnn models at this size; ours adds lstm and gru to it.
+    let mut command = Command::new(python);
+    match model {
+        "lstm" | "gru" => command
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference/recurrent_train.py"))
+            .arg(dir),
+        _ => command.arg("bench_train.py"),
+    };
+    let status = command
+        .args(["--model", model, "--steps", "300", "--warmup", "20", "--eval-n", "200"])
         .args(["--reps", "1", "--threads", threads, "--optim", optim, "--out"])
         .arg(&out)
         .current_dir(dir)
