@@ -24,7 +24,7 @@ TRANSFORMERS = $(TORCH_VENV)/.transformers-4.57.1
 CHROMIUM ?= /usr/bin/chromium
 MINILM = data/checkpoints/all-MiniLM-L6-v2
 
-.PHONY: run test lint bench bench-train bench-bert bench-mrpc bench-imdb-bigru checkpoint
+.PHONY: run test lint bench bench-train bench-bert bench-mrpc bench-imdb-bigru checkpoint gpu-bundle
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
@@ -99,3 +99,24 @@ $(BENCH_PYTHON): $(TRANSFORMERS)
 	$(TORCH_VENV)/bin/pip install --quiet accelerate==1.11.0 pyarrow
 	touch $@
 
+# The GPU check bundle (benches/gpu/check.sh runs it on a machine with a GPU, PyTorch 2.11
+# with CUDA 13 and no Rust): `pipeline` built against pip's torch 2.11.0 (only its headers and
+# libraries, unpacked from the wheel; tch 0.22's version check bypassed) and stripped, so that
+# it runs on that machine's own libtorch. The wheel's CUDA libraries are not installed here,
+# hence --allow-shlib-undefined; the build has a target directory of its own.
+TORCH_211 ?= $(HOME)/.cache/pipeline/libtorch-2.11.0
+GPU_TARGET ?= $(HOME)/.cache/pipeline/target-torch-2.11
+
+gpu-bundle: $(TORCH_211)/torch/lib/libtorch_cpu.so
+	env -u LIBTORCH_USE_PYTORCH LIBTORCH=$(TORCH_211)/torch LIBTORCH_BYPASS_VERSION_CHECK=1 \
+		CARGO_TARGET_DIR=$(GPU_TARGET) RUSTFLAGS="-C link-arg=-Wl,--allow-shlib-undefined" \
+		$(CARGO) build --features tch --bin pipeline
+	mkdir -p gpu-bundle
+	strip -o gpu-bundle/pipeline $(GPU_TARGET)/debug/pipeline
+	ls -l gpu-bundle/pipeline
+
+$(TORCH_211)/torch/lib/libtorch_cpu.so: $(TORCH_VENV)/bin/torchrun
+	mkdir -p $(TORCH_211)
+	$(TORCH_VENV)/bin/pip download --quiet --no-deps --dest $(TORCH_211) torch==2.11.0
+	cd $(TORCH_211) && python3 -c 'import glob, zipfile; z = zipfile.ZipFile(glob.glob("torch-2.11.0-*.whl")[0]); \
+		z.extractall(".", [n for n in z.namelist() if n.startswith(("torch/include/", "torch/lib/", "torch/share/"))])'
