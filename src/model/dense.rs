@@ -267,7 +267,7 @@ impl<B: Backend + DenseOps, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::testing::{assert_close, tensor, values};
+    use crate::model::kernels::testing::{assert_close, assert_same_on_threads, tensor, values};
     use burn::tensor::Device;
 
     #[test]
@@ -307,25 +307,18 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                let device = Device::flex().autodiff();
-                let x = tensor([93, 70], 5, &device).require_grad();
-                let weight = tensor([70, 45], 6, &device).require_grad();
-                let bias = tensor([45], 7, &device).require_grad();
-                let out = dense(x.clone(), weight.clone(), bias);
-                let grads = (out.clone() * tensor([93, 45], 8, &device)).sum().backward();
-                (
-                    values(out),
-                    values(x.grad(&grads).unwrap()),
-                    values(weight.grad(&grads).unwrap()),
-                )
-            })
-        };
-        let one = run(1);
-        for threads in [2, 3, 4] {
-            assert_eq!(run(threads), one, "{threads} threads");
-        }
+        assert_same_on_threads(&[2, 3, 4], || {
+            let device = Device::flex().autodiff();
+            let x = tensor([93, 70], 5, &device).require_grad();
+            let weight = tensor([70, 45], 6, &device).require_grad();
+            let bias = tensor([45], 7, &device).require_grad();
+            let out = dense(x.clone(), weight.clone(), bias);
+            let grads = (out.clone() * tensor([93, 45], 8, &device)).sum().backward();
+            (
+                values(out),
+                values(x.grad(&grads).unwrap()),
+                values(weight.grad(&grads).unwrap()),
+            )
+        });
     }
 }

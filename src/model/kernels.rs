@@ -379,6 +379,22 @@ pub mod testing {
         Tensor::from_data(TensorData::new(v, shape), device)
     }
 
+    /// Asserts that `work`, run in a rayon pool of each of `threads`
+    /// threads, gives what it gives on one thread.
+    pub fn assert_same_on_threads<T: PartialEq + std::fmt::Debug + Send>(
+        threads: &[usize],
+        work: impl Fn() -> T + Sync,
+    ) {
+        let run = |count: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(count).build().unwrap();
+            pool.install(&work)
+        };
+        let one = run(1);
+        for &count in threads {
+            assert_eq!(run(count), one, "{count} threads");
+        }
+    }
+
     /// Asserts `|a - b| < tolerance * (1 + |b|)` element by element.
     pub fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}");

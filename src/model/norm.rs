@@ -203,7 +203,7 @@ impl<B: Backend + NormOps, C: CheckpointStrategy> NormOps for Autodiff<B, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::testing::{assert_close, tensor, values};
+    use crate::model::kernels::testing::{assert_close, assert_same_on_threads, tensor, values};
     use burn::nn::LayerNormConfig;
     use burn::tensor::Device;
 
@@ -251,24 +251,17 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                let device = Device::flex().autodiff();
-                let norm = norm(40, &device);
-                let x = tensor([300, 40], 6, &device).require_grad();
-                let out = layer_norm(&norm, 1e-12, x.clone());
-                let grads = (out.clone() * tensor([300, 40], 7, &device)).sum().backward();
-                (
-                    values(out),
-                    values(x.grad(&grads).unwrap()),
-                    values(norm.gamma.val().grad(&grads).unwrap()),
-                )
-            })
-        };
-        let one = run(1);
-        for threads in [2, 3] {
-            assert_eq!(run(threads), one, "{threads} threads");
-        }
+        assert_same_on_threads(&[2, 3], || {
+            let device = Device::flex().autodiff();
+            let norm = norm(40, &device);
+            let x = tensor([300, 40], 6, &device).require_grad();
+            let out = layer_norm(&norm, 1e-12, x.clone());
+            let grads = (out.clone() * tensor([300, 40], 7, &device)).sum().backward();
+            (
+                values(out),
+                values(x.grad(&grads).unwrap()),
+                values(norm.gamma.val().grad(&grads).unwrap()),
+            )
+        });
     }
 }

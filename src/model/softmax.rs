@@ -212,7 +212,7 @@ impl<B: Backend + SoftmaxOps, C: CheckpointStrategy> SoftmaxOps for Autodiff<B, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::testing::{assert_close, tensor, values};
+    use crate::model::kernels::testing::{assert_close, assert_same_on_threads, tensor, values};
     use burn::tensor::Device;
 
     /// A key bias with the last `padded[b]` keys of batch entry `b` masked as BERT masks them.
@@ -266,19 +266,12 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                let device = Device::flex().autodiff();
-                let scores = tensor([3, 4, 50, 40], 3, &device).require_grad();
-                let out = attention_softmax(scores.clone(), key_bias(40, &[0, 7, 39], &device), 0.125);
-                let grads = (out.clone() * tensor([3, 4, 50, 40], 4, &device)).sum().backward();
-                (values(out), values(scores.grad(&grads).unwrap()))
-            })
-        };
-        let one = run(1);
-        for threads in [2, 3, 4] {
-            assert_eq!(run(threads), one, "{threads} threads");
-        }
+        assert_same_on_threads(&[2, 3, 4], || {
+            let device = Device::flex().autodiff();
+            let scores = tensor([3, 4, 50, 40], 3, &device).require_grad();
+            let out = attention_softmax(scores.clone(), key_bias(40, &[0, 7, 39], &device), 0.125);
+            let grads = (out.clone() * tensor([3, 4, 50, 40], 4, &device)).sum().backward();
+            (values(out), values(scores.grad(&grads).unwrap()))
+        });
     }
 }
