@@ -24,7 +24,7 @@ TRANSFORMERS = $(TORCH_VENV)/.transformers-4.57.1
 CHROMIUM ?= /usr/bin/chromium
 MINILM = data/checkpoints/all-MiniLM-L6-v2
 
-.PHONY: run test lint bench bench-train bench-bert bench-mrpc bench-imdb-bigru checkpoint gpu-bundle
+.PHONY: run test lint bench bench-train bench-bert bench-head bench-mrpc bench-imdb-bigru checkpoint gpu-bundle
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
@@ -84,6 +84,11 @@ BENCH_PYTHON = $(TORCH_VENV)/.bench-accelerate-1.11.0
 bench-bert: $(MINILM)
 	$(WITH_TORCH) PYTHON=$(TORCH_VENV)/bin/python MINILM_DIR=$(CURDIR)/$(MINILM) \
 		$(CARGO) bench --profile dev --features tch --bench bert
+
+# The frozen-encoder workflow's head (2-layer bidirectional GRU, 256 units, on 64 x 128 x 384
+# features) against PyTorch's nn.GRU; REPS, THREADS, STEPS.
+bench-head:
+	$(WITH_TORCH) PYTHON=$(TORCH_VENV)/bin/python $(CARGO) bench --profile dev --features tch --bench head
 
 bench-mrpc: $(MINILM) $(BENCH_PYTHON)
 	$(WITH_TORCH) $(CARGO) build --features tch

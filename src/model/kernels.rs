@@ -197,147 +197,235 @@ pub fn widest_simd<T>(work: impl FnOnce() -> T) -> T {
     work()
 }
 
-/// Output rows per register tile of the matrix products: independent sums
-/// that hide the latency of the additions.
-const TILE_ROWS: usize = 4;
+/// Columns of a packed panel of [`Packed`]: one AVX-512 vector of floats.
+const PANEL: usize = 16;
+
+/// Most values a depth block of [`Packed`] holds (256 KiB, a quarter of
+/// this core's L2 cache), so that a block's panels stay in cache while every
+/// row tile of the left operand passes over them.
+const BLOCK_VALUES: usize = 1 << 16;
+
+/// The right operand of a product, `b: [depth, n]` row-major, packed once
+/// for any number of products: cut into depth blocks, each block into
+/// panels of [`PANEL`] columns stored contiguously (the last panel
+/// zero-padded). A recurrent layer packs its weights once per run and
+/// multiplies them at every time step. Packing moves values only, so the
+/// products give the bits of a plain loop (see [`matmul_add`]).
+pub struct Packed {
+    values: Vec<f32>,
+    depth: usize,
+    n: usize,
+    /// Rows of `b` per depth block (the last block may hold fewer).
+    block: usize,
+}
+
+impl Packed {
+    /// Packs row-major `b: [depth, n]`.
+    pub fn new(b: &[f32], depth: usize, n: usize) -> Packed {
+        assert_eq!(b.len(), depth * n, "b is [depth, n]");
+        let panels = n.div_ceil(PANEL);
+        let block = (BLOCK_VALUES / (panels * PANEL).max(1)).clamp(16, 512);
+        let mut values = vec![0.0f32; depth * panels * PANEL];
+        for start in (0..depth).step_by(block) {
+            let len = block.min(depth - start);
+            let block_values = &mut values[start * panels * PANEL..(start + len) * panels * PANEL];
+            for (p, panel) in block_values.chunks_exact_mut(len * PANEL).enumerate() {
+                let columns = PANEL.min(n - p * PANEL);
+                for (d, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    let from = (start + d) * n + p * PANEL;
+                    row[..columns].copy_from_slice(&b[from..from + columns]);
+                }
+            }
+        }
+        Packed {
+            values,
+            depth,
+            n,
+            block,
+        }
+    }
+
+    /// `out[i, :] += sum_d a[i, d] * b[d, :]` for row-major `a: [m, depth]`,
+    /// `out: [m, n]`; see [`matmul_add`].
+    pub fn matmul_add(&self, a: &[f32], out: &mut [f32]) {
+        assert_eq!(
+            a.len() / self.depth.max(1),
+            out.len() / self.n.max(1),
+            "a and out disagree on rows"
+        );
+        let lhs = Lhs {
+            values: a,
+            row_stride: self.depth,
+            depth_stride: 1,
+        };
+        widest_simd(
+            #[inline(always)]
+            || product(lhs, self, out),
+        );
+    }
+
+    /// `out[p, :] += sum_i a[i, p] * b[i, :]` for row-major `a: [depth, k]`,
+    /// `out: [k, n]`, `a` read transposed in place; see [`matmul_tn_add`].
+    pub fn matmul_tn_add(&self, a: &[f32], k: usize, out: &mut [f32]) {
+        assert_eq!(a.len(), self.depth * k, "a is [depth, k]");
+        let lhs = Lhs {
+            values: a,
+            row_stride: 1,
+            depth_stride: k,
+        };
+        widest_simd(
+            #[inline(always)]
+            || product(lhs, self, out),
+        );
+    }
+
+    /// The panels of depth block `start..start + len`, each `[len, PANEL]`.
+    #[inline(always)]
+    fn block(&self, start: usize, len: usize) -> &[f32] {
+        let width = self.n.div_ceil(PANEL) * PANEL;
+        &self.values[start * width..(start + len) * width]
+    }
+}
 
 /// The left operand of a product, `lhs(i, d) = values[i * row_stride + d *
-/// depth_stride]` for `d < depth`: a matrix or, with the strides swapped,
-/// its transpose, read in place.
+/// depth_stride]`: a matrix or, with the strides swapped, its transpose,
+/// read in place.
+#[derive(Clone, Copy)]
 struct Lhs<'a> {
     values: &'a [f32],
     row_stride: usize,
     depth_stride: usize,
-    depth: usize,
 }
 
-/// `out[i, :] += sum_d lhs(i, d) * b[d, :]` for `b: [depth, n]`, `out:
-/// [rows, n]`. Every element sums over `d` in order, whatever the tile
-/// shape or instruction set, so results are bit-for-bit those of a plain
-/// loop. Tiles of 4 rows by 16 columns keep 4 independent sums per column
-/// in registers; `b` and `out` are zero-padded to a multiple of 8 columns
-/// so that every tile is whole.
+/// `out[i, :] += sum_d lhs(i, d) * b[d, :]`, `out: [rows, n]`. Every element
+/// sums over `d` in order, with a multiply and an add (never fused) per
+/// term, whatever the blocking, tile shape or instruction set, so results are
+/// bit-for-bit those of a plain loop: a depth block adds its terms to the
+/// sums the block before it stored. Register tiles of 8 rows by 16 columns
+/// keep 8 independent sums per column in registers.
 #[inline(always)]
-fn product(lhs: Lhs, b: &[f32], out: &mut [f32], n: usize) {
-    let padded_n = n.next_multiple_of(8);
-    if padded_n == n {
-        return tiles(&lhs, b, out, n);
-    }
-    let b = pad_columns(b, n, padded_n);
-    let mut padded_out = pad_columns(out, n, padded_n);
-    tiles(&lhs, &b, &mut padded_out, padded_n);
-    for (row, padded) in out.chunks_exact_mut(n).zip(padded_out.chunks_exact(padded_n)) {
-        row.copy_from_slice(&padded[..n]);
-    }
-}
-
-/// [`product`] for `n` a multiple of 8.
-#[inline(always)]
-fn tiles(lhs: &Lhs, b: &[f32], out: &mut [f32], n: usize) {
-    let rows = out.len() / n;
-    let mut i = 0;
-    while i + TILE_ROWS <= rows {
-        tile_columns::<TILE_ROWS>(lhs, b, out, n, i);
-        i += TILE_ROWS;
-    }
-    for i in i..rows {
-        tile_columns::<1>(lhs, b, out, n, i);
-    }
-}
-
-/// Rows `i..i + R` of [`product`], 16 columns at a time, then 8.
-#[inline(always)]
-fn tile_columns<const R: usize>(lhs: &Lhs, b: &[f32], out: &mut [f32], n: usize, i: usize) {
-    let mut start = 0;
-    while start + 16 <= n {
-        tile::<R, 16>(lhs, b, out, n, i, start);
-        start += 16;
-    }
-    if start < n {
-        tile::<R, 8>(lhs, b, out, n, i, start);
-    }
-}
-
-/// One `R` x `W` register tile of [`product`] at row `i`, column `start`.
-/// Index loops over constant ranges (no closures) let LLVM unroll them and
-/// keep the tile in vector registers (checked in the disassembly).
-#[inline(always)]
-#[allow(clippy::needless_range_loop, clippy::manual_memcpy)] // see the write-back
-fn tile<const R: usize, const W: usize>(lhs: &Lhs, b: &[f32], out: &mut [f32], n: usize, i: usize, start: usize) {
-    let mut acc = [[0.0f32; W]; R];
-    for r in 0..R {
-        acc[r] = out[(i + r) * n + start..][..W].try_into().expect("a tile row");
-    }
-    // Wrapping index arithmetic: the overflow checks of the test profile
-    // in this loop keep LLVM from vectorizing it. Every index is still
-    // bounds-checked.
-    for d in 0..lhs.depth {
-        let b_row: &[f32; W] = b[d.wrapping_mul(n).wrapping_add(start)..][..W]
-            .try_into()
-            .expect("a tile row");
-        for r in 0..R {
-            let at = i.wrapping_add(r).wrapping_mul(lhs.row_stride);
-            let x = lhs.values[at.wrapping_add(d.wrapping_mul(lhs.depth_stride))];
-            add_scaled(&mut acc[r], x, b_row);
+fn product(lhs: Lhs, b: &Packed, out: &mut [f32]) {
+    let rows = out.len() / b.n.max(1);
+    for start in (0..b.depth).step_by(b.block) {
+        let len = b.block.min(b.depth - start);
+        let panels = b.block(start, len);
+        let mut i = 0;
+        while i + 8 <= rows {
+            row_tiles::<8>(lhs, panels, b.n, out, i, start, len);
+            i += 8;
         }
-    }
-    // Element by element: copying the rows out as slices kept LLVM storing
-    // the sums to the stack on every step of the loop above.
-    for r in 0..R {
-        let row = &mut out[(i + r) * n + start..][..W];
-        for l in 0..W {
-            row[l] = acc[r][l];
+        if rows - i >= 4 {
+            row_tiles::<4>(lhs, panels, b.n, out, i, start, len);
+            i += 4;
+        }
+        if rows - i >= 2 {
+            row_tiles::<2>(lhs, panels, b.n, out, i, start, len);
+            i += 2;
+        }
+        if rows - i == 1 {
+            row_tiles::<1>(lhs, panels, b.n, out, i, start, len);
         }
     }
 }
 
-/// `acc += x * b`, element by element. An index loop: the zip of two
-/// iterators carries debug-build checks that keep LLVM from vectorizing it.
+/// Rows `i..i + R` of [`product`] over depth `start..start + len`, one
+/// panel at a time. The rows' values over the block are first copied to
+/// `[len, R]`, the order the tile reads them in, for every panel.
+#[inline(always)]
+fn row_tiles<const R: usize>(lhs: Lhs, panels: &[f32], n: usize, out: &mut [f32], i: usize, start: usize, len: usize) {
+    let mut columns_of_rows = vec![[0.0f32; R]; len];
+    for (d, column) in columns_of_rows.iter_mut().enumerate() {
+        for (r, x) in column.iter_mut().enumerate() {
+            *x = lhs.values[(i + r) * lhs.row_stride + (start + d) * lhs.depth_stride];
+        }
+    }
+    for (p, panel) in panels.chunks_exact(len * PANEL).enumerate() {
+        let column = p * PANEL;
+        let columns = PANEL.min(n - column);
+        if columns == PANEL {
+            tile::<R>(&mut out[i * n + column..], n, &columns_of_rows, panel);
+        } else {
+            // The last, partial panel: through a whole tile with zero columns.
+            let mut part = vec![0.0f32; R * PANEL];
+            for r in 0..R {
+                part[r * PANEL..][..columns].copy_from_slice(&out[(i + r) * n + column..][..columns]);
+            }
+            tile::<R>(&mut part, PANEL, &columns_of_rows, panel);
+            for r in 0..R {
+                out[(i + r) * n + column..][..columns].copy_from_slice(&part[r * PANEL..][..columns]);
+            }
+        }
+    }
+}
+
+/// One `R` x [`PANEL`] register tile: rows `r * stride..r * stride + PANEL`
+/// of `out` (`r < R`) plus `lhs: [len, R]` (a column of the tile's rows per
+/// depth step) times `panel: [len, PANEL]`, in AVX-512 registers where the
+/// CPU has them. Written out with intrinsics: left to itself, LLVM
+/// vectorized the tile across its rows and ran 13 times slower.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn add_scaled<const W: usize>(acc: &mut [f32; W], x: f32, b: &[f32; W]) {
-    for l in 0..W {
-        acc[l] += x * b[l];
+fn tile<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panel: &[f32]) {
+    assert!(panel.len() >= lhs.len() * PANEL, "a panel row per depth step");
+    assert!(out.len() >= (R - 1) * stride + PANEL, "R rows of a panel's width");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, and the asserts keep every access in `out` and `panel`.
+        return unsafe { tile_avx512(out, stride, lhs, panel) };
+    }
+    let mut acc = [[0.0f32; PANEL]; R];
+    for r in 0..R {
+        acc[r].copy_from_slice(&out[r * stride..][..PANEL]);
+    }
+    for d in 0..lhs.len() {
+        let b_row = &panel[d * PANEL..][..PANEL];
+        for r in 0..R {
+            let x = lhs[d][r];
+            for l in 0..PANEL {
+                acc[r][l] += x * b_row[l];
+            }
+        }
+    }
+    for r in 0..R {
+        out[r * stride..][..PANEL].copy_from_slice(&acc[r]);
     }
 }
 
-/// `b: [rows, n]` with zero columns appended up to `padded_n`.
-fn pad_columns(b: &[f32], n: usize, padded_n: usize) -> Vec<f32> {
-    let mut padded = vec![0.0f32; b.len() / n * padded_n];
-    for (row, dst) in b.chunks_exact(n).zip(padded.chunks_exact_mut(padded_n)) {
-        dst[..n].copy_from_slice(row);
+/// [`tile`] in AVX-512 registers: a separate multiply and add per term,
+/// as the portable loop, so both give the same bits.
+///
+/// # Safety
+/// The CPU has AVX-512F, `out` holds `(R - 1) * stride + PANEL` values and
+/// `panel` `lhs.len() * PANEL`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panel: &[f32]) {
+    use std::arch::x86_64::{__m512, _mm512_add_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_storeu_ps};
+    let (out, panel) = (out.as_mut_ptr(), panel.as_ptr());
+    // SAFETY (every load and store): within the lengths the caller guarantees.
+    let mut sums: [__m512; R] = std::array::from_fn(|r| unsafe { _mm512_loadu_ps(out.add(r * stride)) });
+    for (d, column) in lhs.iter().enumerate() {
+        let b_row = unsafe { _mm512_loadu_ps(panel.add(d * PANEL)) };
+        for r in 0..R {
+            sums[r] = _mm512_add_ps(sums[r], _mm512_mul_ps(_mm512_set1_ps(column[r]), b_row));
+        }
     }
-    padded
+    for (r, sum) in sums.into_iter().enumerate() {
+        unsafe { _mm512_storeu_ps(out.add(r * stride), sum) };
+    }
 }
 
 /// `out[i, :] += sum_p a[i, p] * b[p, :]` for row-major `a: [m, k]`,
 /// `b: [k, n]`, `out: [m, n]`, every element summing over `p` in order.
 pub fn matmul_add(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize) {
-    let lhs = Lhs {
-        values: a,
-        row_stride: k,
-        depth_stride: 1,
-        depth: k,
-    };
-    widest_simd(
-        #[inline(always)]
-        || product(lhs, b, out, n),
-    );
+    Packed::new(b, k, n).matmul_add(a, out);
 }
 
 /// `out[p, :] += sum_i a[i, p] * b[i, :]` (`a` transposed) for row-major
 /// `a: [m, k]`, `b: [m, n]`, `out: [k, n]`, summing over `i` in order.
 pub fn matmul_tn_add(a: &[f32], b: &[f32], out: &mut [f32], k: usize, n: usize) {
-    let lhs = Lhs {
-        values: a,
-        row_stride: 1,
-        depth_stride: k,
-        depth: a.len() / k,
-    };
-    widest_simd(
-        #[inline(always)]
-        || product(lhs, b, out, n),
-    );
+    let m = b.len() / n.max(1);
+    Packed::new(b, m, n).matmul_tn_add(a, k, out);
 }
 
 /// `[rows, cols]` row-major `m` transposed.
@@ -413,11 +501,15 @@ mod tests {
     }
 
     /// Both products give exactly the bits of a plain loop that sums in order,
-    /// for widths and row counts that use every kind of tile.
+    /// for widths, row counts and depths that use every kind of tile, partial
+    /// panels and several depth blocks.
     #[test]
     fn products_equal_in_order_sums_bit_for_bit() {
-        for (n, m) in [1, 5, 8, 10, 16, 24, 37, 96].into_iter().flat_map(|n| [(n, 3), (n, 9)]) {
-            let k = 11;
+        let shapes = [1, 5, 8, 10, 16, 24, 37, 96]
+            .into_iter()
+            .flat_map(|n| [(n, 3, 11), (n, 9, 11), (n, 15, 11)])
+            .chain([(300, 21, 700), (40, 1, 1300), (17, 8, 600)]);
+        for (n, m, k) in shapes {
             let (a, b, start) = (values(m * k, 1), values(k * n, 2), values(m * n, 3));
             let mut expected = start.clone();
             for i in 0..m {
@@ -429,7 +521,7 @@ mod tests {
             }
             let mut out = start.clone();
             matmul_add(&a, &b, &mut out, k, n);
-            assert_eq!(out, expected, "matmul_add, n = {n}, m = {m}");
+            assert_eq!(out, expected, "matmul_add, n = {n}, m = {m}, k = {k}");
 
             let (a, b, start) = (values(m * k, 4), values(m * n, 5), values(k * n, 6));
             let mut expected = start.clone();
@@ -442,7 +534,7 @@ mod tests {
             }
             let mut out = start;
             matmul_tn_add(&a, &b, &mut out, k, n);
-            assert_eq!(out, expected, "matmul_tn_add, n = {n}, m = {m}");
+            assert_eq!(out, expected, "matmul_tn_add, n = {n}, m = {m}, k = {k}");
         }
     }
 }

@@ -27,8 +27,7 @@ use rayon::prelude::*;
 
 use super::composed;
 use super::kernels::{
-    FlushDenormals, HostValues, column_sums, host, matmul_add, matmul_tn_add, register_host_grads, runs_fused,
-    transpose,
+    FlushDenormals, HostValues, Packed, column_sums, host, matmul_tn_add, register_host_grads, runs_fused, transpose,
 };
 use super::recurrent::Cell;
 
@@ -207,6 +206,10 @@ fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
         gates: kept(batch * time * width),
         extra: kept(batch * time * hidden),
     };
+    let weights = [
+        Packed::new(&inputs.w_ih, inputs.dims.input, width),
+        Packed::new(&inputs.w_hh, hidden, width),
+    ];
     in_row_groups(
         batch,
         [
@@ -214,15 +217,17 @@ fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
             (&mut saved.gates, time * width),
             (&mut saved.extra, time * hidden),
         ],
-        |rows, pieces| forward_rows(inputs, rows, cell, reverse, pieces),
+        |rows, pieces| forward_rows(inputs, &weights, rows, cell, reverse, pieces),
     );
     saved
 }
 
 /// The forward pass of batch rows `rows` into their pieces of the saved
-/// `[states, gates, extra]` (gates and extra empty unless kept).
+/// `[states, gates, extra]` (gates and extra empty unless kept), with
+/// `w_ih` and `w_hh` packed.
 fn forward_rows(
     inputs: &Inputs,
+    [w_ih, w_hh]: &[Packed; 2],
     rows: Range<usize>,
     cell: Cell,
     reverse: bool,
@@ -243,7 +248,7 @@ fn forward_rows(
         row.copy_from_slice(&inputs.b_ih);
     }
     let x = &inputs.x[rows.start * time * input..rows.end * time * input];
-    matmul_add(x, &inputs.w_ih, &mut projected, input, width);
+    w_ih.matmul_add(x, &mut projected);
     let mut h = vec![0.0f32; batch * hidden];
     let mut c = vec![0.0f32; batch * hidden];
     let mut recurrent = vec![0.0f32; batch * width];
@@ -252,7 +257,7 @@ fn forward_rows(
         for row in recurrent.chunks_exact_mut(width) {
             row.copy_from_slice(&inputs.b_hh);
         }
-        matmul_add(&h, &inputs.w_hh, &mut recurrent, hidden, width);
+        w_hh.matmul_add(&h, &mut recurrent);
         for b in 0..batch {
             let at = (b * time + t) * width;
             let x = &projected[at..at + width];
@@ -348,8 +353,8 @@ fn backward(inputs: &Inputs, saved: &Saved, d_states: &[f32], cell: Cell, revers
         inputs,
         saved,
         d_states,
-        w_hh_t: transpose(&inputs.w_hh, hidden, width),
-        w_ih_t: transpose(&inputs.w_ih, input, width),
+        w_hh_t: Packed::new(&transpose(&inputs.w_hh, hidden, width), width, hidden),
+        w_ih_t: Packed::new(&transpose(&inputs.w_ih, input, width), width, input),
         cell,
         reverse,
     };
@@ -398,9 +403,9 @@ struct Pass<'a> {
     inputs: &'a Inputs,
     saved: &'a Saved,
     d_states: &'a [f32],
-    /// `w_hh` and `w_ih` transposed, once for every group.
-    w_hh_t: Vec<f32>,
-    w_ih_t: Vec<f32>,
+    /// `w_hh` and `w_ih` transposed and packed, once for every group.
+    w_hh_t: Packed,
+    w_ih_t: Packed,
     cell: Cell,
     reverse: bool,
 }
@@ -421,11 +426,7 @@ impl Pass<'_> {
             reverse,
         } = *self;
         let Dims {
-            time,
-            input,
-            hidden,
-            width,
-            ..
+            time, hidden, width, ..
         } = inputs.dims;
         let batch = rows.len();
         // Indices into the whole batch (reads) and into this group's pieces (writes).
@@ -505,9 +506,9 @@ impl Pass<'_> {
                 }
             }
             // The previous step's state gradient: d_recurrent w_hh^T.
-            matmul_add(&d_recurrent, w_hh_t, &mut dh_carry, width, hidden);
+            w_hh_t.matmul_add(&d_recurrent, &mut dh_carry);
         }
-        matmul_add(d_projected, w_ih_t, d_x, width, input);
+        w_ih_t.matmul_add(d_projected, d_x);
     }
 }
 
