@@ -30,6 +30,7 @@ use super::kernels::{
     FlushDenormals, HostValues, Packed, column_sums, host, matmul_tn_add, register_host_grads, runs_fused, transpose,
 };
 use super::recurrent::Cell;
+use super::tanh::tanh_in_place;
 
 /// The recurrent layer as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -252,6 +253,9 @@ fn forward_rows(
     let mut h = vec![0.0f32; batch * hidden];
     let mut c = vec![0.0f32; batch * hidden];
     let mut recurrent = vec![0.0f32; batch * width];
+    // A row's activated gates and the tanh of its LSTM cell state.
+    let mut activated = vec![0.0f32; width];
+    let mut tanh_c = vec![0.0f32; hidden];
     for step in 0..time {
         let t = time_at(step, time, reverse);
         for row in recurrent.chunks_exact_mut(width) {
@@ -267,8 +271,9 @@ fn forward_rows(
             match cell {
                 Cell::Tanh => {
                     for j in 0..hidden {
-                        h_b[j] = (x[j] + r[j]).tanh();
+                        h_b[j] = x[j] + r[j];
                     }
+                    tanh_in_place(h_b);
                 }
                 Cell::Relu => {
                     for j in 0..hidden {
@@ -276,40 +281,43 @@ fn forward_rows(
                     }
                 }
                 Cell::Lstm => {
+                    // i, f, g, o, then tanh of the new cell state.
+                    for j in 0..width {
+                        activated[j] = x[j] + r[j];
+                    }
+                    for j in (0..2 * hidden).chain(3 * hidden..width) {
+                        activated[j] = sigmoid(activated[j]);
+                    }
+                    tanh_in_place(&mut activated[2 * hidden..3 * hidden]);
                     let c_b = &mut c[b * hidden..(b + 1) * hidden];
                     for j in 0..hidden {
-                        let i = sigmoid(x[j] + r[j]);
-                        let f = sigmoid(x[hidden + j] + r[hidden + j]);
-                        let g = (x[2 * hidden + j] + r[2 * hidden + j]).tanh();
-                        let o = sigmoid(x[3 * hidden + j] + r[3 * hidden + j]);
-                        c_b[j] = f * c_b[j] + i * g;
-                        h_b[j] = o * c_b[j].tanh();
-                        if keeps_gates {
-                            let gates = &mut gates[at..at + width];
-                            (
-                                gates[j],
-                                gates[hidden + j],
-                                gates[2 * hidden + j],
-                                gates[3 * hidden + j],
-                            ) = (i, f, g, o);
-                        }
+                        c_b[j] = activated[hidden + j] * c_b[j] + activated[j] * activated[2 * hidden + j];
+                    }
+                    tanh_c.copy_from_slice(c_b);
+                    tanh_in_place(&mut tanh_c);
+                    for j in 0..hidden {
+                        h_b[j] = activated[3 * hidden + j] * tanh_c[j];
                     }
                     if keeps_gates {
+                        gates[at..at + width].copy_from_slice(&activated);
                         extra[state..state + hidden].copy_from_slice(c_b);
                     }
                 }
                 Cell::Gru => {
+                    // r, z, then n.
                     for j in 0..hidden {
-                        let reset = sigmoid(x[j] + r[j]);
-                        let update = sigmoid(x[hidden + j] + r[hidden + j]);
-                        let hn = r[2 * hidden + j];
-                        let n = (x[2 * hidden + j] + reset * hn).tanh();
+                        activated[j] = sigmoid(x[j] + r[j]);
+                        activated[hidden + j] = sigmoid(x[hidden + j] + r[hidden + j]);
+                        activated[2 * hidden + j] = x[2 * hidden + j] + activated[j] * r[2 * hidden + j];
+                    }
+                    tanh_in_place(&mut activated[2 * hidden..]);
+                    for j in 0..hidden {
+                        let (update, n) = (activated[hidden + j], activated[2 * hidden + j]);
                         h_b[j] = n + update * (h_b[j] - n);
-                        if keeps_gates {
-                            let gates = &mut gates[at..at + width];
-                            (gates[j], gates[hidden + j], gates[2 * hidden + j]) = (reset, update, n);
-                            extra[state + j] = hn;
-                        }
+                    }
+                    if keeps_gates {
+                        gates[at..at + width].copy_from_slice(&activated);
+                        extra[state..state + hidden].copy_from_slice(&r[2 * hidden..]);
                     }
                 }
             }
@@ -438,6 +446,7 @@ impl Pass<'_> {
         let mut dc_carry = vec![0.0f32; batch * hidden];
         let mut d_recurrent = vec![0.0f32; batch * width];
         let mut dh = vec![0.0f32; hidden];
+        let mut tanh_c = vec![0.0f32; hidden];
         for step in (0..time).rev() {
             let t = time_at(step, time, reverse);
             let previous = (step > 0).then(|| time_at(step - 1, time, reverse));
@@ -471,6 +480,8 @@ impl Pass<'_> {
                         let c = &saved.extra[at..at + hidden];
                         let c_prev = previous.map_or(&zeros[..], |p| &saved.extra[state(b, p)..state(b, p) + hidden]);
                         let dc_b = &mut dc_carry[local * hidden..(local + 1) * hidden];
+                        tanh_c.copy_from_slice(c);
+                        tanh_in_place(&mut tanh_c);
                         for j in 0..hidden {
                             let (i, f, g, o) = (
                                 gates[j],
@@ -478,7 +489,7 @@ impl Pass<'_> {
                                 gates[2 * hidden + j],
                                 gates[3 * hidden + j],
                             );
-                            let tanh_c = c[j].tanh();
+                            let tanh_c = tanh_c[j];
                             let dc = dc_b[j] + dh[j] * o * (1.0 - tanh_c * tanh_c);
                             dx[j] = dc * g * i * (1.0 - i);
                             dx[hidden + j] = dc * c_prev[j] * f * (1.0 - f);

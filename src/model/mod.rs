@@ -23,6 +23,7 @@ pub mod norm;
 pub mod recurrent;
 pub mod rnn;
 pub mod softmax;
+pub mod tanh;
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
