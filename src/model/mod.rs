@@ -253,16 +253,20 @@ fn head_parameters(input: f64, head: &HeadSpec) -> f64 {
     total
 }
 
-/// This machine's memory (`MemTotal`), or infinity where it cannot be read.
+/// This machine's memory (`MemTotal`), or infinity where it cannot be read;
+/// read once per process (a sweep checks every trial's model).
 fn memory_bytes() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024.0)
-        })
-        .unwrap_or(f64::INFINITY)
+    static TOTAL: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024.0)
+            })
+            .unwrap_or(f64::INFINITY)
+    })
 }
 
 /// `1.2 GB`-style sizes.

@@ -99,7 +99,16 @@ impl Pipeline {
     /// Reads, overrides (`key.path=value`), validates and resolves a pipeline file.
     pub fn load(path: &Path, overrides: &[String], registry: &Registry) -> Result<Pipeline, SpecError> {
         let source = Source::read(path, overrides.to_vec())?;
-        let mut root = source.parse()?;
+        let root = source.parse()?;
+        Pipeline::from_tree(source, root, registry)
+    }
+
+    /// The pipeline of a file already read and parsed: `root` is
+    /// `source.parse()`, before `source.overrides` are applied (a sweep reads
+    /// and parses its pipeline file once for all its trials).
+    pub fn from_tree(source: Source, mut root: Node, registry: &Registry) -> Result<Pipeline, SpecError> {
+        let path = source.path.clone();
+        let path = path.as_path();
         if matches!(root.value, Value::Null) {
             return Err(source
                 .error(root.origin, "the pipeline file is empty")

@@ -318,15 +318,20 @@ impl Sweep {
             }
             let mut sets = overrides.to_vec();
             sets.extend(parameters.iter().zip(&params).map(|(p, v)| format!("{}={v}", p.path)));
-            let pipeline = Pipeline::load(&pipeline_file, &sets, registry).map_err(|e| match e.from_override {
-                Some(i) if i as usize >= overrides.len() => {
-                    let origin = combination[i as usize - overrides.len()].1;
-                    let mut located = source.error(origin, e.message);
-                    located.help = e.help;
-                    located
-                }
-                _ => e,
-            })?;
+            let trial_source = Source {
+                overrides: sets,
+                ..base.source.clone()
+            };
+            let pipeline =
+                Pipeline::from_tree(trial_source, raw.clone(), registry).map_err(|e| match e.from_override {
+                    Some(i) if i as usize >= overrides.len() => {
+                        let origin = combination[i as usize - overrides.len()].1;
+                        let mut located = source.error(origin, e.message);
+                        located.help = e.help;
+                        located
+                    }
+                    _ => e,
+                })?;
             // The sweep's devices decide where trials run; all are of one kind,
             // so the first stands for every one in the cache keys.
             let pipeline = Pipeline {
