@@ -70,7 +70,10 @@ impl Console {
             Some(bars) => {
                 let _ = bars.println(text);
             }
-            None => eprintln!("{text}"),
+            // One write a line (`eprintln!` makes two on unbuffered stderr).
+            None => {
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{text}\n").as_bytes());
+            }
         }
     }
 }

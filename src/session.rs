@@ -4,8 +4,8 @@
 //! first own stage starts, completed as soon as its last stage ends.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use crate::console::Console;
 use crate::dag::{ExecOptions, Execution, Graph, GraphNode, NodeState, Reporter, execute};
@@ -394,7 +394,7 @@ fn log_run(
     i: usize,
     run: RunHandle,
     result: &InstanceResult,
-    manifests: &[Option<Box<Manifest>>],
+    manifests: &[Option<Arc<Manifest>>],
     registry: &Registry,
     tracking: &Tracking,
 ) {

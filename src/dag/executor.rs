@@ -6,7 +6,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::graph::{Graph, GraphNode};
@@ -326,7 +326,7 @@ fn find_cached(
             Lookup::Valid(manifest) => {
                 return Some(NodeResult {
                     state: NodeState::Cached,
-                    manifest: Some(*manifest),
+                    manifest: Some(Arc::unwrap_or_clone(manifest)),
                     out_dir: Some(candidate.out_dir(node.kind(), key)),
                     seconds: 0.0,
                 });

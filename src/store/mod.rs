@@ -13,7 +13,7 @@ mod manifest;
 use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -32,7 +32,7 @@ pub enum Lookup {
     /// No entry.
     Missing,
     /// A complete entry whose files match its manifest.
-    Valid(Box<Manifest>),
+    Valid(Arc<Manifest>),
     /// An entry that is damaged: why.
     Corrupt(String),
 }
@@ -56,7 +56,7 @@ pub struct Store {
     /// directory. Entries never change once published, so looking a key up
     /// again (a sweep's shared stages, once per trial) reads nothing;
     /// discarding an entry forgets it.
-    verified: Mutex<HashMap<PathBuf, Manifest>>,
+    verified: Mutex<HashMap<PathBuf, Arc<Manifest>>>,
 }
 
 impl Store {
@@ -99,7 +99,7 @@ impl Store {
     pub fn lookup(&self, kind: &str, key: &str) -> Lookup {
         let dir = self.entry_dir(kind, key);
         if let Some(manifest) = self.verified().get(&dir) {
-            return Lookup::Valid(Box::new(manifest.clone()));
+            return Lookup::Valid(Arc::clone(manifest));
         }
         let bytes = match std::fs::read(dir.join("manifest.json")) {
             Ok(bytes) => bytes,
@@ -121,14 +121,15 @@ impl Store {
         }
         match self.check_files(&dir.join("out"), &manifest) {
             Ok(()) => {
-                self.verified().insert(dir, manifest.clone());
-                Lookup::Valid(Box::new(manifest))
+                let manifest = Arc::new(manifest);
+                self.verified().insert(dir, Arc::clone(&manifest));
+                Lookup::Valid(manifest)
             }
             Err(why) => Lookup::Corrupt(why),
         }
     }
 
-    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Manifest>> {
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Manifest>>> {
         self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -174,7 +175,7 @@ impl Store {
         match self.lookup(kind, &key) {
             Lookup::Valid(manifest) => {
                 return Ok(Built {
-                    manifest: *manifest,
+                    manifest: Arc::unwrap_or_clone(manifest),
                     by_other_process: true,
                 });
             }
