@@ -2,14 +2,15 @@
 
 mod common;
 
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
 use common::{SEVEN_STAGES, Workspace};
 use pipeline::console::Console;
-use pipeline::dag::{ExecOptions, Execution, Graph, NodeState, execute};
+use pipeline::dag::{ExecOptions, Execution, Graph, InProcess, Job, Launcher, NodeState, Reporter, execute};
 use pipeline::spec::Pipeline;
 use pipeline::stage::Registry;
-use pipeline::store::Store;
+use pipeline::store::{Built, Store};
 
 /// Executes `graph` quietly, never cancelled.
 fn run(graph: &Graph, registry: &Registry, store: &Store, options: &ExecOptions) -> Execution {
@@ -92,4 +93,61 @@ fn stages_on_a_device_lease_one_gpu_each_and_wait_for_a_free_one() {
     assert!(spans.iter().all(|s| devices.contains(&s.0)), "{spans:?}");
     // Four threads, but only two devices: five stages of 150 ms take three rounds.
     assert!(execution.elapsed.as_millis() >= 3 * 150, "{:?}", execution.elapsed);
+}
+
+/// Fails the node labelled `fails`, builds every other one in process, and
+/// records what it was asked to launch.
+struct FailingOne<'a> {
+    fails: &'static str,
+    in_process: InProcess<'a>,
+    launched: Mutex<Vec<String>>,
+}
+
+impl Launcher for FailingOne<'_> {
+    fn launch(&self, job: &Job, store: &Store, reporter: &dyn Reporter, cancel: &AtomicBool) -> anyhow::Result<Built> {
+        self.launched.lock().unwrap().push(job.node.label.clone());
+        if job.node.label == self.fails {
+            anyhow::bail!("the launcher lost `{}`", self.fails);
+        }
+        self.in_process.launch(job, store, reporter, cancel)
+    }
+}
+
+#[test]
+fn a_launcher_builds_what_is_not_cached_and_its_failures_skip_what_follows() {
+    let ws = Workspace::new();
+    let file = ws.write("p.yaml", SEVEN_STAGES);
+    let registry = common::kinds::registry();
+    let store = Store::open(&ws.store());
+    let pipeline = Pipeline::load(&file, &[], &registry).unwrap();
+    let mut graph = Graph::new();
+    let nodes = graph.add_pipeline(&pipeline, None, store.stat_cache()).unwrap();
+    let launcher = FailingOne {
+        fails: "f",
+        in_process: InProcess { registry: &registry },
+        launched: Mutex::default(),
+    };
+    let options = ExecOptions {
+        launcher: Some(&launcher),
+        ..ExecOptions::with_jobs(2)
+    };
+    let execution = run(&graph, &registry, &store, &options);
+    let states: Vec<&str> = nodes.iter().map(|&n| execution.results[n].state.word()).collect();
+    assert_eq!(states, ["ran", "ran", "ran", "ran", "ran", "failed", "skipped"]);
+    assert_eq!(
+        format!("{:?}", execution.results[nodes[5]].state),
+        "Failed(Error(\"the launcher lost `f`\"))"
+    );
+    let mut launched = launcher.launched.lock().unwrap().clone();
+    launched.sort();
+    assert_eq!(
+        launched,
+        ["a", "b", "c", "d", "e", "f"],
+        "g waits for f and is never launched"
+    );
+    // A second run launches only the failed stage and what follows it.
+    launcher.launched.lock().unwrap().clear();
+    let again = run(&graph, &registry, &store, &options);
+    assert_eq!(again.results[nodes[0]].state, NodeState::Cached);
+    assert_eq!(*launcher.launched.lock().unwrap(), ["f"]);
 }

@@ -38,11 +38,10 @@ pub(super) fn verify(env: &Env, target: &Target, stage_names: &[String], jobs: O
     let upstream = Store::open_rehashing(env.store.root());
     let console = Console::new(false);
     let options = ExecOptions {
-        jobs: default_jobs(jobs),
         recompute: Some(&recompute),
         fallback: Some(&upstream),
-        devices: &[],
         lease: Some(&lease),
+        ..ExecOptions::with_jobs(default_jobs(jobs))
     };
     let execution = execute(
         &graph,

@@ -1,9 +1,12 @@
-//! The stage graph: cache keys, merged nodes, and the concurrent executor.
+//! The stage graph: cache keys, merged nodes, the scheduler that decides
+//! what runs and when, and the launchers that run it.
 
-mod executor;
 mod graph;
 mod key;
+mod launcher;
+mod scheduler;
 
-pub use executor::{ExecOptions, Execution, Failure, NodeResult, NodeState, Reporter, execute};
 pub use graph::{Graph, GraphNode, Survey};
 pub use key::{Change, KeyMaterial, Need, write_canonical};
+pub use launcher::{InProcess, Job, Launcher};
+pub use scheduler::{ExecOptions, Execution, Failure, NodeResult, NodeState, Reporter, execute};

@@ -1,16 +1,17 @@
-//! Runs a [`Graph`]: cached nodes are reused, the rest run concurrently in
-//! topological order within a CPU budget. A node's key is completed when the
-//! nodes it needs have ended (their outputs are part of it), and looked up
-//! then: a stage after one that re-ran and wrote the same bytes is cached.
+//! Schedules a [`Graph`]: cached nodes are reused, the rest are handed to a
+//! [`Launcher`] concurrently, in topological order, within a CPU budget and
+//! the devices to lease. A node's key is completed when the nodes it needs
+//! have ended (their outputs are part of it), and looked up then: a stage
+//! after one that re-ran and wrote the same bytes is cached.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::graph::{Graph, GraphNode};
-use crate::stage::{Cancelled, Invalid, Progress, Registry, StageContext, StageInput};
+use super::launcher::{InProcess, Job, Launcher};
+use crate::stage::{Cancelled, Invalid, Progress, Registry, StageInput};
 use crate::store::{Built, Lease, Lookup, Manifest, Store};
 
 /// How a node ended.
@@ -126,6 +127,9 @@ pub struct ExecOptions<'a> {
     /// The lease that pins the run's entries: keys completed during the run
     /// are added to it before they are looked up.
     pub lease: Option<&'a Lease>,
+    /// What builds the nodes that run; `None`: [`InProcess`] over the
+    /// registry given to [`execute`].
+    pub launcher: Option<&'a dyn Launcher>,
 }
 
 impl ExecOptions<'_> {
@@ -137,6 +141,7 @@ impl ExecOptions<'_> {
             fallback: None,
             devices: &[],
             lease: None,
+            launcher: None,
         }
     }
 }
@@ -166,6 +171,8 @@ pub fn execute(
     cancel: &AtomicBool,
 ) -> Execution {
     let clock = Instant::now();
+    let in_process = InProcess { registry };
+    let launcher = options.launcher.unwrap_or(&in_process);
     let count = graph.nodes.len();
     let mut results: Vec<Option<NodeResult>> = vec![None; count];
     let jobs = options.jobs.max(1);
@@ -261,7 +268,13 @@ pub fn execute(
                 let done_tx = done_tx.clone();
                 scope.spawn(move || {
                     let start = Instant::now();
-                    let result = run_node(node, registry, store, &inputs, threads, device, reporter, cancel);
+                    let job = Job {
+                        node,
+                        inputs: &inputs,
+                        threads,
+                        device,
+                    };
+                    let result = launcher.launch(&job, store, reporter, cancel);
                     let _ = done_tx.send((i, result, start.elapsed().as_secs_f64()));
                 });
             }
@@ -336,50 +349,4 @@ fn find_cached(
         }
     }
     None
-}
-
-/// Builds one node's entry on `device`, turning a panicking stage into an error.
-#[allow(clippy::too_many_arguments)]
-fn run_node(
-    node: &GraphNode,
-    registry: &Registry,
-    store: &Store,
-    inputs: &[StageInput],
-    threads: usize,
-    device: &str,
-    reporter: &dyn Reporter,
-    cancel: &AtomicBool,
-) -> anyhow::Result<Built> {
-    let stage = registry
-        .get(node.kind())
-        .ok_or_else(|| anyhow::anyhow!("unknown stage kind `{}`", node.kind()))?;
-    let progress = reporter.started(node);
-    store.build(
-        node.material(),
-        || reporter.waiting(node),
-        |out_dir| {
-            let ctx = StageContext {
-                out_dir,
-                inputs,
-                pipeline_dir: &node.pipeline_dir,
-                pipeline: &node.pipeline,
-                seed: node.seed,
-                device,
-                threads,
-                progress: progress.as_ref(),
-                cancel,
-            };
-            match catch_unwind(AssertUnwindSafe(|| stage.run(&node.material().config, &ctx))) {
-                Ok(result) => result,
-                Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("unknown panic");
-                    Err(anyhow::anyhow!("the stage panicked: {message}"))
-                }
-            }
-        },
-    )
 }
