@@ -1,7 +1,7 @@
 //! `pipeline`: declarative, content-cached experiment pipelines for text classification.
 //!
 //! A pipeline file ([`spec`]) lists stages; each stage kind implements
-//! [`stage::Stage`]; the [`dag`] executor runs them and caches every output in
+//! [`stage::Stage`]; the [`dag`] scheduler runs them and caches every output in
 //! the [`store`] under a key made of everything that determines it.
 
 pub mod backend;
@@ -17,5 +17,6 @@ pub mod spec;
 pub mod stage;
 pub mod stages;
 pub mod store;
+pub mod sweep;
 pub mod tracking;
 pub mod train;

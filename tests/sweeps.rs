@@ -206,6 +206,59 @@ fn a_failing_trial_is_marked_and_the_sweep_goes_on() {
     );
 }
 
+#[test]
+fn one_trial_runs_alone_as_a_cluster_node_would_and_the_sweep_reuses_it() {
+    let project = Project::new();
+    let sweep = sample_grid(&project, "two", &["1.0e-3"], "");
+    let (code, plan) = project.run_json(&["plan", &sweep], &[]);
+    assert_eq!(code, 0, "{plan}");
+    let second = plan["trials"][1]["trial"].as_str().unwrap().to_string();
+    // By index, as a Slurm array task gets it.
+    let (code, first) = project.run_json(&["run", &sweep, "--trial", "0"], &[]);
+    assert_eq!(code, 0, "{first}");
+    let names: Vec<&str> = stages(&first).iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 10, "the trial's own stages and the shared ones: {names:?}");
+    assert!(stages(&first).iter().all(|s| s["state"] == "ran"), "{first}");
+    assert!(
+        !project.main().join("sweeps/two.lock").exists(),
+        "a trial leaves the sweep's lock to the sweep"
+    );
+    // By label: the shared stages are cached now.
+    let (code, by_label) = project.run_json(&["run", &sweep, "--trial", &second], &[]);
+    assert_eq!(code, 0, "{by_label}");
+    let cached: Vec<&str> = stages(&by_label)
+        .iter()
+        .filter(|s| s["state"] == "cached")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cached.len(), 7, "{by_label}");
+    // The sweep finds both trials in the store.
+    let (code, result) = project.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0, "{result}");
+    assert!(stages(&result).iter().all(|s| s["state"] == "cached"), "{result}");
+    assert!(project.main().join("sweeps/two.lock").exists());
+
+    for (trial, expected) in [
+        ("2", "sweep `two` has 2 trials (indices from 0); there is no trial 2"),
+        (
+            "trial-nope",
+            "sweep `two` has no trial `trial-nope`; its trials: trial-",
+        ),
+    ] {
+        let output = project.run(&["run", &sweep, "--trial", trial]);
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    let output = project.run(&["run", "pipelines/imdb-sample.yaml", "--trial", "0"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--trial picks a trial of a sweep"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[cfg(feature = "tch")]
 const LIBTORCH_REFUSED_OR_MIXED: &str = "`libtorch` is not the same kind of device as `cpu`";
 #[cfg(not(feature = "tch"))]

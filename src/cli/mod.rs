@@ -70,6 +70,11 @@ enum Command {
         /// CPU threads that running stages may use together (default: all cores).
         #[arg(long, short)]
         jobs: Option<usize>,
+        /// Of a sweep, run only this trial (`trial-<id>`, `<id>`, or its
+        /// 0-based index in the sweep's order, as a Slurm array task gets it),
+        /// with the stages it shares; no sweep lock, report or MLflow run.
+        #[arg(long, value_name = "TRIAL")]
+        trial: Option<String>,
     },
     /// Show the stage graph with key prefixes and what would run.
     Plan {
@@ -251,7 +256,7 @@ pub fn main(registry: &Registry) -> ExitCode {
         json: cli.json,
     };
     let result = match &cli.command {
-        Command::Run { target, jobs } => run::run(&env, target, *jobs),
+        Command::Run { target, jobs, trial } => run::run(&env, target, *jobs, trial.as_deref()),
         Command::Plan { target } => inspect::plan(&env, target),
         Command::Show { target } => inspect::show(&env, target),
         Command::Dag { target, mermaid, dot } => {

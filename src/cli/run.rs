@@ -1,23 +1,41 @@
-//! `pipeline run FILE`: a pipeline file, or a sweep file (see [`super::sweep`]).
+//! `pipeline run FILE`: a pipeline file, a sweep file (see [`super::sweep`]),
+//! or one trial of a sweep (`--trial`, what a cluster node runs).
 
 use serde_json::json;
 
-use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Env, Target, default_jobs, interrupt_flag};
+use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Env, Target, UsageError, default_jobs, interrupt_flag};
 use crate::console::Console;
 use crate::dag::{ExecOptions, Execution, Failure, NodeState};
 use crate::results::{FinishedStage, Results};
 use crate::session::{Instance, Session, Tracking};
-use crate::spec::{Pipeline, SpecError, is_sweep, lock_path};
+use crate::spec::{Pipeline, SpecError, Sweep, is_sweep, lock_path};
 use crate::stage::Invalid;
 use crate::tracking::record::git_tags;
 
-pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Result<u8> {
-    if is_sweep(&target.file) {
-        return super::sweep::run(env, target, jobs);
-    }
-    let pipeline = env.load(target)?;
-    pipeline.check_device()?;
-    let tracker = env.tracker(pipeline.tracking.as_ref())?;
+pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>, trial: Option<&str>) -> anyhow::Result<u8> {
+    let sweep = is_sweep(&target.file);
+    let (pipeline, tracker) = match (sweep, trial) {
+        (true, None) => return super::sweep::run(env, target, jobs),
+        (false, Some(_)) => {
+            return Err(UsageError(format!(
+                "--trial picks a trial of a sweep, and {} is a pipeline file",
+                target.file.display()
+            ))
+            .into());
+        }
+        // A trial as a cluster node runs it: the coordinator keeps the lock and the runs.
+        (true, Some(trial)) => {
+            let mut sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+            let index = sweep.trial_index(trial).map_err(UsageError)?;
+            (sweep.trials.swap_remove(index).pipeline, None)
+        }
+        (false, None) => {
+            let pipeline = env.load(target)?;
+            pipeline.check_device()?;
+            let tracker = env.tracker(pipeline.tracking.as_ref())?;
+            (pipeline, tracker)
+        }
+    };
     let dir = pipeline.dir.clone();
     let instance = Instance {
         name: pipeline.name.clone(),
@@ -38,10 +56,14 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
     env.store.save_state();
     let pipeline = &session.instances[0].pipeline;
     // The lock describes the pipeline file as written: a run with `--set`
-    // overrides is a variant and leaves it alone.
-    if let Some(lock) = session.lock_file(0, &execution).filter(|_| target.sets.is_empty()) {
+    // overrides is a variant and leaves it alone, and a sweep's trial is
+    // locked by the sweep.
+    if let Some(lock) = session
+        .lock_file(0, &execution)
+        .filter(|_| target.sets.is_empty() && !sweep)
+    {
         lock.write(&lock_path(&target.file))?;
-    } else if execution.succeeded() {
+    } else if execution.succeeded() && !sweep {
         console.line("lock file not written: the run had --set overrides");
     }
     if let Some(tracker) = &tracker {

@@ -1,9 +1,7 @@
-//! `pipeline run SWEEP`: every trial of a sweep in one graph (shared stages
-//! run once), `parallel` trials at a time on CPU slots, then a table sorted
-//! by the metric, `sweep-report.html` and, with tracking, a parent MLflow
-//! run with one nested run per trial.
+//! `pipeline run SWEEP`: runs the sweep ([`crate::sweep`]) with a live
+//! table of the trials, then prints the trials sorted by the metric, the
+//! best one and where the report is.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde_json::{Value as Json, json};
@@ -11,132 +9,25 @@ use serde_json::{Value as Json, json};
 use super::run::exit_code;
 use super::{Env, Target, default_jobs, interrupt_flag};
 use crate::console::Console;
-use crate::dag::ExecOptions;
-use crate::report::sweep::{SweepReport, TrialRow};
-use crate::results::{FinishedStage, Results, aligned};
-use crate::session::{Ending, Instance, InstanceResult, Session, Tracking};
-use crate::spec::{Goal, Sweep, lock_path};
-use crate::store::LockFile;
-use crate::tracking::record::{git_tags, metrics as run_metrics};
-use crate::tracking::{Metric, RunStatus, Tracker, tracker::now_ms};
+use crate::report::sweep::TrialRow;
+use crate::results::{Results, aligned};
+use crate::session::InstanceResult;
+use crate::spec::{Sweep, lock_path};
+use crate::sweep::{SweepOptions, describe, trial_rows};
+use crate::tracking::Tracker;
 
 pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Result<u8> {
     let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
-    let cores = default_jobs(jobs);
-    // CPU slots: the cores split between the trials that run at once.
-    let slot_threads = (cores / sweep.parallel).max(1);
-    let instances = sweep
-        .trials
-        .iter()
-        .map(|trial| Instance {
-            name: trial.label(),
-            label: Some(trial.label()),
-            pipeline: trial.pipeline.clone(),
-            tags: vec![
-                ("pipeline.sweep".into(), sweep.name.clone()),
-                ("pipeline.trial".into(), trial.id.clone()),
-            ],
-        })
-        .collect();
-    let mut session = Session::new(instances, &env.store)?;
-    for n in 0..session.graph.nodes.len() {
-        if session.is_own(n) {
-            session.graph.nodes[n].threads = slot_threads;
-        }
-    }
-    let rows: Vec<(String, String)> = sweep
-        .trials
-        .iter()
-        .map(|t| (t.label(), describe(&sweep.parameters, &t.params)))
-        .collect();
-    let console = Console::new(false).with_trials(&rows);
-    console.line(&format!(
-        "sweep `{}`: {} trials of {}, {} at a time with {slot_threads} thread(s) each; {} stages in all",
-        sweep.name,
-        sweep.trials.len(),
-        sweep.pipeline_file.display(),
-        sweep.parallel,
-        session.graph.nodes.len()
-    ));
-    if !console.has_table() {
-        for (label, params) in &rows {
-            console.line(&format!("  {label}  {params}"));
-        }
-    }
+    let console = Console::new(false).with_trials(&trial_rows(&sweep));
     let tracker = env.tracker(sweep.tracking.as_ref())?;
-    // Two `git` processes (some 3 ms): only for a run that is tracked.
-    let git = match &tracker {
-        Some(_) => git_tags(sweep.source.path.parent().unwrap_or(std::path::Path::new("."))),
-        None => Vec::new(),
+    let options = SweepOptions {
+        cores: default_jobs(jobs),
+        tracker: tracker.as_ref(),
+        lock: target.sets.is_empty().then(|| lock_path(&target.file)),
     };
-    let parent = tracker.as_ref().map(|tracker| {
-        let mut tags = vec![
-            (
-                "mlflow.source.name".to_string(),
-                sweep.source.path.display().to_string(),
-            ),
-            ("mlflow.source.type".to_string(), "LOCAL".to_string()),
-            (
-                "mlflow.user".to_string(),
-                std::env::var("USER").unwrap_or_else(|_| "pipeline".into()),
-            ),
-            ("pipeline.sweep".to_string(), sweep.name.clone()),
-        ];
-        tags.extend(git.iter().cloned());
-        let run = tracker.start_run(&sweep.name, tags, None);
-        let params = vec![
-            ("pipeline".to_string(), sweep.pipeline_file.display().to_string()),
-            ("method".to_string(), format!("{:?}", sweep.method).to_lowercase()),
-            ("metric".to_string(), sweep.metric.name.clone()),
-            ("goal".to_string(), format!("{:?}", sweep.metric.goal).to_lowercase()),
-            ("parallel".to_string(), sweep.parallel.to_string()),
-            ("trials".to_string(), sweep.trials.len().to_string()),
-            ("parameters".to_string(), sweep.parameters.join(", ")),
-        ];
-        tracker.log(run, &[], params, Vec::new());
-        run
-    });
-    let tracking = tracker.as_ref().map(|tracker| Tracking {
-        tracker,
-        parent,
-        git: git.clone(),
-    });
-    let cancel = interrupt_flag();
-    let options = ExecOptions {
-        devices: sweep.leased_devices(),
-        ..ExecOptions::with_jobs(sweep.parallel * slot_threads)
-    };
-    let (execution, results) = session.execute(env.registry, &env.store, &options, &console, cancel, tracking.as_ref());
-    env.store.save_state();
-
-    let rows = ranked_rows(&sweep, &results);
-    let trial_results = results
-        .iter()
-        .map(|r| {
-            Results::collect(
-                env.registry,
-                r.stages.iter().map(|s| FinishedStage {
-                    name: &s.name,
-                    kind: &s.kind,
-                    out_dir: s.out_dir.as_deref(),
-                }),
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let report_dir = env.store.root().join(".sweeps").join(&sweep.name);
-    let report_path = report_dir.join("sweep-report.html");
-    let report = SweepReport {
-        name: &sweep.name,
-        metric: &sweep.metric.name,
-        parameters: &sweep.parameters,
-        domains: &sweep.domains,
-        rows: &rows,
-    };
-    std::fs::create_dir_all(&report_dir)?;
-    std::fs::write(&report_path, report.html(&results_history(&rows, &results)))?;
-    print_table(&console, &sweep, &rows, &trial_results);
-    let best = rows.iter().find(|r| r.metric.is_some());
-    match best {
+    let outcome = crate::sweep::run(&sweep, env.registry, &env.store, &options, &console, interrupt_flag())?;
+    print_table(&console, &sweep, &outcome.rows, &outcome.trial_results);
+    match outcome.best() {
         Some(best) => console.line(&format!(
             "best: {} ({} = {}) with {}",
             best.label,
@@ -147,45 +38,22 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
         None => console.line(&format!(
             "no trial reported `{}`; metrics of the trials: {}",
             sweep.metric.name,
-            available_metrics(&results).join(", ")
+            available_metrics(&outcome.results).join(", ")
         )),
     }
-    console.line(&format!("sweep report: {}", report_path.display()));
-    let all_ok = results.iter().all(|r| r.ending.succeeded());
-    if all_ok && target.sets.is_empty() {
-        sweep_lock(&session, &execution, &sweep).write(&lock_path(&target.file))?;
-    }
-    if let (Some(tracker), Some(parent)) = (&tracker, parent) {
-        let mut summary = Vec::new();
-        if let Some(best) = best {
-            summary.push(Metric {
-                key: format!("best_{}", sweep.metric.name),
-                value: best.metric.expect("ranked"),
-                timestamp: now_ms(),
-                step: 0,
-            });
-        }
-        let tags = best
-            .map(|b| vec![("pipeline.best_trial".to_string(), b.label.clone())])
-            .unwrap_or_default();
-        tracker.log(parent, &summary, Vec::new(), tags);
-        tracker.upload(parent, &report_path, "sweep-report.html");
-        let status = if all_ok && !execution.interrupted {
-            RunStatus::Finished
-        } else {
-            RunStatus::Failed
-        };
-        tracker.finish(parent, status);
+    console.line(&format!("sweep report: {}", outcome.report.display()));
+    if let Some(tracker) = &tracker {
         report_tracking(&console, tracker);
     }
+    let rows = &outcome.rows;
     let failed = rows.iter().filter(|r| r.status == "failed").count();
     console.line(&format!(
         "sweep `{}`: {} trials, {} failed, in {:.1}s (trials' own time {:.1}s)",
         sweep.name,
         rows.len(),
         failed,
-        execution.elapsed.as_secs_f64(),
-        results.iter().map(|r| r.seconds).sum::<f64>()
+        outcome.execution.elapsed.as_secs_f64(),
+        outcome.results.iter().map(|r| r.seconds).sum::<f64>()
     ));
     for row in rows.iter().filter(|r| r.error.is_some()) {
         eprintln!(
@@ -195,14 +63,15 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
         );
     }
     if env.json {
+        let (session, execution) = (&outcome.session, &outcome.execution);
         env.print_json(&json!({
             "sweep": sweep.name,
-            "ok": all_ok && !execution.interrupted,
+            "ok": outcome.succeeded(),
             "interrupted": execution.interrupted,
             "seconds": execution.elapsed.as_secs_f64(),
             "metric": sweep.metric,
-            "best": best.map(|b| &b.label),
-            "report": report_path,
+            "best": outcome.best().map(|b| &b.label),
+            "report": outcome.report,
             "stages": session.graph.nodes.iter().zip(&execution.results).map(|(node, result)| json!({
                 "label": node.label,
                 "kind": node.kind(),
@@ -217,12 +86,12 @@ pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Re
                 "metric": r.metric,
                 "seconds": r.seconds,
                 "metrics": r.metrics,
-                "results": trial_results[r.index],
+                "results": outcome.trial_results[r.index],
                 "error": r.error,
             })).collect::<Vec<_>>(),
         }));
     }
-    Ok(exit_code(&execution))
+    Ok(exit_code(&outcome.execution))
 }
 
 /// Tells where tracking went: the server, or the spool to replay.
@@ -237,64 +106,12 @@ pub(super) fn report_tracking(console: &Console, tracker: &Tracker) {
     }
 }
 
-/// `lr=0.001 num_layers=2`: the last path segment of each parameter and its value.
-fn describe(parameters: &[String], values: &[Json]) -> String {
-    parameters
-        .iter()
-        .zip(values)
-        .map(|(p, v)| format!("{}={v}", p.rsplit('.').next().unwrap_or(p)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Trials sorted by the metric (best first), trials without it last.
-fn ranked_rows(sweep: &Sweep, results: &[InstanceResult]) -> Vec<TrialRow> {
-    let mut rows: Vec<TrialRow> = sweep
-        .trials
-        .iter()
-        .zip(results)
-        .enumerate()
-        .map(|(index, (trial, result))| TrialRow {
-            index,
-            label: trial.label(),
-            params: trial.params.clone(),
-            status: result.ending.word(),
-            metric: result
-                .metrics
-                .get(&sweep.metric.name)
-                .copied()
-                .filter(|v| v.is_finite()),
-            seconds: result.seconds,
-            metrics: result.metrics.clone(),
-            error: match &result.ending {
-                Ending::Failed(e) => Some(e.clone()),
-                _ => None,
-            },
-        })
-        .collect();
-    let goal: Goal = sweep.metric.goal;
-    rows.sort_by(|a, b| match (a.metric, b.metric) {
-        (Some(x), Some(y)) => goal.order(x, y).then(a.index.cmp(&b.index)),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => a.index.cmp(&b.index),
-    });
-    rows
-}
-
 /// Every metric name the trials reported, sorted.
 fn available_metrics(results: &[InstanceResult]) -> Vec<String> {
     let mut names: Vec<String> = results.iter().flat_map(|r| r.metrics.keys().cloned()).collect();
     names.sort();
     names.dedup();
     names
-}
-
-/// Per row, its trial's step metrics (for the loss curves).
-fn results_history(rows: &[TrialRow], results: &[InstanceResult]) -> Vec<Vec<Metric>> {
-    rows.iter()
-        .map(|r| run_metrics(&results[r.index].stages).unwrap_or_default())
-        .collect()
 }
 
 /// The final table: per trial its parameters, the sweep metric, each
@@ -343,21 +160,4 @@ fn print_table(console: &Console, sweep: &Sweep, rows: &[TrialRow], results: &[R
     for line in aligned(&table) {
         console.line(&line);
     }
-}
-
-/// The sweep's lock: every trial's stages, named `trial-<id>/<stage>`, so
-/// `pipeline gc` keeps their entries.
-fn sweep_lock(session: &Session, execution: &crate::dag::Execution, sweep: &Sweep) -> LockFile {
-    let mut lock = LockFile {
-        pipeline: sweep.name.clone(),
-        stages: Default::default(),
-    };
-    for (i, instance) in session.instances.iter().enumerate() {
-        if let Some(trial_lock) = session.lock_file(i, execution) {
-            for (stage, locked) in trial_lock.stages {
-                lock.stages.insert(format!("{}/{stage}", instance.name), locked);
-            }
-        }
-    }
-    lock
 }

@@ -86,6 +86,32 @@ impl Trial {
     }
 }
 
+impl Sweep {
+    /// The position of the trial `name` names: `trial-<id>`, `<id>`, or a
+    /// 0-based index in expansion order; the message says what exists otherwise.
+    pub fn trial_index(&self, name: &str) -> Result<usize, String> {
+        if let Ok(index) = name.parse::<usize>() {
+            return match index < self.trials.len() {
+                true => Ok(index),
+                false => Err(format!(
+                    "sweep `{}` has {} trials (indices from 0); there is no trial {index}",
+                    self.name,
+                    self.trials.len(),
+                )),
+            };
+        }
+        let id = name.strip_prefix("trial-").unwrap_or(name);
+        self.trials.iter().position(|t| t.id == id).ok_or_else(|| {
+            let labels: Vec<String> = self.trials.iter().map(Trial::label).collect();
+            format!(
+                "sweep `{}` has no trial `{name}`; its trials: {}",
+                self.name,
+                labels.join(", ")
+            )
+        })
+    }
+}
+
 /// How trials are chosen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,0 +1,294 @@
+//! Running a sweep: every trial is an instance of one [`Session`] (shared
+//! stages run once), `parallel` trials at a time on CPU slots; then the
+//! trials ranked by the metric, `sweep-report.html`, the sweep's lock and,
+//! with tracking, a parent MLflow run over the trials' nested runs. The
+//! command line ([`crate::cli`]) loads the sweep and prints what this returns.
+
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde_json::Value as Json;
+
+use crate::console::Console;
+use crate::dag::{ExecOptions, Execution};
+use crate::report::sweep::{SweepReport, TrialRow};
+use crate::results::{FinishedStage, Results};
+use crate::session::{Ending, Instance, InstanceResult, Session, Tracking};
+use crate::spec::{Goal, Sweep};
+use crate::stage::Registry;
+use crate::store::{LockFile, Store};
+use crate::tracking::record::{git_tags, metrics as run_metrics};
+use crate::tracking::{Metric, RunStatus, Tracker, tracker::now_ms};
+
+/// How to run a sweep.
+pub struct SweepOptions<'a> {
+    /// CPU threads in all, split between the `parallel` trials.
+    pub cores: usize,
+    /// Where the parent run and the trials' runs go; `None`: not tracked.
+    pub tracker: Option<&'a Tracker>,
+    /// Where to write the sweep's lock once every trial succeeded; `None`
+    /// for a variant of the sweep file (`--set`), which leaves it alone.
+    pub lock: Option<PathBuf>,
+}
+
+/// What a sweep run did.
+pub struct SweepOutcome {
+    /// The session of the trials (their graph and nodes).
+    pub session: Session,
+    /// Its execution, one result per graph node.
+    pub execution: Execution,
+    /// Per trial, in expansion order: how it ended.
+    pub results: Vec<InstanceResult>,
+    /// Per trial, in expansion order: its evaluations' scores and files.
+    pub trial_results: Vec<Results>,
+    /// The trials ranked by the metric, best first, those without it last.
+    pub rows: Vec<TrialRow>,
+    /// `sweep-report.html`.
+    pub report: PathBuf,
+}
+
+impl SweepOutcome {
+    /// True when every trial succeeded and nothing was interrupted.
+    pub fn succeeded(&self) -> bool {
+        self.results.iter().all(|r| r.ending.succeeded()) && !self.execution.interrupted
+    }
+
+    /// The best trial, when any reported the metric.
+    pub fn best(&self) -> Option<&TrialRow> {
+        self.rows.iter().find(|r| r.metric.is_some())
+    }
+}
+
+/// Each trial's label and its parameters in words (`lr=0.001 clip=1.0`).
+pub fn trial_rows(sweep: &Sweep) -> Vec<(String, String)> {
+    sweep
+        .trials
+        .iter()
+        .map(|t| (t.label(), describe(&sweep.parameters, &t.params)))
+        .collect()
+}
+
+/// `lr=0.001 num_layers=2`: the last path segment of each parameter and its value.
+pub fn describe(parameters: &[String], values: &[Json]) -> String {
+    parameters
+        .iter()
+        .zip(values)
+        .map(|(p, v)| format!("{}={v}", p.rsplit('.').next().unwrap_or(p)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs the trials of `sweep` that are not cached and gathers their results,
+/// the report and the lock; the console shows the progress.
+pub fn run(
+    sweep: &Sweep,
+    registry: &Registry,
+    store: &Store,
+    options: &SweepOptions,
+    console: &Console,
+    cancel: &AtomicBool,
+) -> anyhow::Result<SweepOutcome> {
+    // CPU slots: the cores split between the trials that run at once.
+    let slot_threads = (options.cores / sweep.parallel).max(1);
+    let instances = sweep
+        .trials
+        .iter()
+        .map(|trial| Instance {
+            name: trial.label(),
+            label: Some(trial.label()),
+            pipeline: trial.pipeline.clone(),
+            tags: vec![
+                ("pipeline.sweep".into(), sweep.name.clone()),
+                ("pipeline.trial".into(), trial.id.clone()),
+            ],
+        })
+        .collect();
+    let mut session = Session::new(instances, store)?;
+    for n in 0..session.graph.nodes.len() {
+        if session.is_own(n) {
+            session.graph.nodes[n].threads = slot_threads;
+        }
+    }
+    console.line(&format!(
+        "sweep `{}`: {} trials of {}, {} at a time with {slot_threads} thread(s) each; {} stages in all",
+        sweep.name,
+        sweep.trials.len(),
+        sweep.pipeline_file.display(),
+        sweep.parallel,
+        session.graph.nodes.len()
+    ));
+    if !console.has_table() {
+        for (label, params) in trial_rows(sweep) {
+            console.line(&format!("  {label}  {params}"));
+        }
+    }
+    // Two `git` processes (some 3 ms): only for a run that is tracked.
+    let git = match options.tracker {
+        Some(_) => git_tags(sweep.source.path.parent().unwrap_or(Path::new("."))),
+        None => Vec::new(),
+    };
+    let parent = options.tracker.map(|tracker| start_parent_run(sweep, tracker, &git));
+    let tracking = options.tracker.map(|tracker| Tracking { tracker, parent, git });
+    let exec = ExecOptions {
+        devices: sweep.leased_devices(),
+        ..ExecOptions::with_jobs(sweep.parallel * slot_threads)
+    };
+    let (execution, results) = session.execute(registry, store, &exec, console, cancel, tracking.as_ref());
+    store.save_state();
+
+    let rows = ranked_rows(sweep, &results);
+    let trial_results = results
+        .iter()
+        .map(|r| {
+            Results::collect(
+                registry,
+                r.stages.iter().map(|s| FinishedStage {
+                    name: &s.name,
+                    kind: &s.kind,
+                    out_dir: s.out_dir.as_deref(),
+                }),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report_dir = store.root().join(".sweeps").join(&sweep.name);
+    let report = report_dir.join("sweep-report.html");
+    let page = SweepReport {
+        name: &sweep.name,
+        metric: &sweep.metric.name,
+        parameters: &sweep.parameters,
+        domains: &sweep.domains,
+        rows: &rows,
+    };
+    std::fs::create_dir_all(&report_dir)?;
+    std::fs::write(&report, page.html(&histories(&rows, &results)))?;
+    let outcome = SweepOutcome {
+        session,
+        execution,
+        results,
+        trial_results,
+        rows,
+        report,
+    };
+    let all_ok = outcome.results.iter().all(|r| r.ending.succeeded());
+    if let Some(lock) = options.lock.as_deref().filter(|_| all_ok) {
+        sweep_lock(&outcome.session, &outcome.execution, sweep).write(lock)?;
+    }
+    if let (Some(tracker), Some(parent)) = (options.tracker, parent) {
+        finish_parent_run(sweep, tracker, parent, &outcome);
+    }
+    Ok(outcome)
+}
+
+/// The sweep's MLflow run, with the sweep's settings as parameters.
+fn start_parent_run(sweep: &Sweep, tracker: &Tracker, git: &[(String, String)]) -> crate::tracking::RunHandle {
+    let mut tags = vec![
+        (
+            "mlflow.source.name".to_string(),
+            sweep.source.path.display().to_string(),
+        ),
+        ("mlflow.source.type".to_string(), "LOCAL".to_string()),
+        (
+            "mlflow.user".to_string(),
+            std::env::var("USER").unwrap_or_else(|_| "pipeline".into()),
+        ),
+        ("pipeline.sweep".to_string(), sweep.name.clone()),
+    ];
+    tags.extend(git.iter().cloned());
+    let run = tracker.start_run(&sweep.name, tags, None);
+    let params = vec![
+        ("pipeline".to_string(), sweep.pipeline_file.display().to_string()),
+        ("method".to_string(), format!("{:?}", sweep.method).to_lowercase()),
+        ("metric".to_string(), sweep.metric.name.clone()),
+        ("goal".to_string(), format!("{:?}", sweep.metric.goal).to_lowercase()),
+        ("parallel".to_string(), sweep.parallel.to_string()),
+        ("trials".to_string(), sweep.trials.len().to_string()),
+        ("parameters".to_string(), sweep.parameters.join(", ")),
+    ];
+    tracker.log(run, &[], params, Vec::new());
+    run
+}
+
+/// Logs the best metric and trial and the report to the sweep's run, and ends it.
+fn finish_parent_run(sweep: &Sweep, tracker: &Tracker, parent: crate::tracking::RunHandle, outcome: &SweepOutcome) {
+    let best = outcome.best();
+    let mut summary = Vec::new();
+    if let Some(best) = best {
+        summary.push(Metric {
+            key: format!("best_{}", sweep.metric.name),
+            value: best.metric.expect("ranked"),
+            timestamp: now_ms(),
+            step: 0,
+        });
+    }
+    let tags = best
+        .map(|b| vec![("pipeline.best_trial".to_string(), b.label.clone())])
+        .unwrap_or_default();
+    tracker.log(parent, &summary, Vec::new(), tags);
+    tracker.upload(parent, &outcome.report, "sweep-report.html");
+    let status = if outcome.succeeded() {
+        RunStatus::Finished
+    } else {
+        RunStatus::Failed
+    };
+    tracker.finish(parent, status);
+}
+
+/// Trials sorted by the metric (best first), trials without it last.
+fn ranked_rows(sweep: &Sweep, results: &[InstanceResult]) -> Vec<TrialRow> {
+    let mut rows: Vec<TrialRow> = sweep
+        .trials
+        .iter()
+        .zip(results)
+        .enumerate()
+        .map(|(index, (trial, result))| TrialRow {
+            index,
+            label: trial.label(),
+            params: trial.params.clone(),
+            status: result.ending.word(),
+            metric: result
+                .metrics
+                .get(&sweep.metric.name)
+                .copied()
+                .filter(|v| v.is_finite()),
+            seconds: result.seconds,
+            metrics: result.metrics.clone(),
+            error: match &result.ending {
+                Ending::Failed(e) => Some(e.clone()),
+                _ => None,
+            },
+        })
+        .collect();
+    let goal: Goal = sweep.metric.goal;
+    rows.sort_by(|a, b| match (a.metric, b.metric) {
+        (Some(x), Some(y)) => goal.order(x, y).then(a.index.cmp(&b.index)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.index.cmp(&b.index),
+    });
+    rows
+}
+
+/// Per row, its trial's step metrics (for the loss curves).
+fn histories(rows: &[TrialRow], results: &[InstanceResult]) -> Vec<Vec<Metric>> {
+    rows.iter()
+        .map(|r| run_metrics(&results[r.index].stages).unwrap_or_default())
+        .collect()
+}
+
+/// The sweep's lock: every trial's stages, named `trial-<id>/<stage>`, so
+/// `pipeline gc` keeps their entries.
+fn sweep_lock(session: &Session, execution: &Execution, sweep: &Sweep) -> LockFile {
+    let mut lock = LockFile {
+        pipeline: sweep.name.clone(),
+        stages: Default::default(),
+    };
+    for (i, instance) in session.instances.iter().enumerate() {
+        if let Some(trial_lock) = session.lock_file(i, execution) {
+            for (stage, locked) in trial_lock.stages {
+                lock.stages.insert(format!("{}/{stage}", instance.name), locked);
+            }
+        }
+    }
+    lock
+}
