@@ -3,6 +3,7 @@
 
 pub mod batches;
 pub mod fetch;
+pub mod prefix;
 pub mod rng;
 pub mod table;
 pub mod vocab;

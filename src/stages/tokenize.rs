@@ -13,6 +13,7 @@ use tokenizers::{PostProcessor as _, Tokenizer, TruncationDirection, TruncationP
 
 use crate::data::batches::Side;
 use crate::data::fetch::{self, Source};
+use crate::data::prefix;
 use crate::data::table::{self, TableMeta};
 use crate::data::vocab::{self, VocabSettings};
 use crate::spec::paths;
@@ -274,6 +275,8 @@ impl Stage for Tokenize {
             .map_err(anyhow::Error::msg)?;
         tokenizer.with_padding(None);
         let pad_id = PAD_TOKENS.iter().find_map(|t| tokenizer.token_to_id(t));
+        // Right truncation of single texts: only their first words are tokenized.
+        let cut = config.truncation && config.truncation_side == Side::Right && prefix::cuts_at_spaces(&tokenizer);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(ctx.threads).build()?;
         let mut outcome = StageOutcome::default();
         let frames = meta
@@ -319,7 +322,13 @@ impl Stage for Tokenize {
                             .collect();
                         tokenizer.encode_batch_fast(inputs, config.add_special_tokens)
                     }
-                    None => tokenizer.encode_batch_fast(texts[start..end].to_vec(), config.add_special_tokens),
+                    None => prefix::encode_truncated(
+                        &tokenizer,
+                        &texts[start..end],
+                        config.max_length,
+                        config.add_special_tokens,
+                        cut,
+                    ),
                 });
                 for encoding in encodings.map_err(anyhow::Error::msg)? {
                     let row = encoding.get_ids();
