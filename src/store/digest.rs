@@ -128,7 +128,7 @@ impl StatCache {
         merged.retain(|path, _| path.exists());
         let parent = self.path.parent().expect("stat cache lives in a directory");
         std::fs::create_dir_all(parent)?;
-        let tmp = parent.join(format!(".stat-cache.{}.tmp", std::process::id()));
+        let tmp = parent.join(format!(".stat-cache.{}.tmp", super::host::process()));
         std::fs::write(&tmp, serde_json::to_vec(&merged)?)?;
         std::fs::rename(&tmp, &self.path)?;
         *dirty = false;

@@ -115,6 +115,7 @@ impl Store {
     /// before the lease lists it. One write of the lease file instead of one
     /// per key.
     pub fn lease_found(&self, find: impl FnOnce(&Store) -> BTreeSet<String>) -> anyhow::Result<Lease> {
+        self.check_locks()?;
         let maintenance = self.maintenance_lock()?;
         if let Err(TryLockError::WouldBlock) = maintenance.try_lock_shared() {
             eprintln!("waiting for `gc` or `clean` on this store to finish");
@@ -124,7 +125,7 @@ impl Store {
         let dir = self.leases_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let id = format!("{}-{nanos}", std::process::id());
+        let id = format!("{}-{}-{nanos}", super::host::name(), std::process::id());
         let path = dir.join(format!("{id}.json"));
         let mut file = File::create_new(&path).with_context(|| format!("cannot create {}", path.display()))?;
         file.lock().with_context(|| format!("cannot lock {}", path.display()))?;

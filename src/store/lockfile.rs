@@ -57,7 +57,7 @@ impl LockFile {
         if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
             return Ok(());
         }
-        let tmp = path.with_extension(format!("lock.{}.tmp", std::process::id()));
+        let tmp = path.with_extension(format!("lock.{}.tmp", super::host::process()));
         std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())

@@ -6,6 +6,7 @@
 //! entries hold a [`Lease`] on them, which `gc` and `clean` respect.
 
 mod digest;
+pub mod host;
 mod lease;
 mod lockfile;
 mod manifest;
@@ -64,7 +65,8 @@ impl Store {
     pub fn open(root: &Path) -> Store {
         Store {
             root: root.to_path_buf(),
-            stat: StatCache::new(root.join(".state").join("stat-cache.json")),
+            // Per host: inodes and times are what this machine's mount reports.
+            stat: StatCache::new(root.join(".state").join(format!("stat-cache.{}.json", host::name()))),
             rehash: false,
             verified: Mutex::default(),
         }
@@ -193,7 +195,7 @@ impl Store {
                 self.discard(&leftover.path())?;
             }
         }
-        let tmp = TempDir(tmp_root.join(format!("{key}.{}", std::process::id())));
+        let tmp = TempDir(tmp_root.join(format!("{key}.{}", host::process())));
         let out = tmp.0.join("out");
         std::fs::create_dir_all(&out)?;
         let started_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -217,7 +219,19 @@ impl Store {
         std::fs::write(tmp.0.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
         let dest = self.entry_dir(kind, &key);
         std::fs::create_dir_all(dest.parent().expect("entries live in a kind directory"))?;
-        std::fs::rename(&tmp.0, &dest).with_context(|| format!("cannot move the new entry to {}", dest.display()))?;
+        if let Err(e) = std::fs::rename(&tmp.0, &dest) {
+            // Published meanwhile by a process the key's lock did not keep
+            // out (a host whose locks are its own): an equal key is an equal
+            // entry, so the one there stands and this copy goes.
+            if let Lookup::Valid(there) = self.lookup(kind, &key) {
+                tracing::warn!(entry = %dest.display(), "another process stored this entry first; keeping its copy");
+                return Ok(Built {
+                    manifest: Arc::unwrap_or_clone(there),
+                    by_other_process: true,
+                });
+            }
+            return Err(e).with_context(|| format!("cannot move the new entry to {}", dest.display()));
+        }
         tracing::debug!(entry = %dest.display(), files = manifest.files.len(), "stored");
         std::mem::forget(tmp);
         for (name, digest) in &manifest.files {
@@ -227,6 +241,33 @@ impl Store {
             manifest,
             by_other_process: false,
         })
+    }
+
+    /// Checks that the store's file locks exclude each other, as the
+    /// per-key locks need: a lock taken through one open file of a probe is
+    /// refused through a second. Fails where locks error or do nothing (an
+    /// NFS mount without a lock service); it cannot tell locks that only
+    /// hold within one host (`local_lock=flock`), see the README.
+    pub fn check_locks(&self) -> anyhow::Result<()> {
+        let name = format!("probe.{}.lock", host::process());
+        let (first, path) = self.lock_file(&name)?;
+        let unusable = |why: String| {
+            anyhow::anyhow!(
+                "the store {} cannot be used: {why}; put it on a local disk, NFSv4 with locking, or Lustre mounted with `-o flock`",
+                self.root.display()
+            )
+        };
+        let result = match first.try_lock() {
+            Err(e) => Err(unusable(format!("its filesystem refuses file locks ({e})"))),
+            Ok(()) => match File::open(&path).map(|second| second.try_lock()) {
+                Ok(Err(TryLockError::WouldBlock)) => Ok(()),
+                Ok(Ok(())) => Err(unusable("a file lock on it does not exclude a second one".into())),
+                Ok(Err(TryLockError::Error(e))) => Err(unusable(format!("its filesystem refuses file locks ({e})"))),
+                Err(e) => Err(unusable(format!("cannot open {} again ({e})", path.display()))),
+            },
+        };
+        let _ = std::fs::remove_file(&path);
+        result
     }
 
     /// Takes the exclusive lock of a key, calling `waiting` if it must wait.
@@ -307,7 +348,7 @@ impl Store {
         let name = format!(
             "{}.{}.{}",
             dir.file_name().map_or("entry".into(), |n| n.to_string_lossy()),
-            std::process::id(),
+            host::process(),
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
         );
         let target = trash.join(name);
@@ -374,5 +415,116 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn material(text: &str) -> KeyMaterial {
+        KeyMaterial {
+            kind: "step".into(),
+            version: 1,
+            config: serde_json::json!({ "text": text }),
+            needs: Vec::new(),
+            seed: None,
+            pipeline: None,
+            device: None,
+            inputs: Default::default(),
+        }
+    }
+
+    fn write(text: &'static str) -> impl FnOnce(&Path) -> anyhow::Result<StageOutcome> {
+        move |out: &Path| {
+            std::fs::write(out.join("out.txt"), text)?;
+            Ok(StageOutcome::default())
+        }
+    }
+
+    #[test]
+    fn an_entry_another_host_published_first_is_kept_and_the_copy_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store"));
+        // Another host built the same key in its own copy of the store.
+        let elsewhere = Store::open(&dir.path().join("elsewhere"));
+        let theirs = elsewhere.build(&material("a"), || {}, write("a")).unwrap();
+        let key = theirs.manifest.key.clone();
+        let built = store
+            .build(
+                &material("a"),
+                || {},
+                |out| {
+                    // ... and renamed it into this store while this build ran.
+                    let dest = store.entry_dir("step", &key);
+                    std::fs::create_dir_all(dest.parent().unwrap())?;
+                    std::fs::rename(elsewhere.entry_dir("step", &key), &dest)?;
+                    write("a")(out)
+                },
+            )
+            .unwrap();
+        assert!(built.by_other_process);
+        // The entry there is the one kept: its build's start time, not this one's.
+        assert_eq!(built.manifest.started_at, theirs.manifest.started_at);
+        assert_eq!(built.manifest.files, theirs.manifest.files);
+        assert!(matches!(store.lookup("step", &key), Lookup::Valid(_)));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("store/.tmp")).unwrap().collect();
+        assert!(leftovers.is_empty(), "the temporary copy is gone: {leftovers:?}");
+    }
+
+    #[test]
+    fn a_damaged_entry_in_the_way_is_an_error_not_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let key = material("b").key();
+        let built = store.build(
+            &material("b"),
+            || {},
+            |out| {
+                // Something that is not a valid entry appears at the destination.
+                let dest = store.entry_dir("step", &key);
+                std::fs::create_dir_all(dest.join("out"))?;
+                std::fs::write(dest.join("out").join("junk"), "x")?;
+                write("b")(out)
+            },
+        );
+        let error = format!("{:#}", built.unwrap_err());
+        assert!(error.contains("cannot move the new entry to"), "{error}");
+    }
+
+    #[test]
+    fn temporary_names_hold_the_host_and_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let key = material("c").key();
+        store
+            .build(
+                &material("c"),
+                || {},
+                |out| {
+                    let names: Vec<String> = std::fs::read_dir(dir.path().join(".tmp"))?
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect();
+                    assert_eq!(names, [format!("{key}.{}", host::process())]);
+                    write("c")(out)
+                },
+            )
+            .unwrap();
+        store.save_state();
+        let stat_cache = dir
+            .path()
+            .join(".state")
+            .join(format!("stat-cache.{}.json", host::name()));
+        assert!(stat_cache.exists(), "the stat cache is this host's");
+    }
+
+    #[test]
+    fn the_lock_check_passes_here_and_leaves_no_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        store.check_locks().unwrap();
+        store.check_locks().unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(".locks")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -260,7 +260,7 @@ impl Tracker {
             .with_context(|| format!("cannot create {}", self.spool_dir.display()))?;
         let path = self
             .spool_dir
-            .join(format!("{}-{}.jsonl", now_ms(), std::process::id()));
+            .join(format!("{}-{}.jsonl", now_ms(), crate::store::host::process()));
         let mut known: Vec<(&RunHandle, &RunRef)> = state.link.runs.iter().collect();
         known.sort_by_key(|(h, _)| h.0);
         let server = Call::Server { uri: self.uri.clone() };
