@@ -23,15 +23,21 @@ WITH_TORCH = LIBTORCH_USE_PYTORCH=1 PATH="$(TORCH_VENV)/bin:$$PATH" \
 TRANSFORMERS = $(TORCH_VENV)/.transformers-4.57.1
 CHROMIUM ?= /usr/bin/chromium
 MINILM = data/checkpoints/all-MiniLM-L6-v2
+# A real single-node Slurm cluster for tests/slurm.rs (Debian's Slurm 22.05 and munge, 13
+# packages, about 17 s); the tests start and stop its daemons themselves.
+SLURM = /usr/sbin/slurmd
 
 .PHONY: run test lint bench bench-train bench-bert bench-head bench-mrpc bench-imdb-bigru checkpoint gpu-bundle
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
 
-test: $(MLFLOW) $(TORCH_VENV)/bin/torchrun $(MINILM) $(CHROMIUM)
+test: $(MLFLOW) $(TORCH_VENV)/bin/torchrun $(MINILM) $(CHROMIUM) $(SLURM)
 	$(WITH_TORCH) MLFLOW_BIN=$(MLFLOW_VENV)/bin/mlflow PARITY_PYTHON=$(TORCH_VENV)/bin/python \
 		MINILM_DIR=$(CURDIR)/$(MINILM) CHROMIUM=$(CHROMIUM) $(CARGO) test --features tch
+
+$(SLURM):
+	apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge || (apt-get update && apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge)
 
 # Headless Chromium renders the reports in tests/browser.rs (Debian's package, about 20 s).
 $(CHROMIUM):

@@ -7,6 +7,7 @@ pub mod http;
 pub mod kinds;
 pub mod mlflow;
 pub mod project;
+pub mod slurm;
 pub mod sweeps;
 
 use std::path::{Path, PathBuf};

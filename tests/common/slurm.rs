@@ -1,0 +1,158 @@
+//! A real single-node Slurm cluster on 127.0.0.1 for the tests: Debian's
+//! munged, slurmctld and slurmd (`make test` installs them), each started
+//! with a config of its own in a temporary directory (`select/cons_tres`,
+//! `proctrack/linuxproc`, `task/none`, no cgroups, no accounting, two fake
+//! GPUs on character devices) and stopped by PID when the cluster is dropped.
+//! Needs root, as CI has. See `../shared/notes/slurm.md`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A running cluster; its daemons stop when it is dropped.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+const DAEMONS: [&str; 3] = ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd"];
+
+impl Cluster {
+    /// Starts munged, slurmctld and slurmd, and waits until the node is idle.
+    /// Fails (never skips) where Slurm is missing.
+    pub fn start() -> Cluster {
+        for daemon in DAEMONS {
+            assert!(
+                Path::new(daemon).exists(),
+                "{daemon} is missing: `make test` installs Debian's slurmctld, slurmd, slurm-client and munge"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let root = root.as_path();
+        // munged runs as its own user and keeps its socket here.
+        run(Command::new("chown").args(["munge:munge"]).arg(root));
+        let path = |name: &str| root.join(name).display().to_string();
+        run(Command::new("runuser")
+            .args(["-u", "munge", "--", "/usr/sbin/munged"])
+            .args([
+                format!("--socket={}", path("munge.sock")),
+                format!("--pid-file={}", path("munged.pid")),
+                format!("--log-file={}", path("munged.log")),
+                format!("--seed-file={}", path("munged.seed")),
+            ]));
+        for (i, gpu) in ["gpu0", "gpu1"].iter().enumerate() {
+            run(Command::new("mknod").arg(path(gpu)).args(["c", "195", &i.to_string()]));
+        }
+        for sub in ["state", "spool"] {
+            std::fs::create_dir(root.join(sub)).unwrap();
+        }
+        let (controller, node) = (free_port(), free_port());
+        let conf = format!(
+            "ClusterName=test\nSlurmctldHost=localhost\nSlurmUser=root\nAuthType=auth/munge\n\
+             AuthInfo=socket={sock}\nMpiDefault=none\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
+             JobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\n\
+             SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nReturnToService=2\nSlurmdTimeout=10\n\
+             KillWait=5\nMinJobAge=300\nMaxArraySize=1001\nGresTypes=gpu\n\
+             StateSaveLocation={state}\nSlurmdSpoolDir={spool}\n\
+             SlurmctldPidFile={ctld_pid}\nSlurmdPidFile={d_pid}\nSlurmctldLogFile={ctld_log}\nSlurmdLogFile={d_log}\n\
+             SlurmctldPort={controller}\nSlurmdPort={node}\n\
+             NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=2000 Gres=gpu:2 State=UNKNOWN\n\
+             PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP\n",
+            sock = path("munge.sock"),
+            state = path("state"),
+            spool = path("spool"),
+            ctld_pid = path("slurmctld.pid"),
+            d_pid = path("slurmd.pid"),
+            ctld_log = path("slurmctld.log"),
+            d_log = path("slurmd.log"),
+        );
+        std::fs::write(root.join("slurm.conf"), conf).unwrap();
+        std::fs::write(
+            root.join("gres.conf"),
+            format!(
+                "AutoDetect=off\nNodeName=localhost Name=gpu File={}\nNodeName=localhost Name=gpu File={}\n",
+                path("gpu0"),
+                path("gpu1")
+            ),
+        )
+        .unwrap();
+        let cluster = Cluster { dir };
+        run(Command::new("/usr/sbin/slurmctld").args(["-f", &path("slurm.conf"), "-i"]));
+        run(Command::new("/usr/sbin/slurmd").args(["-f", &path("slurm.conf"), "-N", "localhost"]));
+        let start = Instant::now();
+        loop {
+            let out = cluster.command("sinfo").args(["-h", "-o", "%t"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "idle" {
+                return cluster;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the node is not idle after 30 s: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A Slurm client command (`sbatch`, `squeue`, ...) for this cluster.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command.env("SLURM_CONF", self.dir.path().join("slurm.conf"));
+        command
+    }
+
+    /// A folder for job output.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// The daemons' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        ["slurmctld.log", "slurmd.log", "munged.log"]
+            .iter()
+            .map(|name| {
+                let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                format!("--- {name}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for name in ["slurmd.pid", "slurmctld.pid", "munged.pid"] {
+            let Ok(pid) = std::fs::read_to_string(self.dir.path().join(name)) else {
+                continue;
+            };
+            let pid = pid.trim().to_string();
+            let _ = Command::new("kill").arg(&pid).status();
+            let start = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        }
+    }
+}
+
+/// Runs a set-up command, failing with its output.
+fn run(command: &mut Command) {
+    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A TCP port nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

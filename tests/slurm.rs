@@ -1,0 +1,74 @@
+//! Sweeps on a real single-node Slurm cluster (tests/common/slurm.rs): the
+//! trials of a sweep as one job array whose tasks each run
+//! `pipeline run SWEEP --trial $SLURM_ARRAY_TASK_ID` against one shared
+//! store, then the sweep, which finds every stage cached and writes the
+//! lock a local run writes.
+
+mod common;
+
+use common::project::Project;
+use common::slurm::Cluster;
+use common::sweeps::sample_grid;
+
+#[test]
+fn a_sweeps_trials_as_array_tasks_give_the_lock_of_a_local_run() {
+    let lrs = ["1.0e-3", "3.0e-4"];
+    let local = Project::new();
+    let sweep = sample_grid(&local, "grid", &lrs, "");
+    let (code, result) = local.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0, "{result}");
+    let local_lock = std::fs::read(local.main().join("sweeps/grid.lock")).unwrap();
+
+    let cluster = Cluster::start();
+    let project = Project::new();
+    sample_grid(&project, "grid", &lrs, "");
+    let store = project.dir.path().join("store");
+    let output = cluster
+        .command("sbatch")
+        .current_dir(project.main())
+        .env("PIPELINE_STORE", &store)
+        .args([
+            "--parsable",
+            "--wait",
+            "--array=0-3%2",
+            "--cpus-per-task=1",
+            "--job-name=pipeline-grid",
+        ])
+        .arg(format!("--output={}/%A_%a.out", cluster.dir().display()))
+        .arg(format!(
+            "--wrap=exec {} run sweeps/grid.yaml --trial $SLURM_ARRAY_TASK_ID --jobs $SLURM_CPUS_PER_TASK",
+            env!("CARGO_BIN_EXE_pipeline")
+        ))
+        .output()
+        .unwrap();
+    let outputs: String = std::fs::read_dir(cluster.dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        output.status.success(),
+        "sbatch: {}\n{outputs}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.logs()
+    );
+    // Two tasks at a time raced for the shared stages: each ran once.
+    let ran_load = outputs
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ran      load "))
+        .count();
+    assert_eq!(ran_load, 1, "{outputs}");
+    assert!(
+        !project.main().join("sweeps/grid.lock").exists(),
+        "array tasks write no lock"
+    );
+
+    let (code, result) = project.run_json(&["run", "sweeps/grid.yaml"], &[]);
+    assert_eq!(code, 0, "{result}");
+    let stages = result["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 7 + 4 * 3);
+    assert!(stages.iter().all(|s| s["state"] == "cached"), "{result}");
+    let lock = std::fs::read(project.main().join("sweeps/grid.lock")).unwrap();
+    assert!(lock == local_lock, "the cluster's lock differs from the local run's");
+}
