@@ -72,3 +72,52 @@ fn a_sweeps_trials_as_array_tasks_give_the_lock_of_a_local_run() {
     let lock = std::fs::read(project.main().join("sweeps/grid.lock")).unwrap();
     assert!(lock == local_lock, "the cluster's lock differs from the local run's");
 }
+
+#[test]
+fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_local_run() {
+    let lrs = ["1.0e-3", "3.0e-4"];
+    let local = Project::new();
+    let sweep = sample_grid(&local, "grid", &lrs, "");
+    let (code, result) = local.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0, "{result}");
+    let local_lock = std::fs::read(local.main().join("sweeps/grid.lock")).unwrap();
+
+    let cluster = Cluster::start();
+    let conf = cluster.dir().join("slurm.conf");
+    let env = [("SLURM_CONF", conf.to_str().unwrap())];
+    let project = Project::new();
+    sample_grid(&project, "grid", &lrs, "executor: {slurm: {cpus_per_task: 1}}\n");
+    let output = project.run_env(&["--json", "run", "sweeps/grid.yaml"], &env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}\n{}", cluster.logs());
+    assert!(
+        stderr.contains("4 trial(s) submitted to Slurm as pipeline-grid-"),
+        "{stderr}"
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let trials = result["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    // The coordinator built nothing: every stage came from the array tasks.
+    assert!(
+        result["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "cached"),
+        "{result}"
+    );
+    let lock = std::fs::read(project.main().join("sweeps/grid.lock")).unwrap();
+    assert!(lock == local_lock, "the cluster's lock differs from the local run's");
+    let logs = project.dir.path().join("store/.sweeps/grid/slurm");
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 4, "one log per array task");
+
+    // Nothing missing: nothing submitted. `--executor local` overrides the file.
+    let output = project.run_env(&["run", "sweeps/grid.yaml", "--executor", "slurm"], &env);
+    let again = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && !again.contains("submitted"), "{again}");
+    let output = project.run_env(
+        &["run", "sweeps/grid.yaml", "--executor", "local"],
+        &[("SLURM_CONF", "/nonexistent")],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}

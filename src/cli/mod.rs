@@ -61,6 +61,15 @@ struct Target {
     sets: Vec<String>,
 }
 
+/// `--executor`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ExecutorKind {
+    /// Threads of this process.
+    Local,
+    /// Tasks of Slurm job arrays.
+    Slurm,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a pipeline, reusing every cached stage, and update its lock file.
@@ -75,6 +84,10 @@ enum Command {
         /// with the stages it shares; no sweep lock, report or MLflow run.
         #[arg(long, value_name = "TRIAL")]
         trial: Option<String>,
+        /// Where a sweep's trials run, over the sweep file's `executor:`:
+        /// `local` (threads of this process) or `slurm` (array tasks).
+        #[arg(long, value_enum, conflicts_with = "trial")]
+        executor: Option<ExecutorKind>,
     },
     /// Show the stage graph with key prefixes and what would run.
     Plan {
@@ -256,7 +269,12 @@ pub fn main(registry: &Registry) -> ExitCode {
         json: cli.json,
     };
     let result = match &cli.command {
-        Command::Run { target, jobs, trial } => run::run(&env, target, *jobs, trial.as_deref()),
+        Command::Run {
+            target,
+            jobs,
+            trial,
+            executor,
+        } => run::run(&env, target, *jobs, trial.as_deref(), *executor),
         Command::Plan { target } => inspect::plan(&env, target),
         Command::Show { target } => inspect::show(&env, target),
         Command::Dag { target, mermaid, dot } => {

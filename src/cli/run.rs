@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use super::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Env, Target, UsageError, default_jobs, interrupt_flag};
+use super::{
+    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Env, ExecutorKind, Target, UsageError, default_jobs, interrupt_flag,
+};
 use crate::console::Console;
 use crate::dag::{ExecOptions, Execution, Failure, NodeState};
 use crate::results::{FinishedStage, Results};
@@ -12,10 +14,23 @@ use crate::spec::{Pipeline, SpecError, Sweep, is_sweep, lock_path};
 use crate::stage::Invalid;
 use crate::tracking::record::git_tags;
 
-pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>, trial: Option<&str>) -> anyhow::Result<u8> {
+pub(super) fn run(
+    env: &Env,
+    target: &Target,
+    jobs: Option<usize>,
+    trial: Option<&str>,
+    executor: Option<ExecutorKind>,
+) -> anyhow::Result<u8> {
     let sweep = is_sweep(&target.file);
+    if executor.is_some() && !sweep {
+        return Err(UsageError(format!(
+            "--executor picks where a sweep's trials run, and {} is a pipeline file",
+            target.file.display()
+        ))
+        .into());
+    }
     let (pipeline, tracker) = match (sweep, trial) {
-        (true, None) => return super::sweep::run(env, target, jobs),
+        (true, None) => return super::sweep::run(env, target, jobs, executor),
         (false, Some(_)) => {
             return Err(UsageError(format!(
                 "--trial picks a trial of a sweep, and {} is a pipeline file",

@@ -7,25 +7,53 @@ use std::collections::BTreeMap;
 use serde_json::{Value as Json, json};
 
 use super::run::exit_code;
-use super::{Env, Target, default_jobs, interrupt_flag};
+use super::{Env, ExecutorKind, Target, default_jobs, interrupt_flag};
 use crate::console::Console;
 use crate::report::sweep::TrialRow;
 use crate::results::{Results, aligned};
 use crate::session::InstanceResult;
-use crate::spec::{Sweep, lock_path};
-use crate::sweep::{SweepOptions, describe, trial_rows};
+use crate::spec::{Executor, SlurmSettings, Sweep, lock_path};
+use crate::sweep::{SweepOptions, describe, slurm, trial_rows};
 use crate::tracking::Tracker;
 
-pub(super) fn run(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Result<u8> {
+pub(super) fn run(
+    env: &Env,
+    target: &Target,
+    jobs: Option<usize>,
+    executor: Option<ExecutorKind>,
+) -> anyhow::Result<u8> {
     let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+    let executor = match (executor, &sweep.executor) {
+        (Some(ExecutorKind::Local), _) | (None, Executor::Local) => Executor::Local,
+        (Some(ExecutorKind::Slurm), Executor::Local) => Executor::Slurm(SlurmSettings::default()),
+        (_, slurm) => slurm.clone(),
+    };
+    let cancel = interrupt_flag();
+    let cluster = match &executor {
+        Executor::Local => None,
+        Executor::Slurm(settings) => {
+            let sweep_file = std::path::absolute(&target.file)?;
+            let submission = slurm::Submission {
+                sweep_file: &sweep_file,
+                sets: &target.sets,
+                settings,
+            };
+            let console = Console::new(false);
+            slurm::run_trials(&sweep, &env.store, &submission, &console, cancel)?;
+            Some(slurm::FromTheCluster {
+                logs: slurm::logs_dir(&sweep, &env.store),
+            })
+        }
+    };
     let console = Console::new(false).with_trials(&trial_rows(&sweep));
     let tracker = env.tracker(sweep.tracking.as_ref())?;
     let options = SweepOptions {
         cores: default_jobs(jobs),
         tracker: tracker.as_ref(),
         lock: target.sets.is_empty().then(|| lock_path(&target.file)),
+        launcher: cluster.as_ref().map(|c| c as &dyn crate::dag::Launcher),
     };
-    let outcome = crate::sweep::run(&sweep, env.registry, &env.store, &options, &console, interrupt_flag())?;
+    let outcome = crate::sweep::run(&sweep, env.registry, &env.store, &options, &console, cancel)?;
     print_table(&console, &sweep, &outcome.rows, &outcome.trial_results);
     match outcome.best() {
         Some(best) => console.line(&format!(

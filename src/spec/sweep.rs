@@ -35,6 +35,8 @@ pub struct Sweep {
     pub devices: Vec<String>,
     /// `tracking:` of the sweep, else of the pipeline.
     pub tracking: Option<Tracking>,
+    /// `executor:`: where the trials run.
+    pub executor: Executor,
     /// The dotted paths that vary, in file order.
     pub parameters: Vec<String>,
     /// How each of them varies, in the same order.
@@ -174,6 +176,44 @@ struct Header {
     devices: Option<Vec<String>>,
     #[serde(default)]
     tracking: Option<Tracking>,
+    #[serde(default)]
+    executor: Executor,
+}
+
+/// Where a sweep's trials run: `executor: local` (the default) or
+/// `executor: {slurm: {...}}`; `pipeline run --executor` overrides it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Executor {
+    /// On this machine, as threads of this process.
+    #[default]
+    Local,
+    /// As the tasks of Slurm job arrays, one trial a task.
+    Slurm(SlurmSettings),
+}
+
+/// `executor: {slurm: ...}`: what every trial's array task asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSettings {
+    /// `--partition` (default: the cluster's default partition).
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// `--gres` per trial, e.g. `gpu:1` (a trial then sees its GPUs as `cuda:0`...).
+    #[serde(default)]
+    pub gres: Option<String>,
+    /// `--cpus-per-task` (default 1); the trial runs with `--jobs` of it.
+    #[serde(default)]
+    pub cpus_per_task: Option<usize>,
+    /// `--mem`, e.g. `32G`.
+    #[serde(default)]
+    pub mem: Option<String>,
+    /// `--time`, e.g. `4:00:00`.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Passed to `sbatch` as they are, e.g. `["--account=nlp"]`.
+    #[serde(default)]
+    pub extra: Vec<String>,
 }
 
 fn one() -> usize {
@@ -376,6 +416,7 @@ impl Sweep {
             parallel: header.parallel,
             devices,
             tracking,
+            executor: header.executor,
             domains: parameters.iter().map(|p| p.kind.domain()).collect(),
             parameters: parameters.into_iter().map(|p| p.path).collect(),
             trials,

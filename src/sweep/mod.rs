@@ -3,6 +3,10 @@
 //! trials ranked by the metric, `sweep-report.html`, the sweep's lock and,
 //! with tracking, a parent MLflow run over the trials' nested runs. The
 //! command line ([`crate::cli`]) loads the sweep and prints what this returns.
+//! On a cluster, [`slurm::run_trials`] first has the trials computed as
+//! array tasks; this then gathers them from the store.
+
+pub mod slurm;
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
@@ -11,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use serde_json::Value as Json;
 
 use crate::console::Console;
-use crate::dag::{ExecOptions, Execution};
+use crate::dag::{ExecOptions, Execution, Launcher};
 use crate::report::sweep::{SweepReport, TrialRow};
 use crate::results::{FinishedStage, Results};
 use crate::session::{Ending, Instance, InstanceResult, Session, Tracking};
@@ -30,6 +34,8 @@ pub struct SweepOptions<'a> {
     /// Where to write the sweep's lock once every trial succeeded; `None`
     /// for a variant of the sweep file (`--set`), which leaves it alone.
     pub lock: Option<PathBuf>,
+    /// What builds the stages that are not cached; `None`: this process.
+    pub launcher: Option<&'a dyn Launcher>,
 }
 
 /// What a sweep run did.
@@ -91,20 +97,7 @@ pub fn run(
 ) -> anyhow::Result<SweepOutcome> {
     // CPU slots: the cores split between the trials that run at once.
     let slot_threads = (options.cores / sweep.parallel).max(1);
-    let instances = sweep
-        .trials
-        .iter()
-        .map(|trial| Instance {
-            name: trial.label(),
-            label: Some(trial.label()),
-            pipeline: trial.pipeline.clone(),
-            tags: vec![
-                ("pipeline.sweep".into(), sweep.name.clone()),
-                ("pipeline.trial".into(), trial.id.clone()),
-            ],
-        })
-        .collect();
-    let mut session = Session::new(instances, store)?;
+    let mut session = session(sweep, store)?;
     for n in 0..session.graph.nodes.len() {
         if session.is_own(n) {
             session.graph.nodes[n].threads = slot_threads;
@@ -132,6 +125,7 @@ pub fn run(
     let tracking = options.tracker.map(|tracker| Tracking { tracker, parent, git });
     let exec = ExecOptions {
         devices: sweep.leased_devices(),
+        launcher: options.launcher,
         ..ExecOptions::with_jobs(sweep.parallel * slot_threads)
     };
     let (execution, results) = session.execute(registry, store, &exec, console, cancel, tracking.as_ref());
@@ -178,6 +172,24 @@ pub fn run(
         finish_parent_run(sweep, tracker, parent, &outcome);
     }
     Ok(outcome)
+}
+
+/// The trials as the instances of one session (their merged graph, surveyed in `store`).
+fn session(sweep: &Sweep, store: &Store) -> anyhow::Result<Session> {
+    let instances = sweep
+        .trials
+        .iter()
+        .map(|trial| Instance {
+            name: trial.label(),
+            label: Some(trial.label()),
+            pipeline: trial.pipeline.clone(),
+            tags: vec![
+                ("pipeline.sweep".into(), sweep.name.clone()),
+                ("pipeline.trial".into(), trial.id.clone()),
+            ],
+        })
+        .collect();
+    Session::new(instances, store)
 }
 
 /// The sweep's MLflow run, with the sweep's settings as parameters.
