@@ -37,7 +37,8 @@ test: $(MLFLOW) $(TORCH_VENV)/bin/torchrun $(MINILM) $(CHROMIUM) $(SLURM)
 		MINILM_DIR=$(CURDIR)/$(MINILM) CHROMIUM=$(CHROMIUM) $(CARGO) test --features tch
 
 $(SLURM):
-	apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge || (apt-get update && apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge)
 
 # Headless Chromium renders the reports in tests/browser.rs (Debian's package, about 20 s).
 $(CHROMIUM):

@@ -33,7 +33,7 @@ impl Cluster {
         // munged runs as its own user and keeps its socket here.
         run(Command::new("chown").args(["munge:munge"]).arg(root));
         let path = |name: &str| root.join(name).display().to_string();
-        run(Command::new("runuser")
+        run(Command::new("/usr/sbin/runuser")
             .args(["-u", "munge", "--", "/usr/sbin/munged"])
             .args([
                 format!("--socket={}", path("munge.sock")),
