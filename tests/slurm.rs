@@ -6,22 +6,33 @@
 
 mod common;
 
+use std::sync::OnceLock;
+
 use common::project::Project;
 use common::slurm::Cluster;
 use common::sweeps::sample_grid;
 
+/// The learning rates of the tests' 4-trial grid (with clipping off and on).
+const LRS: [&str; 2] = ["1.0e-3", "3.0e-4"];
+
+/// The lock of the grid run locally, computed once for the tests.
+fn local_lock() -> &'static [u8] {
+    static LOCK: OnceLock<Vec<u8>> = OnceLock::new();
+    LOCK.get_or_init(|| {
+        let local = Project::new();
+        let sweep = sample_grid(&local, "grid", &LRS, "");
+        let (code, result) = local.run_json(&["run", &sweep], &[]);
+        assert_eq!(code, 0, "{result}");
+        std::fs::read(local.main().join("sweeps/grid.lock")).unwrap()
+    })
+}
+
 #[test]
 fn a_sweeps_trials_as_array_tasks_give_the_lock_of_a_local_run() {
-    let lrs = ["1.0e-3", "3.0e-4"];
-    let local = Project::new();
-    let sweep = sample_grid(&local, "grid", &lrs, "");
-    let (code, result) = local.run_json(&["run", &sweep], &[]);
-    assert_eq!(code, 0, "{result}");
-    let local_lock = std::fs::read(local.main().join("sweeps/grid.lock")).unwrap();
-
+    let local_lock = local_lock();
     let cluster = Cluster::start();
     let project = Project::new();
-    sample_grid(&project, "grid", &lrs, "");
+    sample_grid(&project, "grid", &LRS, "");
     let store = project.dir.path().join("store");
     let output = cluster
         .command("sbatch")
@@ -75,18 +86,12 @@ fn a_sweeps_trials_as_array_tasks_give_the_lock_of_a_local_run() {
 
 #[test]
 fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_local_run() {
-    let lrs = ["1.0e-3", "3.0e-4"];
-    let local = Project::new();
-    let sweep = sample_grid(&local, "grid", &lrs, "");
-    let (code, result) = local.run_json(&["run", &sweep], &[]);
-    assert_eq!(code, 0, "{result}");
-    let local_lock = std::fs::read(local.main().join("sweeps/grid.lock")).unwrap();
-
+    let local_lock = local_lock();
     let cluster = Cluster::start();
-    let conf = cluster.dir().join("slurm.conf");
+    let conf = cluster.conf();
     let env = [("SLURM_CONF", conf.to_str().unwrap())];
     let project = Project::new();
-    sample_grid(&project, "grid", &lrs, "executor: {slurm: {cpus_per_task: 1}}\n");
+    sample_grid(&project, "grid", &LRS, "executor: {slurm: {cpus_per_task: 1}}\n");
     let output = project.run_env(&["--json", "run", "sweeps/grid.yaml"], &env);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}\n{}", cluster.logs());

@@ -99,8 +99,13 @@ impl Cluster {
     /// A Slurm client command (`sbatch`, `squeue`, ...) for this cluster.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
-        command.env("SLURM_CONF", self.dir.path().join("slurm.conf"));
+        command.env("SLURM_CONF", self.conf());
         command
+    }
+
+    /// The cluster's `slurm.conf`, for `SLURM_CONF`.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.path().join("slurm.conf")
     }
 
     /// A folder for job output.
