@@ -61,6 +61,15 @@ impl Console {
         self.rows.iter().find(|(l, _)| l == trial).map(|(_, bar)| (bar, stage))
     }
 
+    /// Shows what a trial is doing outside this process (its Slurm task
+    /// queued or running): on its live line on a terminal, else as a line.
+    pub fn trial_state(&self, label: &str, text: &str) {
+        match self.rows.iter().find(|(l, _)| l == label) {
+            Some((_, bar)) => bar.set_message(text.to_string()),
+            None => self.line(&format!("  {label}: {text}")),
+        }
+    }
+
     /// Prints a line above any bars.
     pub fn line(&self, text: &str) {
         if self.quiet {

@@ -96,9 +96,10 @@ fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_loca
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}\n{}", cluster.logs());
     assert!(
-        stderr.contains("4 trial(s) submitted to Slurm as pipeline-grid-"),
+        stderr.contains("submitted to Slurm as pipeline-grid-") && stderr.contains(": the shared stages as job "),
         "{stderr}"
     );
+    assert!(stderr.contains("then 4 trial(s) as job "), "{stderr}");
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let trials = result["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 4);
@@ -113,8 +114,25 @@ fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_loca
     );
     let lock = std::fs::read(project.main().join("sweeps/grid.lock")).unwrap();
     assert!(lock == local_lock, "the cluster's lock differs from the local run's");
+    // One job for the shared stages (it ran them), then one task per trial.
     let logs = project.dir.path().join("store/.sweeps/grid/slurm");
-    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 4, "one log per array task");
+    let outputs = task_logs(&logs);
+    assert_eq!(outputs.len(), 5, "{outputs:?}");
+    let ran = |stage: &str| {
+        outputs
+            .iter()
+            .filter(|(_, text)| {
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("ran      {stage} ")))
+            })
+            .count()
+    };
+    assert_eq!((ran("load"), ran("tokenize")), (1, 1), "{outputs:?}");
+    let shared_log = outputs
+        .iter()
+        .find(|(name, _)| !name.contains('_'))
+        .expect("the shared job's log");
+    assert!(shared_log.1.contains("ran      tokenize "), "{}", shared_log.1);
 
     // Nothing missing: nothing submitted. `--executor local` overrides the file.
     let output = project.run_env(&["run", "sweeps/grid.yaml", "--executor", "slurm"], &env);
@@ -125,4 +143,21 @@ fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_loca
         &[("SLURM_CONF", "/nonexistent")],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The `.out` logs in `dir`, by file name, sorted.
+fn task_logs(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut logs: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    logs.sort();
+    logs
 }

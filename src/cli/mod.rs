@@ -84,9 +84,13 @@ enum Command {
         /// with the stages it shares; no sweep lock, report or MLflow run.
         #[arg(long, value_name = "TRIAL")]
         trial: Option<String>,
+        /// Of a sweep, run only the stages that several trials need (what
+        /// a cluster's upstream job runs before the trials' array).
+        #[arg(long, conflicts_with = "trial")]
+        shared: bool,
         /// Where a sweep's trials run, over the sweep file's `executor:`:
         /// `local` (threads of this process) or `slurm` (array tasks).
-        #[arg(long, value_enum, conflicts_with = "trial")]
+        #[arg(long, value_enum, conflicts_with_all = ["trial", "shared"])]
         executor: Option<ExecutorKind>,
     },
     /// Show the stage graph with key prefixes and what would run.
@@ -273,8 +277,9 @@ pub fn main(registry: &Registry) -> ExitCode {
             target,
             jobs,
             trial,
+            shared,
             executor,
-        } => run::run(&env, target, *jobs, trial.as_deref(), *executor),
+        } => run::run(&env, target, *jobs, trial.as_deref(), *shared, *executor),
         Command::Plan { target } => inspect::plan(&env, target),
         Command::Show { target } => inspect::show(&env, target),
         Command::Dag { target, mermaid, dot } => {

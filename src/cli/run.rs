@@ -12,6 +12,7 @@ use crate::results::{FinishedStage, Results};
 use crate::session::{Instance, Session, Tracking};
 use crate::spec::{Pipeline, SpecError, Sweep, is_sweep, lock_path};
 use crate::stage::Invalid;
+use crate::sweep::slurm::Allocation;
 use crate::tracking::record::git_tags;
 
 pub(super) fn run(
@@ -19,6 +20,7 @@ pub(super) fn run(
     target: &Target,
     jobs: Option<usize>,
     trial: Option<&str>,
+    shared: bool,
     executor: Option<ExecutorKind>,
 ) -> anyhow::Result<u8> {
     let sweep = is_sweep(&target.file);
@@ -29,7 +31,11 @@ pub(super) fn run(
         ))
         .into());
     }
-    let (pipeline, tracker) = match (sweep, trial) {
+    if shared {
+        return run_shared(env, target, jobs);
+    }
+    let console = Console::new(false);
+    let (pipeline, tracker, devices) = match (sweep, trial) {
         (true, None) => return super::sweep::run(env, target, jobs, executor),
         (false, Some(_)) => {
             return Err(UsageError(format!(
@@ -42,13 +48,14 @@ pub(super) fn run(
         (true, Some(trial)) => {
             let mut sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
             let index = sweep.trial_index(trial).map_err(UsageError)?;
-            (sweep.trials.swap_remove(index).pipeline, None)
+            let devices = trial_devices(&sweep, &console)?;
+            (sweep.trials.swap_remove(index).pipeline, None, devices)
         }
         (false, None) => {
             let pipeline = env.load(target)?;
             pipeline.check_device()?;
             let tracker = env.tracker(pipeline.tracking.as_ref())?;
-            (pipeline, tracker)
+            (pipeline, tracker, Vec::new())
         }
     };
     let dir = pipeline.dir.clone();
@@ -64,9 +71,11 @@ pub(super) fn run(
         parent: None,
         git: git_tags(&dir),
     });
-    let console = Console::new(false);
     let cancel = interrupt_flag();
-    let options = ExecOptions::with_jobs(default_jobs(jobs));
+    let options = ExecOptions {
+        devices: &devices,
+        ..ExecOptions::with_jobs(default_jobs(jobs))
+    };
     let (execution, _) = session.execute(env.registry, &env.store, &options, &console, cancel, tracking.as_ref());
     env.store.save_state();
     let pipeline = &session.instances[0].pipeline;
@@ -124,6 +133,68 @@ pub(super) fn run(
             NodeState::Failed(Failure::Invalid(invalid)) => eprintln!("{}", located(pipeline, &stage.name, invalid)),
             NodeState::Failed(error) => eprintln!("error: stage `{}` failed: {error}", stage.name),
             _ => {}
+        }
+    }
+    Ok(exit_code(&execution))
+}
+
+/// The GPUs a trial run by itself leases: inside a Slurm allocation the
+/// ones Slurm gave it (`CUDA_VISIBLE_DEVICES`, so `cuda:0` up), else the
+/// sweep's `devices:`; none for a CPU sweep.
+fn trial_devices(sweep: &Sweep, console: &Console) -> anyhow::Result<Vec<String>> {
+    let Some(allocation) = Allocation::current() else {
+        return Ok(sweep.leased_devices().to_vec());
+    };
+    console.line(&allocation.describe());
+    if sweep.leased_devices().is_empty() {
+        return Ok(Vec::new());
+    }
+    let gpus = allocation.gpus();
+    anyhow::ensure!(
+        !gpus.is_empty(),
+        "the trials of sweep `{}` run on GPUs and Slurm gave this task none: set `gres: gpu:1` under `executor: {{slurm: ...}}`",
+        sweep.name
+    );
+    Ok(gpus)
+}
+
+/// `pipeline run SWEEP --shared`: only the stages that several trials need
+/// (a cluster's upstream job, before the trials' array).
+fn run_shared(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Result<u8> {
+    if !is_sweep(&target.file) {
+        return Err(UsageError(format!(
+            "--shared runs the stages a sweep's trials share, and {} is a pipeline file",
+            target.file.display()
+        ))
+        .into());
+    }
+    let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+    let console = Console::new(false);
+    let Some(session) = crate::sweep::shared_session(&sweep, &env.store)? else {
+        console.line(&format!("sweep `{}`: its trials share no stage", sweep.name));
+        return Ok(0);
+    };
+    let devices = trial_devices(&sweep, &console)?;
+    let options = ExecOptions {
+        devices: &devices,
+        ..ExecOptions::with_jobs(default_jobs(jobs))
+    };
+    let (execution, _) = session.execute(env.registry, &env.store, &options, &console, interrupt_flag(), None);
+    env.store.save_state();
+    let count = |word: &str| execution.results.iter().filter(|r| r.state.word() == word).count();
+    console.line(&format!(
+        "sweep `{}`: {} shared stage(s): {} ran, {} cached, {} failed, {} skipped in {:.3}s",
+        sweep.name,
+        execution.results.len(),
+        count("ran") + count("ran-elsewhere"),
+        count("cached"),
+        count("failed"),
+        count("skipped"),
+        execution.elapsed.as_secs_f64()
+    ));
+    for (node, result) in session.graph.nodes.iter().zip(&execution.results) {
+        if let NodeState::Failed(error) = &result.state {
+            eprintln!("error: stage `{}` failed: {error}", node.label);
         }
     }
     Ok(exit_code(&execution))

@@ -29,6 +29,7 @@ pub(super) fn run(
         (_, slurm) => slurm.clone(),
     };
     let cancel = interrupt_flag();
+    let console = Console::new(false).with_trials(&trial_rows(&sweep));
     let cluster = match &executor {
         Executor::Local => None,
         Executor::Slurm(settings) => {
@@ -38,14 +39,12 @@ pub(super) fn run(
                 sets: &target.sets,
                 settings,
             };
-            let console = Console::new(false);
             slurm::run_trials(&sweep, &env.store, &submission, &console, cancel)?;
             Some(slurm::FromTheCluster {
                 logs: slurm::logs_dir(&sweep, &env.store),
             })
         }
     };
-    let console = Console::new(false).with_trials(&trial_rows(&sweep));
     let tracker = env.tracker(sweep.tracking.as_ref())?;
     let options = SweepOptions {
         cores: default_jobs(jobs),

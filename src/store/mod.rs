@@ -270,6 +270,15 @@ impl Store {
         result
     }
 
+    /// Takes the store-wide lock `name` (`<store>/.locks/<name>.lock`),
+    /// waiting for it; held until the file is dropped. For work outside a
+    /// key that must not run twice at once (submitting a sweep's jobs).
+    pub fn exclusive(&self, name: &str) -> anyhow::Result<File> {
+        let (file, path) = self.lock_file(&format!("{name}.lock"))?;
+        file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(file)
+    }
+
     /// Takes the exclusive lock of a key, calling `waiting` if it must wait.
     fn lock(&self, key: &str, waiting: impl FnOnce()) -> anyhow::Result<File> {
         if let Some(file) = self.try_lock(key)? {

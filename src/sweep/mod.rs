@@ -174,6 +174,52 @@ pub fn run(
     Ok(outcome)
 }
 
+/// The stages that more than one trial of `sweep` needs, as one session
+/// (what a cluster's upstream job builds before the trials' array); `None`
+/// when the trials share nothing.
+pub fn shared_session(sweep: &Sweep, store: &Store) -> anyhow::Result<Option<Session>> {
+    let all = session(sweep, store)?;
+    let mut instances = Vec::new();
+    let mut seen: Vec<Vec<usize>> = Vec::new();
+    for (i, trial) in sweep.trials.iter().enumerate() {
+        // A shared stage's inputs are shared too: what is kept needs nothing dropped.
+        let kept: Vec<usize> = (0..trial.pipeline.stages.len())
+            .filter(|&s| !all.is_own(all.nodes[i][s]))
+            .collect();
+        let nodes: Vec<usize> = kept.iter().map(|&s| all.nodes[i][s]).collect();
+        if kept.is_empty() || seen.contains(&nodes) {
+            continue;
+        }
+        seen.push(nodes);
+        let mut pipeline = trial.pipeline.clone();
+        pipeline.stages = kept
+            .iter()
+            .map(|&s| {
+                let mut stage = trial.pipeline.stages[s].clone();
+                for need in &mut stage.needs {
+                    *need = kept
+                        .iter()
+                        .position(|k| k == need)
+                        .expect("a shared stage needs shared stages");
+                }
+                stage
+            })
+            .collect();
+        // Shown by stage name, as a sweep shows a shared stage.
+        instances.push(Instance {
+            name: trial.label(),
+            label: None,
+            pipeline,
+            tags: Vec::new(),
+        });
+    }
+    drop(all);
+    if instances.is_empty() {
+        return Ok(None);
+    }
+    Session::new(instances, store).map(Some)
+}
+
 /// The trials as the instances of one session (their merged graph, surveyed in `store`).
 fn session(sweep: &Sweep, store: &Store) -> anyhow::Result<Session> {
     let instances = sweep

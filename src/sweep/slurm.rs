@@ -1,16 +1,23 @@
 //! A sweep's trials as Slurm array tasks. The coordinator (the `pipeline
-//! run SWEEP` process on the login node) surveys the store and submits the
-//! trials that are not complete as job arrays (chunked below the cluster's
-//! `MaxArraySize`, `%parallel` at a time, `--requeue`, named after the sweep
-//! run so that a second coordinator finds and waits for them instead of
-//! submitting again). Each task runs `pipeline run SWEEP --trial T` on its
-//! node against the shared store; stages the trials share are built once,
-//! by the first task to take the key's lock. The coordinator waits with one
-//! `squeue` call per poll (backing off to 10 s) and cancels its arrays on
-//! Ctrl-C; the store, not Slurm, says what finished: [`super::run`] then
+//! run SWEEP` process on the login node) surveys the store and submits only
+//! what is missing: the stages several trials share as one job (`pipeline
+//! run SWEEP --shared`), then the incomplete trials as job arrays after it
+//! (`--dependency=afterok`, chunked below the cluster's `MaxArraySize`,
+//! `%parallel` at a time, `--requeue`), all named after the sweep run so that
+//! a second coordinator, or this one started again, finds and waits for them
+//! instead of submitting again. Each task runs `pipeline run SWEEP --trial T`
+//! on its node against the shared store. The coordinator follows the tasks
+//! with one `squeue` call per poll (backing off to 10 s; `sacct` only for
+//! tasks gone from it, and only where accounting is on) and cancels them on
+//! Ctrl-C. The store, not Slurm, says what finished: [`super::run`] then
 //! gathers the trials with [`FromTheCluster`], which builds nothing.
+//!
+//! Next to the tasks' logs, `<job>.tasks` lists what each task of a job
+//! runs (a trial label per array index, or `shared`), so that a failure can
+//! point at its task's log and the states of a reattached job have names.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,19 +29,32 @@ use crate::dag::{Job, Launcher, Reporter, Survey};
 use crate::spec::{SlurmSettings, Sweep};
 use crate::store::{Built, Lookup, Store};
 
+/// What `<job>.tasks` names the upstream job's only task.
+const SHARED: &str = "shared";
+
 /// Stands in for the cluster once its tasks have ended: a stage still
 /// missing from the store failed there, and its task's log says why.
 pub struct FromTheCluster {
     /// Where the tasks' logs are.
-    pub logs: std::path::PathBuf,
+    pub logs: PathBuf,
 }
 
 impl Launcher for FromTheCluster {
     fn launch(&self, job: &Job, _: &Store, _: &dyn Reporter, _: &AtomicBool) -> anyhow::Result<Built> {
+        let label = &job.node.label;
+        let owner = label.split_once('/').map_or(SHARED, |(trial, _)| trial);
+        let Some(log) = Tasks::read(&self.logs).log_of(owner) else {
+            anyhow::bail!(
+                "no Slurm task stored `{label}`; the tasks' logs are in {}",
+                self.logs.display()
+            )
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(4)..].join("\n    ");
         anyhow::bail!(
-            "its Slurm task did not store `{}`; the tasks' logs are in {}",
-            job.node.label,
-            self.logs.display()
+            "its Slurm task did not store `{label}`; its log {}:\n    {tail}",
+            log.display()
         )
     }
 }
@@ -49,9 +69,9 @@ pub struct Submission<'a> {
     pub settings: &'a SlurmSettings,
 }
 
-/// Has every trial that is not complete in `store` computed by array tasks
-/// and waits for them; returns whether it was interrupted (the arrays are
-/// cancelled then). Trials are given by their index in the sweep's order.
+/// Has every trial that is not complete in `store` computed by Slurm jobs
+/// and waits for them, showing each trial's task on `console`; returns
+/// whether it was interrupted (the jobs are cancelled then).
 pub fn run_trials(
     sweep: &Sweep,
     store: &Store,
@@ -59,34 +79,55 @@ pub fn run_trials(
     console: &Console,
     cancel: &AtomicBool,
 ) -> anyhow::Result<bool> {
-    let session = super::session(sweep, store)?;
-    let surveys = session.graph.survey(store);
-    let complete = |n: usize| matches!(surveys[n], Survey::Known(Lookup::Valid(_)));
-    let missing: Vec<usize> = (0..sweep.trials.len())
-        .filter(|&i| !session.nodes[i].iter().all(|&n| complete(n)))
-        .collect();
-    drop(session);
-    if missing.is_empty() {
-        return Ok(false);
-    }
+    anyhow::ensure!(
+        sweep.leased_devices().is_empty() || submission.settings.gres.is_some(),
+        "sweep `{}` runs its trials on GPUs ({}): give each its GPU with `gres: gpu:1` under `executor: {{slurm: ...}}`",
+        sweep.name,
+        sweep.devices.join(", ")
+    );
     let name = job_name(sweep, submission, store);
     let logs = logs_dir(sweep, store);
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    // One coordinator at a time looks and submits: a second one finds the
+    // first one's jobs, or a store where they have finished.
+    let submitting = store.exclusive(&name)?;
     let mut jobs = queued(&name)?;
     if jobs.is_empty() {
+        let (missing, shared_missing) = missing_work(sweep, store)?;
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        // Shared stages first, as one job, when more than one trial waits for them.
+        let upstream = match shared_missing && missing.len() > 1 {
+            true => Some(submit(sweep, store, submission, &name, &logs, Work::Shared, None)?),
+            false => None,
+        };
         let max = max_array_size()?;
         for chunk in missing.chunks(max.max(1)) {
-            jobs.push(submit(sweep, store, submission, &name, &logs, chunk)?);
+            let work = Work::Trials(chunk);
+            jobs.push(submit(
+                sweep,
+                store,
+                submission,
+                &name,
+                &logs,
+                work,
+                upstream.as_deref(),
+            )?);
         }
+        let first = match &upstream {
+            Some(id) => format!("the shared stages as job {id}, then "),
+            None => String::new(),
+        };
         console.line(&format!(
-            "sweep `{}`: {} trial(s) submitted to Slurm as {} (job {}), {} at a time; logs in {}",
+            "sweep `{}`: submitted to Slurm as {name}: {first}{} trial(s) as job {}, {} at a time; logs in {}",
             sweep.name,
             missing.len(),
-            name,
             jobs.join(", "),
             sweep.parallel,
             logs.display()
         ));
+        jobs.extend(upstream);
     } else {
         console.line(&format!(
             "sweep `{}`: waiting for its Slurm job(s) {} ({name}), already queued",
@@ -94,7 +135,21 @@ pub fn run_trials(
             jobs.join(", ")
         ));
     }
-    wait(&jobs, console, cancel)
+    drop(submitting);
+    wait(&jobs, &Tasks::read(&logs), console, cancel)
+}
+
+/// The trials (indices) not complete in `store`, and whether a stage
+/// several of them share is missing.
+fn missing_work(sweep: &Sweep, store: &Store) -> anyhow::Result<(Vec<usize>, bool)> {
+    let session = super::session(sweep, store)?;
+    let surveys = session.graph.survey(store);
+    let complete = |n: usize| matches!(surveys[n], Survey::Known(Lookup::Valid(_)));
+    let missing = (0..sweep.trials.len())
+        .filter(|&i| !session.nodes[i].iter().all(|&n| complete(n)))
+        .collect();
+    let shared_missing = (0..surveys.len()).any(|n| !session.is_own(n) && !complete(n));
+    Ok((missing, shared_missing))
 }
 
 /// `pipeline-<sweep>-<8 hex>`: the sweep file, its overrides and the store,
@@ -112,8 +167,8 @@ fn job_name(sweep: &Sweep, submission: &Submission, store: &Store) -> String {
     format!("pipeline-{}-{}", sweep.name, &hasher.finalize().to_hex()[..8])
 }
 
-/// Where the array tasks' logs go: `<store>/.sweeps/<sweep>/slurm/`.
-pub fn logs_dir(sweep: &Sweep, store: &Store) -> std::path::PathBuf {
+/// Where the Slurm tasks' logs go: `<store>/.sweeps/<sweep>/slurm/`.
+pub fn logs_dir(sweep: &Sweep, store: &Store) -> PathBuf {
     store.root().join(".sweeps").join(&sweep.name).join("slurm")
 }
 
@@ -141,18 +196,28 @@ fn max_array_size() -> anyhow::Result<usize> {
     Ok(value.unwrap_or(1001))
 }
 
-/// Submits one array over `trials` (indices into the sweep); returns its job id.
+/// What one submitted job computes.
+#[derive(Clone, Copy)]
+enum Work<'a> {
+    /// The stages several trials share (`--shared`), one task.
+    Shared,
+    /// These trials (indices into the sweep), one array task each.
+    Trials(&'a [usize]),
+}
+
+/// Submits one job, after the job `after` when given; returns its id and
+/// records its tasks in `<logs>/<id>.tasks`.
 fn submit(
     sweep: &Sweep,
     store: &Store,
     submission: &Submission,
     name: &str,
     logs: &Path,
-    trials: &[usize],
+    work: Work,
+    after: Option<&str>,
 ) -> anyhow::Result<String> {
     let settings = submission.settings;
     let exe = std::env::current_exe().context("cannot find the pipeline binary")?;
-    let cwd = std::env::current_dir()?;
     let store_root = std::path::absolute(store.root())?;
     let mut run = vec![
         quote(&exe.display().to_string()),
@@ -162,23 +227,43 @@ fn submit(
     for set in submission.sets {
         run.extend(["--set".into(), quote(set)]);
     }
-    // The task's position in this array picks its trial from the list.
-    let list: Vec<String> = trials.iter().map(usize::to_string).collect();
-    let script = format!(
-        "set -- {}; shift \"$SLURM_ARRAY_TASK_ID\"; exec {} --trial \"$1\" --jobs \"${{SLURM_CPUS_PER_TASK:-1}}\"",
-        list.join(" "),
-        run.join(" ")
-    );
+    let jobs = "--jobs \"${SLURM_CPUS_PER_TASK:-1}\"";
     let mut command = Command::new("sbatch");
     command
         .env("PIPELINE_STORE", &store_root)
-        .current_dir(&cwd)
+        .current_dir(std::env::current_dir()?)
         .arg("--parsable")
         .arg(format!("--job-name={name}"))
-        .arg(format!("--array=0-{}%{}", trials.len() - 1, sweep.parallel))
         .arg("--requeue")
-        .arg(format!("--cpus-per-task={}", settings.cpus_per_task.unwrap_or(1)))
-        .arg(format!("--output={}/%A_%a.out", logs.display()));
+        // A requeued task's log keeps what its earlier runs printed.
+        .arg("--open-mode=append")
+        .arg(format!("--cpus-per-task={}", settings.cpus_per_task.unwrap_or(1)));
+    let tasks = match work {
+        Work::Shared => {
+            command
+                .arg(format!("--output={}/%j.out", logs.display()))
+                .arg(format!("--wrap=exec {} --shared {jobs}", run.join(" ")));
+            vec![SHARED.to_string()]
+        }
+        Work::Trials(trials) => {
+            // The task's position in this array picks its trial from the list.
+            let list: Vec<String> = trials.iter().map(usize::to_string).collect();
+            command
+                .arg(format!("--array=0-{}%{}", trials.len() - 1, sweep.parallel))
+                .arg(format!("--output={}/%A_%a.out", logs.display()))
+                .arg(format!(
+                    "--wrap=set -- {}; shift \"$SLURM_ARRAY_TASK_ID\"; exec {} --trial \"$1\" {jobs}",
+                    list.join(" "),
+                    run.join(" ")
+                ));
+            if let Some(after) = after {
+                command
+                    .arg(format!("--dependency=afterok:{after}"))
+                    .arg("--kill-on-invalid-dep=yes");
+            }
+            trials.iter().map(|&i| sweep.trials[i].label()).collect()
+        }
+    };
     for (flag, value) in [
         ("--partition", &settings.partition),
         ("--gres", &settings.gres),
@@ -189,40 +274,134 @@ fn submit(
             command.arg(format!("{flag}={value}"));
         }
     }
-    command.args(&settings.extra).arg(format!("--wrap={script}"));
+    command.args(&settings.extra);
     let out = slurm(&mut command)?;
     let id = out.trim().split(';').next().unwrap_or_default().to_string();
     anyhow::ensure!(!id.is_empty(), "sbatch printed no job id");
+    let file = logs.join(format!("{id}.tasks"));
+    std::fs::write(&file, tasks.join("\n") + "\n").with_context(|| format!("cannot write {}", file.display()))?;
     Ok(id)
 }
 
-/// Waits until no task of `jobs` is queued or running; cancels them when
-/// `cancel` is set and returns true then.
-fn wait(jobs: &[String], console: &Console, cancel: &AtomicBool) -> anyhow::Result<bool> {
+/// What the jobs of a sweep run, from their `<job>.tasks` files.
+struct Tasks {
+    logs: PathBuf,
+    /// Per job id (ascending), what each of its tasks runs.
+    jobs: BTreeMap<u64, Vec<String>>,
+}
+
+impl Tasks {
+    fn read(logs: &Path) -> Tasks {
+        let mut jobs = BTreeMap::new();
+        for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".tasks").and_then(|id| id.parse().ok()) {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                jobs.insert(id, text.lines().map(String::from).collect());
+            }
+        }
+        Tasks {
+            logs: logs.to_path_buf(),
+            jobs,
+        }
+    }
+
+    /// What task `12_3` (or job `12`) runs, as Slurm's `squeue` names it.
+    fn of(&self, task: &str) -> Option<&str> {
+        let (job, index) = task.split_once('_').unwrap_or((task, "0"));
+        let list = self.jobs.get(&job.parse().ok()?)?;
+        list.get(index.parse::<usize>().ok()?).map(String::as_str)
+    }
+
+    /// The log of the latest task that ran `what` (a trial label or `shared`).
+    fn log_of(&self, what: &str) -> Option<PathBuf> {
+        self.jobs.iter().rev().find_map(|(id, list)| {
+            let index = list.iter().position(|t| t == what)?;
+            Some(match what {
+                SHARED => self.logs.join(format!("{id}.out")),
+                _ => self.logs.join(format!("{id}_{index}.out")),
+            })
+        })
+    }
+}
+
+/// Slurm's job states after which a task does not run again.
+const ENDED: [&str; 9] = [
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+];
+
+/// Waits until no task of `jobs` is queued or running, showing each task's
+/// state as it changes; cancels them when `cancel` is set and returns true then.
+fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) -> anyhow::Result<bool> {
     let mut pause = Duration::from_millis(250);
-    let mut last = String::new();
+    let mut shown = BTreeMap::<String, String>::new();
+    let mut accounting = true;
+    let show = |task: &str, state: &str| {
+        let text = format!("slurm job {task}: {}", state.to_lowercase().replace('_', " "));
+        match tasks.of(task) {
+            Some(SHARED) | None => console.line(&format!("  shared stages: {text}")),
+            Some(trial) => console.trial_state(trial, &text),
+        }
+    };
     loop {
         if cancel.load(Ordering::SeqCst) {
             let _ = slurm(Command::new("scancel").args(jobs));
             console.line(&format!("cancelled Slurm job(s) {}", jobs.join(", ")));
             return Ok(true);
         }
-        let out = slurm(Command::new("squeue").args(["-h", "-j", &jobs.join(","), "-o", "%T"]))?;
-        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-        for state in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            *counts.entry(state).or_default() += 1;
-        }
-        if counts.is_empty() {
-            return Ok(false);
-        }
-        let summary = counts
+        // Every task, one line each, ended ones too (for MinJobAge).
+        let states =
+            task_states(Command::new("squeue").args(["-h", "-r", "-t", "all", "-j", &jobs.join(","), "-o", "%i %T"]))?;
+        // Tasks gone from squeue: their end from sacct, where accounting is on.
+        let gone: Vec<String> = shown
             .iter()
-            .map(|(s, n)| format!("{n} {}", s.to_lowercase()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if summary != last {
-            console.line(&format!("  slurm: {summary}"));
-            last = summary;
+            .filter(|(task, state)| {
+                !states.contains_key(*task) && state.as_str() != "ENDED" && !ENDED.contains(&state.as_str())
+            })
+            .map(|(task, _)| task.clone())
+            .collect();
+        let mut ended_states = BTreeMap::new();
+        if !gone.is_empty() && accounting {
+            match task_states(Command::new("sacct").args([
+                "-n",
+                "-X",
+                "-P",
+                "-j",
+                &gone.join(","),
+                "-o",
+                "JobID,State",
+            ])) {
+                Ok(found) => ended_states = found,
+                Err(e) => {
+                    tracing::debug!("sacct: {e:#}");
+                    accounting = false;
+                }
+            }
+        }
+        for task in gone {
+            let state = ended_states.remove(&task).unwrap_or_else(|| "ENDED".into());
+            let state = state.split_whitespace().next().unwrap_or("ENDED").to_string();
+            show(&task, &state);
+            shown.insert(task, "ENDED".into());
+        }
+        let mut active = false;
+        for (task, state) in &states {
+            active |= !ENDED.contains(&state.as_str());
+            if shown.get(task) != Some(state) {
+                show(task, state);
+                shown.insert(task.clone(), state.clone());
+            }
+        }
+        if !active {
+            return Ok(false);
         }
         // Short sleeps, so that Ctrl-C is seen at once.
         let mut slept = Duration::ZERO;
@@ -231,6 +410,71 @@ fn wait(jobs: &[String], console: &Console, cancel: &AtomicBool) -> anyhow::Resu
             slept += Duration::from_millis(50);
         }
         pause = (pause * 3 / 2).min(Duration::from_secs(10));
+    }
+}
+
+/// `task state` lines of `squeue` or `sacct` (`|` between them) by task;
+/// no task when Slurm no longer knows the jobs.
+fn task_states(command: &mut Command) -> anyhow::Result<BTreeMap<String, String>> {
+    let out = match slurm(command) {
+        Ok(out) => out,
+        Err(e) if format!("{e}").contains("Invalid job id") => String::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(out
+        .lines()
+        .filter_map(|line| {
+            let (task, state) = line.trim().split_once([' ', '|'])?;
+            Some((task.to_string(), state.trim().to_string()))
+        })
+        .collect())
+}
+
+/// The Slurm allocation this process runs in, from the variables Slurm
+/// sets in a task's environment.
+pub struct Allocation {
+    /// `12_3` for an array task, else the job id.
+    task: String,
+    /// The node it runs on.
+    node: String,
+    /// `CUDA_VISIBLE_DEVICES`, as Slurm set it for the task's `--gres`.
+    visible: Option<String>,
+}
+
+impl Allocation {
+    /// The allocation of this process; `None` outside Slurm.
+    pub fn current() -> Option<Allocation> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let job = var("SLURM_JOB_ID")?;
+        let task = match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+            (Some(array), Some(index)) => format!("{array}_{index}"),
+            _ => job,
+        };
+        Some(Allocation {
+            task,
+            node: var("SLURMD_NODENAME").unwrap_or_else(|| "?".into()),
+            visible: var("CUDA_VISIBLE_DEVICES"),
+        })
+    }
+
+    /// The GPUs Slurm gave the task as this process sees them: `cuda:0`
+    /// up to one per entry of `CUDA_VISIBLE_DEVICES`.
+    pub fn gpus(&self) -> Vec<String> {
+        let count = self
+            .visible
+            .as_deref()
+            .map_or(0, |v| v.split(',').filter(|d| !d.trim().is_empty()).count());
+        (0..count).map(|i| format!("cuda:{i}")).collect()
+    }
+
+    /// `slurm: task 12_3 on node7, CUDA_VISIBLE_DEVICES=1`, for the task's log.
+    pub fn describe(&self) -> String {
+        format!(
+            "slurm: task {} on {}, CUDA_VISIBLE_DEVICES={}",
+            self.task,
+            self.node,
+            self.visible.as_deref().unwrap_or("(unset)")
+        )
     }
 }
 
@@ -255,7 +499,41 @@ fn quote(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::quote;
+    use super::{Allocation, Tasks, quote};
+
+    #[test]
+    fn a_task_sees_its_gpus_from_cuda_0() {
+        let with = |visible: Option<&str>| Allocation {
+            task: "7_1".into(),
+            node: "n1".into(),
+            visible: visible.map(String::from),
+        };
+        assert_eq!(with(Some("3")).gpus(), ["cuda:0"]);
+        assert_eq!(with(Some("1,3")).gpus(), ["cuda:0", "cuda:1"]);
+        assert!(with(Some(" ")).gpus().is_empty());
+        assert!(with(None).gpus().is_empty());
+        assert_eq!(
+            with(Some("1")).describe(),
+            "slurm: task 7_1 on n1, CUDA_VISIBLE_DEVICES=1"
+        );
+    }
+
+    #[test]
+    fn tasks_files_name_each_task_and_its_latest_log() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("9.tasks"), "shared\n").unwrap();
+        std::fs::write(dir.path().join("10.tasks"), "trial-a\ntrial-b\n").unwrap();
+        std::fs::write(dir.path().join("12.tasks"), "trial-b\n").unwrap();
+        let tasks = Tasks::read(dir.path());
+        assert_eq!(tasks.of("10_1"), Some("trial-b"));
+        assert_eq!(tasks.of("9"), Some("shared"));
+        assert_eq!(tasks.of("10_2"), None);
+        assert_eq!(tasks.of("11_0"), None);
+        assert_eq!(tasks.log_of("trial-b"), Some(dir.path().join("12_0.out")));
+        assert_eq!(tasks.log_of("trial-a"), Some(dir.path().join("10_0.out")));
+        assert_eq!(tasks.log_of("shared"), Some(dir.path().join("9.out")));
+        assert_eq!(tasks.log_of("trial-c"), None);
+    }
 
     #[test]
     fn quoted_words_survive_the_shell() {
