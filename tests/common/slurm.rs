@@ -79,21 +79,72 @@ impl Cluster {
         .unwrap();
         let cluster = Cluster { dir };
         run(Command::new("/usr/sbin/slurmctld").args(["-f", &path("slurm.conf"), "-i"]));
-        run(Command::new("/usr/sbin/slurmd").args(["-f", &path("slurm.conf"), "-N", "localhost"]));
+        cluster.start_node();
+        cluster.wait_for_node("idle", Duration::from_secs(30));
+        cluster
+    }
+
+    /// Starts the node's slurmd.
+    pub fn start_node(&self) {
+        let conf = self.conf().display().to_string();
+        run(Command::new("/usr/sbin/slurmd").args(["-f", &conf, "-N", "localhost"]));
+    }
+
+    /// Waits until `sinfo` shows the node in `state` (`idle`, `mix`, ...).
+    pub fn wait_for_node(&self, state: &str, limit: Duration) {
         let start = Instant::now();
         loop {
-            let out = cluster.command("sinfo").args(["-h", "-o", "%t"]).output().unwrap();
-            if String::from_utf8_lossy(&out.stdout).trim() == "idle" {
-                return cluster;
+            let out = self.command("sinfo").args(["-h", "-o", "%t"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == state {
+                return;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the node is not idle after 30 s: {}\n{}",
+                start.elapsed() < limit,
+                "the node is not {state} after {limit:?}: {}\n{}",
                 String::from_utf8_lossy(&out.stdout),
-                cluster.logs()
+                self.logs()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The node dies: slurmd, the job steps and their tasks get SIGKILL at once.
+    pub fn kill_node(&self) {
+        let mut pids = self.task_processes();
+        pids.extend(
+            pids.iter()
+                .filter_map(|&pid| parent(pid))
+                .filter(|&p| comm(p).starts_with("slurmstepd"))
+                .collect::<Vec<_>>(),
+        );
+        pids.extend(
+            std::fs::read_to_string(self.dir.path().join("slurmd.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok()),
+        );
+        for pid in pids {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+
+    /// The processes of this cluster's jobs: those whose environment has
+    /// this cluster's `SLURM_CONF` and a `SLURM_JOB_ID`.
+    pub fn task_processes(&self) -> Vec<u32> {
+        let conf = format!("SLURM_CONF={}", self.conf().display());
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+            if vars.contains(&conf.as_bytes()) && vars.iter().any(|v| v.starts_with(b"SLURM_JOB_ID=")) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 
     /// A Slurm client command (`sbatch`, `squeue`, ...) for this cluster.
@@ -129,6 +180,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // No job outlives its cluster.
+        let _ = self.command("scancel").args(["--user", "root"]).status();
+        for pid in self.task_processes() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         for name in ["slurmd.pid", "slurmctld.pid", "munged.pid"] {
             let Ok(pid) = std::fs::read_to_string(self.dir.path().join(name)) else {
                 continue;
@@ -160,4 +216,15 @@ fn run(command: &mut Command) {
 /// A TCP port nothing listens on now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The parent of a process.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A process's command name.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default()
 }
