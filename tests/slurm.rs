@@ -95,15 +95,18 @@ fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_loca
     let output = project.run_env(&["--json", "run", "sweeps/grid.yaml"], &env);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}\n{}", cluster.logs());
+    // The data stages need no device: the coordinator runs them, then submits the trials.
     assert!(
-        stderr.contains("submitted to Slurm as pipeline-grid-") && stderr.contains(": the shared stages as job "),
+        stderr.contains("the 7 stage(s) its trials share run here first")
+            && stderr.contains("submitted to Slurm as pipeline-grid-")
+            && stderr.contains(": 4 trial(s) as job "),
         "{stderr}"
     );
-    assert!(stderr.contains("then 4 trial(s) as job "), "{stderr}");
+    assert!(stderr.contains("  ran      tokenize in "), "{stderr}");
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let trials = result["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 4);
-    // The coordinator built nothing: every stage came from the array tasks.
+    // Gathering built nothing: the shared stages came from the first step, the trials' from the tasks.
     assert!(
         result["stages"]
             .as_array()
@@ -114,25 +117,16 @@ fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_loca
     );
     let lock = std::fs::read(project.main().join("sweeps/grid.lock")).unwrap();
     assert!(lock == local_lock, "the cluster's lock differs from the local run's");
-    // One job for the shared stages (it ran them), then one task per trial.
+    // One task per trial, each finding the shared stages cached.
     let logs = project.dir.path().join("store/.sweeps/grid/slurm");
     let outputs = task_logs(&logs);
-    assert_eq!(outputs.len(), 5, "{outputs:?}");
-    let ran = |stage: &str| {
-        outputs
-            .iter()
-            .filter(|(_, text)| {
-                text.lines()
-                    .any(|l| l.trim_start().starts_with(&format!("ran      {stage} ")))
-            })
-            .count()
-    };
-    assert_eq!((ran("load"), ran("tokenize")), (1, 1), "{outputs:?}");
-    let shared_log = outputs
-        .iter()
-        .find(|(name, _)| !name.contains('_'))
-        .expect("the shared job's log");
-    assert!(shared_log.1.contains("ran      tokenize "), "{}", shared_log.1);
+    assert_eq!(outputs.len(), 4, "{outputs:?}");
+    for (name, text) in &outputs {
+        assert!(
+            text.contains("  cached   tokenize (") && !text.contains("ran      load "),
+            "{name}: {text}"
+        );
+    }
 
     // Nothing missing: nothing submitted. `--executor local` overrides the file.
     let output = project.run_env(&["run", "sweeps/grid.yaml", "--executor", "slurm"], &env);
@@ -160,4 +154,30 @@ fn task_logs(dir: &std::path::Path) -> Vec<(String, String)> {
         .collect();
     logs.sort();
     logs
+}
+
+#[test]
+fn a_shared_stage_failing_in_the_coordinator_submits_nothing() {
+    let cluster = Cluster::start();
+    let conf = cluster.conf();
+    let env = [("SLURM_CONF", conf.to_str().unwrap())];
+    let project = Project::new();
+    sample_grid(&project, "grid", &LRS, "executor: {slurm: {}}\n");
+    // A wrong pin: the download of the training data fails when it runs.
+    let pipeline = project.main().join("pipelines/imdb-sample.yaml");
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let pin = "df2e3287a2da549b5fe9a8b1bd4774b9815dfcf926f3852fd445e194d5ef1118";
+    assert!(text.contains(pin));
+    std::fs::write(&pipeline, text.replace(pin, &"ab".repeat(32))).unwrap();
+    let output = project.run_env(&["run", "sweeps/grid.yaml"], &env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the shared stage `train_data` failed, so no trial was submitted"),
+        "{stderr}"
+    );
+    let queue = cluster.command("squeue").args(["-h", "-o", "%i"]).output().unwrap();
+    assert!(queue.stdout.is_empty(), "{}", String::from_utf8_lossy(&queue.stdout));
+    let logs = project.dir.path().join("store/.sweeps/grid/slurm");
+    assert!(task_logs(&logs).is_empty(), "no task ran");
 }

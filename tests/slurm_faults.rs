@@ -1,10 +1,10 @@
 //! Faults of a sweep on a real single-node Slurm cluster
 //! (tests/common/slurm.rs), each while a trial trains: its task killed, a
-//! task requeued, the array cancelled, the coordinator killed, the node
-//! dying, two coordinators at once. Each ends with a sound store, and a
-//! re-run (or the same run) completes the sweep without training any trial
-//! twice, with the lock of a local run. Also: trials asking for a GPU each
-//! get their own.
+//! task requeued, the array cancelled, the coordinator killed, the
+//! coordinator stopped with SIGTERM, the node dying, two coordinators at
+//! once. Each ends with a sound store, and a re-run (or the same run)
+//! completes the sweep without training any trial twice, with the lock of a
+//! local run. Also: trials asking for a GPU each get their own.
 
 mod common;
 
@@ -33,7 +33,8 @@ fn fault_sweep(project: &Project, extra: &str) {
     );
 }
 
-const SLURM: &str = "executor: {slurm: {cpus_per_task: 1}}\n";
+/// The shared stages as a job of their own, which the trials' array waits for.
+const SLURM: &str = "executor: {slurm: {cpus_per_task: 1, upstream: job}}\n";
 
 /// The sweep's lock from a local run, computed once for the tests.
 fn local_lock() -> &'static [u8] {
@@ -349,6 +350,40 @@ fn a_coordinator_killed_and_started_again_reattaches_to_its_jobs() {
     assert!(again.stderr.contains("already queued"), "{}", again.stderr);
     assert_eq!(task_logs(&project).len(), 1 + 3, "nothing submitted twice");
     assert_store_sound(&project);
+    assert_completed_once(&project);
+}
+
+#[test]
+fn a_coordinator_sent_sigterm_cancels_its_jobs_and_a_rerun_completes_the_sweep() {
+    local_lock();
+    let cluster = Cluster::start();
+    let project = Project::new();
+    fault_sweep(&project, SLURM);
+    let coordinator = Coordinator::start(&project, &cluster, "first");
+    wait_for_training(&project, &cluster);
+    let pid = coordinator.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let ended = coordinator.finish(&cluster);
+    assert_eq!(ended.code, Some(130), "{}", ended.stderr);
+    // Its jobs are cancelled: none is left in the queue, no task runs.
+    let start = Instant::now();
+    loop {
+        let queued = slurm(&cluster, "squeue", &["-h", "-r", "-o", "%i %T"]);
+        if queued.trim().is_empty() && cluster.task_processes().is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still queued or running 30 s after SIGTERM: {queued}\n{}",
+            ended.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_store_sound(&project);
+
+    let again = Coordinator::start(&project, &cluster, "again").finish(&cluster);
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(again.stderr.contains("submitted to Slurm"), "{}", again.stderr);
     assert_completed_once(&project);
 }
 

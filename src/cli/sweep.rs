@@ -38,6 +38,8 @@ pub(super) fn run(
                 sweep_file: &sweep_file,
                 sets: &target.sets,
                 settings,
+                registry: env.registry,
+                jobs: default_jobs(jobs),
             };
             slurm::run_trials(&sweep, &env.store, &submission, &console, cancel)?;
             Some(slurm::FromTheCluster {

@@ -214,6 +214,24 @@ pub struct SlurmSettings {
     /// Passed to `sbatch` as they are, e.g. `["--account=nlp"]`.
     #[serde(default)]
     pub extra: Vec<String>,
+    /// Where the stages several trials share run (default `auto`).
+    #[serde(default)]
+    pub upstream: Upstream,
+}
+
+/// `upstream:` under `executor: {slurm: ...}`: where the stages that
+/// several trials share run, before the trials' arrays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Upstream {
+    /// In the coordinator when none of them uses a device (data
+    /// preparation: seconds, and no wait in the queue), else as a job.
+    #[default]
+    Auto,
+    /// In the coordinator, on the machine it runs on.
+    Local,
+    /// As one Slurm job that the trials' arrays wait for.
+    Job,
 }
 
 fn one() -> usize {

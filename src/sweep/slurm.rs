@@ -1,13 +1,16 @@
 //! A sweep's trials as Slurm array tasks. The coordinator (the `pipeline
 //! run SWEEP` process on the login node) surveys the store and submits only
-//! what is missing: the stages several trials share as one job (`pipeline
-//! run SWEEP --shared`), then the incomplete trials as job arrays after it
-//! (`--dependency=afterok`, chunked below the cluster's `MaxArraySize`,
-//! `%parallel` at a time, `--requeue`), all named after the sweep run so that
-//! a second coordinator, or this one started again, finds and waits for them
-//! instead of submitting again. Each task runs `pipeline run SWEEP --trial T`
-//! on its node against the shared store. The coordinator follows the tasks
-//! with one `squeue` call per poll (backing off to 10 s; `sacct` only for
+//! what is missing: the stages several trials share come first, run by the
+//! coordinator itself when none of them uses a device (data preparation:
+//! no wait in the queue) or else as one job (`pipeline run SWEEP --shared`;
+//! `upstream:` decides); then the incomplete trials as job arrays
+//! (`--dependency=afterok` on that job, chunked below the cluster's
+//! `MaxArraySize`, `%parallel` at a time, `--requeue`), all named after the
+//! sweep run so that a second coordinator, or this one started again, finds
+//! and waits for them instead of submitting again. Each task runs `pipeline
+//! run SWEEP --trial T` on its node against the shared store. The
+//! coordinator follows the tasks with one `squeue` call per poll (every
+//! twentieth of the time waited, from 0.25 s up to 10 s; `sacct` only for
 //! tasks gone from it, and only where accounting is on) and cancels them on
 //! Ctrl-C. The store, not Slurm, says what finished: [`super::run`] then
 //! gathers the trials with [`FromTheCluster`], which builds nothing.
@@ -25,8 +28,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::console::Console;
-use crate::dag::{Job, Launcher, Reporter, Survey};
-use crate::spec::{SlurmSettings, Sweep};
+use crate::dag::{ExecOptions, Job, Launcher, NodeState, Reporter, Survey};
+use crate::session::Session;
+use crate::spec::{SlurmSettings, Sweep, Upstream};
+use crate::stage::Registry;
 use crate::store::{Built, Lookup, Store};
 
 /// What `<job>.tasks` names the upstream job's only task.
@@ -67,6 +72,10 @@ pub struct Submission<'a> {
     pub sets: &'a [String],
     /// `executor: {slurm: ...}`.
     pub settings: &'a SlurmSettings,
+    /// The stage kinds, for the shared stages the coordinator runs itself.
+    pub registry: &'a Registry,
+    /// Threads for those stages.
+    pub jobs: usize,
 }
 
 /// Has every trial that is not complete in `store` computed by Slurm jobs
@@ -97,11 +106,18 @@ pub fn run_trials(
         if missing.is_empty() {
             return Ok(false);
         }
-        // Shared stages first, as one job, when more than one trial waits for them.
-        let upstream = match shared_missing && missing.len() > 1 {
-            true => Some(submit(sweep, store, submission, &name, &logs, Work::Shared, None)?),
-            false => None,
-        };
+        // Shared stages first, here or as one job, when more than one trial waits for them.
+        let mut upstream = None;
+        if shared_missing && missing.len() > 1 {
+            let shared = super::shared_session(sweep, store)?.context("the trials share no stage")?;
+            if runs_here(&shared, submission.settings.upstream) {
+                if run_here(sweep, &shared, store, submission, console, cancel)? {
+                    return Ok(true);
+                }
+            } else {
+                upstream = Some(submit(sweep, store, submission, &name, &logs, Work::Shared, None)?);
+            }
+        }
         let max = max_array_size()?;
         for chunk in missing.chunks(max.max(1)) {
             let work = Work::Trials(chunk);
@@ -137,6 +153,58 @@ pub fn run_trials(
     }
     drop(submitting);
     wait(&jobs, &Tasks::read(&logs), console, cancel)
+}
+
+/// Whether the coordinator runs the shared stages of `session` itself.
+fn runs_here(session: &Session, upstream: Upstream) -> bool {
+    match upstream {
+        Upstream::Local => true,
+        Upstream::Job => false,
+        Upstream::Auto => session.graph.nodes.iter().all(|n| n.material().device.is_none()),
+    }
+}
+
+/// Runs the shared stages in this process; returns whether it was
+/// interrupted, and fails (submitting nothing) when a stage failed.
+fn run_here(
+    sweep: &Sweep,
+    shared: &Session,
+    store: &Store,
+    submission: &Submission,
+    console: &Console,
+    cancel: &AtomicBool,
+) -> anyhow::Result<bool> {
+    console.line(&format!(
+        "sweep `{}`: the {} stage(s) its trials share run here first",
+        sweep.name,
+        shared.graph.nodes.len()
+    ));
+    let options = ExecOptions {
+        devices: sweep.leased_devices(),
+        ..ExecOptions::with_jobs(submission.jobs)
+    };
+    let (execution, _) = shared.execute(submission.registry, store, &options, console, cancel, None);
+    store.save_state();
+    if execution.interrupted {
+        return Ok(true);
+    }
+    let failed = shared
+        .graph
+        .nodes
+        .iter()
+        .zip(&execution.results)
+        .find_map(|(node, result)| match &result.state {
+            NodeState::Failed(error) => Some((node, error)),
+            _ => None,
+        });
+    if let Some((node, error)) = failed {
+        anyhow::bail!(
+            "sweep `{}`: the shared stage `{}` failed, so no trial was submitted: {error}",
+            sweep.name,
+            node.label
+        );
+    }
+    Ok(false)
 }
 
 /// The trials (indices) not complete in `store`, and whether a stage
@@ -341,7 +409,7 @@ const ENDED: [&str; 9] = [
 /// Waits until no task of `jobs` is queued or running, showing each task's
 /// state as it changes; cancels them when `cancel` is set and returns true then.
 fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) -> anyhow::Result<bool> {
-    let mut pause = Duration::from_millis(250);
+    let start = std::time::Instant::now();
     let mut shown = BTreeMap::<String, String>::new();
     let mut accounting = true;
     let show = |task: &str, state: &str| {
@@ -403,13 +471,15 @@ fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) 
         if !active {
             return Ok(false);
         }
+        // A twentieth of the time waited so far: a task that ends is seen
+        // within 5 % of the sweep's time, and a long sweep polls every 10 s.
+        let pause = (start.elapsed() / 20).clamp(Duration::from_millis(250), Duration::from_secs(10));
         // Short sleeps, so that Ctrl-C is seen at once.
         let mut slept = Duration::ZERO;
         while slept < pause && !cancel.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));
             slept += Duration::from_millis(50);
         }
-        pause = (pause * 3 / 2).min(Duration::from_secs(10));
     }
 }
 
