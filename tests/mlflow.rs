@@ -1,7 +1,8 @@
 //! MLflow tracking against a real MLflow 3.17.2 server started once for this
 //! file: a sweep's parent and nested trial runs with params, full step
-//! histories and artifacts; a plain run served from the cache; and a server
-//! outage mid-sweep, spooled and replayed by `pipeline mlflow sync`.
+//! histories and artifacts; a plain run served from the cache; a server
+//! outage mid-sweep, spooled and replayed by `pipeline mlflow sync`; and a
+//! sweep whose trials ran on Slurm, logged as a local one is.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::collections::BTreeSet;
 
 use common::mlflow::{Proxy, Server};
 use common::project::Project;
+use common::slurm::Cluster;
 use common::sweeps::{run_until, sample_grid};
 use serde_json::Value;
 
@@ -378,4 +380,28 @@ fn credentials_are_sent_as_auth_headers_and_never_shown_or_logged() {
         "{stderr}"
     );
     assert!(!stderr.contains(password), "{stderr}");
+}
+
+#[test]
+fn a_sweep_run_on_slurm_is_logged_as_a_local_one() {
+    let cluster = Cluster::start();
+    let server = Server::start();
+    let project = Project::new();
+    let conf = cluster.conf();
+    let env = [
+        ("MLFLOW_TRACKING_URI", server.uri.as_str()),
+        ("SLURM_CONF", conf.to_str().unwrap()),
+    ];
+    let settings = "tracking:\n  mlflow: {experiment: sweep-slurm}\nexecutor: {slurm: {cpus_per_task: 1}}\n";
+    let sweep = sample_grid(&project, "cluster", &["1.0e-2", "3.0e-3"], settings);
+    let (code, result) = project.run_json(&["run", &sweep], &env);
+    assert_eq!(code, 0, "{result}\n{}", cluster.logs());
+    // The coordinator logged the runs; the tasks (which log nothing) computed them.
+    let runs = read_back(&server, "sweep-slurm");
+    assert_eq!(runs.len(), 1 + 4, "{runs:?}");
+    assert_sweep_logged(&project, &runs, &result, "cluster");
+    for run in runs.iter().filter(|r| !r["parent"].is_null()) {
+        assert_eq!(run["tags"]["pipeline.cached"], "false", "{run}");
+        assert_eq!(run["tags"]["pipeline.stage.train.state"], "ran-elsewhere", "{run}");
+    }
 }

@@ -269,7 +269,7 @@ fn a_task_killed_mid_training_fails_its_trial_only_and_a_rerun_completes_the_swe
     Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     let ended = coordinator.finish(&cluster);
     assert_eq!(ended.code, Some(1), "{}", ended.stderr);
-    assert_eq!(statuses(&ended), ["cached", "cached", "failed"], "{}", ended.stderr);
+    assert_eq!(statuses(&ended), ["failed", "finished", "finished"], "{}", ended.stderr);
     assert!(
         ended.stderr.contains("its Slurm task did not store `trial-") && ended.stderr.contains(&format!("{task}.out")),
         "{}",

@@ -41,10 +41,7 @@ pub(super) fn run(
                 registry: env.registry,
                 jobs: default_jobs(jobs),
             };
-            slurm::run_trials(&sweep, &env.store, &submission, &console, cancel)?;
-            Some(slurm::FromTheCluster {
-                logs: slurm::logs_dir(&sweep, &env.store),
-            })
+            Some(slurm::run_trials(&sweep, &env.store, &submission, &console, cancel)?)
         }
     };
     let tracker = env.tracker(sweep.tracking.as_ref())?;
@@ -53,6 +50,7 @@ pub(super) fn run(
         tracker: tracker.as_ref(),
         lock: target.sets.is_empty().then(|| lock_path(&target.file)),
         launcher: cluster.as_ref().map(|c| c as &dyn crate::dag::Launcher),
+        built_elsewhere: cluster.as_ref().map(|c| &c.built),
     };
     let outcome = crate::sweep::run(&sweep, env.registry, &env.store, &options, &console, cancel)?;
     print_table(&console, &sweep, &outcome.rows, &outcome.trial_results);

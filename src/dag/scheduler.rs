@@ -4,6 +4,7 @@
 //! have ended (their outputs are part of it), and looked up then: a stage
 //! after one that re-ran and wrote the same bytes is cached.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -130,6 +131,10 @@ pub struct ExecOptions<'a> {
     /// What builds the nodes that run; `None`: [`InProcess`] over the
     /// registry given to [`execute`].
     pub launcher: Option<&'a dyn Launcher>,
+    /// Ids of nodes that other processes computed for this run (a cluster's
+    /// tasks): found in the store, they end [`NodeState::RanElsewhere`], not
+    /// [`NodeState::Cached`]. `None`: none.
+    pub built_elsewhere: Option<&'a BTreeSet<String>>,
 }
 
 impl ExecOptions<'_> {
@@ -142,6 +147,7 @@ impl ExecOptions<'_> {
             devices: &[],
             lease: None,
             launcher: None,
+            built_elsewhere: None,
         }
     }
 }
@@ -222,8 +228,13 @@ pub fn execute(
                             results[i] = Some(NodeResult::without_entry(state, 0.0));
                             continue;
                         }
-                        if let Some(found) = find_cached(node, key, store, options.fallback, reporter) {
-                            reporter.cached(node);
+                        if let Some(mut found) = find_cached(node, key, store, options.fallback, reporter) {
+                            if options.built_elsewhere.is_some_and(|ids| ids.contains(&node.id)) {
+                                found.state = NodeState::RanElsewhere;
+                                reporter.finished(node, &found.state, 0.0);
+                            } else {
+                                reporter.cached(node);
+                            }
                             results[i] = Some(found);
                             continue;
                         }

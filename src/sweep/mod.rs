@@ -9,6 +9,7 @@
 pub mod slurm;
 
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -36,6 +37,8 @@ pub struct SweepOptions<'a> {
     pub lock: Option<PathBuf>,
     /// What builds the stages that are not cached; `None`: this process.
     pub launcher: Option<&'a dyn Launcher>,
+    /// Ids of the nodes a cluster computed for this run (see [`slurm::run_trials`]).
+    pub built_elsewhere: Option<&'a BTreeSet<String>>,
 }
 
 /// What a sweep run did.
@@ -126,6 +129,7 @@ pub fn run(
     let exec = ExecOptions {
         devices: sweep.leased_devices(),
         launcher: options.launcher,
+        built_elsewhere: options.built_elsewhere,
         ..ExecOptions::with_jobs(sweep.parallel * slot_threads)
     };
     let (execution, results) = session.execute(registry, store, &exec, console, cancel, tracking.as_ref());

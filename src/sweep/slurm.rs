@@ -19,7 +19,7 @@
 //! runs (a trial label per array index, or `shared`), so that a failure can
 //! point at its task's log and the states of a reattached job have names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +42,10 @@ const SHARED: &str = "shared";
 pub struct FromTheCluster {
     /// Where the tasks' logs are.
     pub logs: PathBuf,
+    /// The ids of the nodes the cluster was to compute for this run (those
+    /// missing when the coordinator looked): what of them is in the store
+    /// now, its tasks built (see [`crate::dag::ExecOptions::built_elsewhere`]).
+    pub built: BTreeSet<String>,
 }
 
 impl Launcher for FromTheCluster {
@@ -79,15 +83,16 @@ pub struct Submission<'a> {
 }
 
 /// Has every trial that is not complete in `store` computed by Slurm jobs
-/// and waits for them, showing each trial's task on `console`; returns
-/// whether it was interrupted (the jobs are cancelled then).
+/// and waits for them, showing each trial's task on `console` (when
+/// `cancel` is set, the jobs are cancelled); returns what gathers the
+/// trials from the store.
 pub fn run_trials(
     sweep: &Sweep,
     store: &Store,
     submission: &Submission,
     console: &Console,
     cancel: &AtomicBool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<FromTheCluster> {
     anyhow::ensure!(
         sweep.leased_devices().is_empty() || submission.settings.gres.is_some(),
         "sweep `{}` runs its trials on GPUs ({}): give each its GPU with `gres: gpu:1` under `executor: {{slurm: ...}}`",
@@ -100,19 +105,31 @@ pub fn run_trials(
     // One coordinator at a time looks and submits: a second one finds the
     // first one's jobs, or a store where they have finished.
     let submitting = store.exclusive(&name)?;
+    let Missing {
+        trials: missing,
+        shared: shared_missing,
+        nodes,
+    } = missing_work(sweep, store)?;
+    let mut cluster = FromTheCluster {
+        logs: logs.clone(),
+        built: nodes,
+    };
     let mut jobs = queued(&name)?;
     if jobs.is_empty() {
-        let (missing, shared_missing) = missing_work(sweep, store)?;
         if missing.is_empty() {
-            return Ok(false);
+            return Ok(cluster);
         }
         // Shared stages first, here or as one job, when more than one trial waits for them.
         let mut upstream = None;
         if shared_missing && missing.len() > 1 {
             let shared = super::shared_session(sweep, store)?.context("the trials share no stage")?;
             if runs_here(&shared, submission.settings.upstream) {
+                // This process builds them (and shows them so): not the cluster.
+                for node in &shared.graph.nodes {
+                    cluster.built.remove(&node.id);
+                }
                 if run_here(sweep, &shared, store, submission, console, cancel)? {
-                    return Ok(true);
+                    return Ok(cluster);
                 }
             } else {
                 upstream = Some(submit(sweep, store, submission, &name, &logs, Work::Shared, None)?);
@@ -152,7 +169,8 @@ pub fn run_trials(
         ));
     }
     drop(submitting);
-    wait(&jobs, &Tasks::read(&logs), console, cancel)
+    wait(&jobs, &Tasks::read(&logs), console, cancel)?;
+    Ok(cluster)
 }
 
 /// Whether the coordinator runs the shared stages of `session` itself.
@@ -207,17 +225,30 @@ fn run_here(
     Ok(false)
 }
 
-/// The trials (indices) not complete in `store`, and whether a stage
-/// several of them share is missing.
-fn missing_work(sweep: &Sweep, store: &Store) -> anyhow::Result<(Vec<usize>, bool)> {
+/// What of a sweep is not in the store.
+struct Missing {
+    /// The trials (indices) not complete.
+    trials: Vec<usize>,
+    /// Whether a stage several of them share is missing.
+    shared: bool,
+    /// The ids of the missing nodes.
+    nodes: BTreeSet<String>,
+}
+
+fn missing_work(sweep: &Sweep, store: &Store) -> anyhow::Result<Missing> {
     let session = super::session(sweep, store)?;
     let surveys = session.graph.survey(store);
     let complete = |n: usize| matches!(surveys[n], Survey::Known(Lookup::Valid(_)));
-    let missing = (0..sweep.trials.len())
-        .filter(|&i| !session.nodes[i].iter().all(|&n| complete(n)))
-        .collect();
-    let shared_missing = (0..surveys.len()).any(|n| !session.is_own(n) && !complete(n));
-    Ok((missing, shared_missing))
+    Ok(Missing {
+        trials: (0..sweep.trials.len())
+            .filter(|&i| !session.nodes[i].iter().all(|&n| complete(n)))
+            .collect(),
+        shared: (0..surveys.len()).any(|n| !session.is_own(n) && !complete(n)),
+        nodes: (0..surveys.len())
+            .filter(|&n| !complete(n))
+            .map(|n| session.graph.nodes[n].id.clone())
+            .collect(),
+    })
 }
 
 /// `pipeline-<sweep>-<8 hex>`: the sweep file, its overrides and the store,
@@ -236,7 +267,7 @@ fn job_name(sweep: &Sweep, submission: &Submission, store: &Store) -> String {
 }
 
 /// Where the Slurm tasks' logs go: `<store>/.sweeps/<sweep>/slurm/`.
-pub fn logs_dir(sweep: &Sweep, store: &Store) -> PathBuf {
+fn logs_dir(sweep: &Sweep, store: &Store) -> PathBuf {
     store.root().join(".sweeps").join(&sweep.name).join("slurm")
 }
 
@@ -407,8 +438,8 @@ const ENDED: [&str; 9] = [
 ];
 
 /// Waits until no task of `jobs` is queued or running, showing each task's
-/// state as it changes; cancels them when `cancel` is set and returns true then.
-fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) -> anyhow::Result<bool> {
+/// state as it changes; cancels them when `cancel` is set.
+fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let mut shown = BTreeMap::<String, String>::new();
     let mut accounting = true;
@@ -423,7 +454,7 @@ fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) 
         if cancel.load(Ordering::SeqCst) {
             let _ = slurm(Command::new("scancel").args(jobs));
             console.line(&format!("cancelled Slurm job(s) {}", jobs.join(", ")));
-            return Ok(true);
+            return Ok(());
         }
         // Every task, one line each, ended ones too (for MinJobAge).
         let states =
@@ -469,7 +500,7 @@ fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) 
             }
         }
         if !active {
-            return Ok(false);
+            return Ok(());
         }
         // A twentieth of the time waited so far: a task that ends is seen
         // within 5 % of the sweep's time, and a long sweep polls every 10 s.
