@@ -357,11 +357,11 @@ fn finalize(
             name: stage.name.clone(),
             kind: node.kind().to_string(),
             key: node.key().unwrap_or_default().to_string(),
-            state: state.word(),
-            out_dir: manifest.as_ref().map(|m| store.out_dir(node.kind(), &m.key)),
-            metrics: stage_metrics,
             // Only a stage that ran here reported its steps (not one another process computed).
             streamed: state == NodeState::Ran && live.streamed[i].contains(&n),
+            state,
+            out_dir: manifest.as_ref().map(|m| store.out_dir(node.kind(), &m.key)),
+            metrics: stage_metrics,
         });
         manifests.push(manifest);
     }
@@ -371,7 +371,7 @@ fn finalize(
         (None, false) if stages.iter().any(|s| s.out_dir.is_none()) => {
             Ending::Failed("a stage it needs did not succeed".into())
         }
-        (None, false) if stages.iter().all(|s| s.state == "cached") => Ending::Cached,
+        (None, false) if stages.iter().all(|s| s.state == NodeState::Cached) => Ending::Cached,
         (None, false) => Ending::Succeeded,
     };
     let result = InstanceResult {

@@ -11,7 +11,7 @@ use super::{Env, ExecutorKind, Target, default_jobs, interrupt_flag};
 use crate::console::Console;
 use crate::report::sweep::TrialRow;
 use crate::results::{Results, aligned};
-use crate::session::InstanceResult;
+use crate::session::{Ending, InstanceResult};
 use crate::spec::{Executor, SlurmSettings, Sweep, lock_path};
 use crate::sweep::{SweepOptions, describe, slurm, trial_rows};
 use crate::tracking::Tracker;
@@ -73,7 +73,7 @@ pub(super) fn run(
         report_tracking(&console, tracker);
     }
     let rows = &outcome.rows;
-    let failed = rows.iter().filter(|r| r.status == "failed").count();
+    let failed = rows.iter().filter(|r| matches!(r.ending, Ending::Failed(_))).count();
     console.line(&format!(
         "sweep `{}`: {} trials, {} failed, in {:.1}s (trials' own time {:.1}s)",
         sweep.name,
@@ -82,12 +82,10 @@ pub(super) fn run(
         outcome.execution.elapsed.as_secs_f64(),
         outcome.results.iter().map(|r| r.seconds).sum::<f64>()
     ));
-    for row in rows.iter().filter(|r| r.error.is_some()) {
-        eprintln!(
-            "error: {} failed: {}",
-            row.label,
-            row.error.as_deref().unwrap_or_default()
-        );
+    for row in rows {
+        if let Ending::Failed(error) = &row.ending {
+            eprintln!("error: {} failed: {error}", row.label);
+        }
     }
     if env.json {
         let (session, execution) = (&outcome.session, &outcome.execution);
@@ -109,12 +107,15 @@ pub(super) fn run(
             "trials": rows.iter().map(|r| json!({
                 "trial": r.label,
                 "params": sweep.parameters.iter().zip(&r.params).map(|(p, v)| (p.clone(), v.clone())).collect::<serde_json::Map<_, _>>(),
-                "status": r.status,
+                "status": r.ending.word(),
                 "metric": r.metric,
                 "seconds": r.seconds,
                 "metrics": r.metrics,
                 "results": outcome.trial_results[r.index],
-                "error": r.error,
+                "error": match &r.ending {
+                    Ending::Failed(error) => Some(error),
+                    _ => None,
+                },
             })).collect::<Vec<_>>(),
         }));
     }
@@ -180,7 +181,7 @@ fn print_table(console: &Console, sweep: &Sweep, rows: &[TrialRow], results: &[R
                 .get(s)
                 .map_or_else(|| "-".into(), |&v| crate::report::fmt(v))
         }));
-        line.push(row.status.to_string());
+        line.push(row.ending.word().to_string());
         line.push(format!("{:.1}", row.seconds));
         table.push(line);
     }

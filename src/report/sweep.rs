@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 
 use super::svg::{Axis, Series, escape, line_chart, parallel_coordinates, scatter};
 use super::{fmt, html_table, page_start};
+use crate::session::Ending;
 use crate::spec::Domain;
 use crate::tracking::Metric;
 
@@ -20,16 +21,14 @@ pub struct TrialRow {
     pub label: String,
     /// Its parameter values.
     pub params: Vec<Json>,
-    /// `finished`, `cached`, `failed` or `interrupted`.
-    pub status: &'static str,
+    /// How it ended (the table's status is its word; a failure has its error).
+    pub ending: Ending,
     /// The sweep metric, when the trial reported a finite one.
     pub metric: Option<f64>,
     /// Seconds its own stages ran.
     pub seconds: f64,
     /// Every metric its stages reported.
     pub metrics: BTreeMap<String, f64>,
-    /// Why it failed.
-    pub error: Option<String>,
 }
 
 /// The contents of a sweep report.
@@ -63,7 +62,7 @@ impl SweepReport<'_> {
             let mut cells = vec![label];
             cells.extend(r.params.iter().map(Json::to_string));
             cells.push(r.metric.map_or_else(|| "-".into(), fmt));
-            cells.push(r.status.to_string());
+            cells.push(r.ending.word().to_string());
             cells.push(format!("{:.1}", r.seconds));
             cells
         });
@@ -231,11 +230,10 @@ mod tests {
             index: 0,
             label: label.into(),
             params,
-            status: "finished",
+            ending: Ending::Succeeded,
             metric: Some(metric),
             seconds: 1.0,
             metrics: BTreeMap::new(),
-            error: None,
         }
     }
 

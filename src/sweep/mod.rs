@@ -19,7 +19,7 @@ use crate::console::Console;
 use crate::dag::{ExecOptions, Execution, Launcher};
 use crate::report::sweep::{SweepReport, TrialRow};
 use crate::results::{FinishedStage, Results};
-use crate::session::{Ending, Instance, InstanceResult, Session, Tracking};
+use crate::session::{Instance, InstanceResult, Session, Tracking};
 use crate::spec::{Goal, Sweep};
 use crate::stage::Registry;
 use crate::store::{LockFile, Store};
@@ -307,7 +307,7 @@ fn ranked_rows(sweep: &Sweep, results: &[InstanceResult]) -> Vec<TrialRow> {
             index,
             label: trial.label(),
             params: trial.params.clone(),
-            status: result.ending.word(),
+            ending: result.ending.clone(),
             metric: result
                 .metrics
                 .get(&sweep.metric.name)
@@ -315,10 +315,6 @@ fn ranked_rows(sweep: &Sweep, results: &[InstanceResult]) -> Vec<TrialRow> {
                 .filter(|v| v.is_finite()),
             seconds: result.seconds,
             metrics: result.metrics.clone(),
-            error: match &result.ending {
-                Ending::Failed(e) => Some(e.clone()),
-                _ => None,
-            },
         })
         .collect();
     let goal: Goal = sweep.metric.goal;

@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 
 use super::client::{MAX_PARAM_VALUE, MAX_TAG_VALUE, Metric};
 use super::tracker::now_ms;
+use crate::dag::NodeState;
 use crate::spec::Pipeline;
 use crate::stage::Registry;
 use crate::train::history::History;
@@ -25,8 +26,8 @@ pub struct StageRecord {
     pub kind: String,
     /// Its cache key.
     pub key: String,
-    /// `cached`, `ran`, `failed`, ...
-    pub state: &'static str,
+    /// How it ended.
+    pub state: NodeState,
     /// Its outputs, when it succeeded.
     pub out_dir: Option<PathBuf>,
     /// Its headline metrics.
@@ -117,9 +118,9 @@ pub fn end_tags(stages: &[StageRecord], error: Option<&str>) -> Vec<(String, Str
     let mut tags = Vec::new();
     for s in stages {
         tags.push((format!("pipeline.stage.{}.key", s.name), s.key.clone()));
-        tags.push((format!("pipeline.stage.{}.state", s.name), s.state.to_string()));
+        tags.push((format!("pipeline.stage.{}.state", s.name), s.state.word().to_string()));
     }
-    let cached = stages.iter().all(|s| s.state == "cached");
+    let cached = stages.iter().all(|s| s.state == NodeState::Cached);
     tags.push(("pipeline.cached".into(), cached.to_string()));
     if let Some(error) = error {
         tags.push(("pipeline.error".into(), clip(error.to_string(), MAX_TAG_VALUE)));
@@ -223,7 +224,7 @@ mod tests {
             name: name.into(),
             kind: "download".into(),
             key: "k".into(),
-            state: "ran",
+            state: NodeState::Ran,
             out_dir: None,
             metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             streamed: false,
