@@ -50,7 +50,7 @@ pub(super) fn run(
         tracker: tracker.as_ref(),
         lock: target.sets.is_empty().then(|| lock_path(&target.file)),
         launcher: cluster.as_ref().map(|c| c as &dyn crate::dag::Launcher),
-        built_elsewhere: cluster.as_ref().map(|c| &c.built),
+        built_elsewhere: cluster.as_ref().map(|c| c.built()),
     };
     let outcome = crate::sweep::run(&sweep, env.registry, &env.store, &options, &console, cancel)?;
     print_table(&console, &sweep, &outcome.rows, &outcome.trial_results);

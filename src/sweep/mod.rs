@@ -182,7 +182,11 @@ pub fn run(
 /// (what a cluster's upstream job builds before the trials' array); `None`
 /// when the trials share nothing.
 pub fn shared_session(sweep: &Sweep, store: &Store) -> anyhow::Result<Option<Session>> {
-    let all = session(sweep, store)?;
+    shared_of(sweep, &session(sweep, store)?, store)
+}
+
+/// [`shared_session`], from `all`, the session of every trial of `sweep`.
+fn shared_of(sweep: &Sweep, all: &Session, store: &Store) -> anyhow::Result<Option<Session>> {
     let mut instances = Vec::new();
     let mut seen: Vec<Vec<usize>> = Vec::new();
     for (i, trial) in sweep.trials.iter().enumerate() {
@@ -217,7 +221,6 @@ pub fn shared_session(sweep: &Sweep, store: &Store) -> anyhow::Result<Option<Ses
             tags: Vec::new(),
         });
     }
-    drop(all);
     if instances.is_empty() {
         return Ok(None);
     }

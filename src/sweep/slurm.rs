@@ -40,22 +40,30 @@ const SHARED: &str = "shared";
 /// Stands in for the cluster once its tasks have ended: a stage still
 /// missing from the store failed there, and its task's log says why.
 pub struct FromTheCluster {
-    /// Where the tasks' logs are.
-    pub logs: PathBuf,
+    /// What the sweep's jobs ran, and where their logs are.
+    tasks: Tasks,
     /// The ids of the nodes the cluster was to compute for this run (those
-    /// missing when the coordinator looked): what of them is in the store
-    /// now, its tasks built (see [`crate::dag::ExecOptions::built_elsewhere`]).
-    pub built: BTreeSet<String>,
+    /// missing when the coordinator looked).
+    built: BTreeSet<String>,
+}
+
+impl FromTheCluster {
+    /// The ids of the nodes the cluster was to compute for this run: what
+    /// of them is in the store now, its tasks built (see
+    /// [`crate::dag::ExecOptions::built_elsewhere`]).
+    pub fn built(&self) -> &BTreeSet<String> {
+        &self.built
+    }
 }
 
 impl Launcher for FromTheCluster {
     fn launch(&self, job: &Job, _: &Store, _: &dyn Reporter, _: &AtomicBool) -> anyhow::Result<Built> {
         let label = &job.node.label;
         let owner = label.split_once('/').map_or(SHARED, |(trial, _)| trial);
-        let Some(log) = Tasks::read(&self.logs).log_of(owner) else {
+        let Some(log) = self.tasks.log_of(owner) else {
             anyhow::bail!(
                 "no Slurm task stored `{label}`; the tasks' logs are in {}",
-                self.logs.display()
+                self.tasks.logs.display()
             )
         };
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -105,31 +113,32 @@ pub fn run_trials(
     // One coordinator at a time looks and submits: a second one finds the
     // first one's jobs, or a store where they have finished.
     let submitting = store.exclusive(&name)?;
+    let all = super::session(sweep, store)?;
     let Missing {
         trials: missing,
         shared: shared_missing,
-        nodes,
-    } = missing_work(sweep, store)?;
-    let mut cluster = FromTheCluster {
-        logs: logs.clone(),
-        built: nodes,
+        nodes: mut built,
+    } = missing_work(sweep, &all, store);
+    let gather = |built| FromTheCluster {
+        tasks: Tasks::read(&logs),
+        built,
     };
     let mut jobs = queued(&name)?;
     if jobs.is_empty() {
         if missing.is_empty() {
-            return Ok(cluster);
+            return Ok(gather(built));
         }
         // Shared stages first, here or as one job, when more than one trial waits for them.
         let mut upstream = None;
         if shared_missing && missing.len() > 1 {
-            let shared = super::shared_session(sweep, store)?.context("the trials share no stage")?;
+            let shared = super::shared_of(sweep, &all, store)?.context("the trials share no stage")?;
             if runs_here(&shared, submission.settings.upstream) {
                 // This process builds them (and shows them so): not the cluster.
                 for node in &shared.graph.nodes {
-                    cluster.built.remove(&node.id);
+                    built.remove(&node.id);
                 }
                 if run_here(sweep, &shared, store, submission, console, cancel)? {
-                    return Ok(cluster);
+                    return Ok(gather(built));
                 }
             } else {
                 upstream = Some(submit(sweep, store, submission, &name, &logs, Work::Shared, None)?);
@@ -169,7 +178,9 @@ pub fn run_trials(
         ));
     }
     drop(submitting);
-    wait(&jobs, &Tasks::read(&logs), console, cancel)?;
+    drop(all);
+    let cluster = gather(built);
+    wait(&jobs, &cluster.tasks, console, cancel)?;
     Ok(cluster)
 }
 
@@ -235,11 +246,11 @@ struct Missing {
     nodes: BTreeSet<String>,
 }
 
-fn missing_work(sweep: &Sweep, store: &Store) -> anyhow::Result<Missing> {
-    let session = super::session(sweep, store)?;
+/// What of `session` (the sweep's trials) is missing from `store`.
+fn missing_work(sweep: &Sweep, session: &Session, store: &Store) -> Missing {
     let surveys = session.graph.survey(store);
     let complete = |n: usize| matches!(surveys[n], Survey::Known(Lookup::Valid(_)));
-    Ok(Missing {
+    Missing {
         trials: (0..sweep.trials.len())
             .filter(|&i| !session.nodes[i].iter().all(|&n| complete(n)))
             .collect(),
@@ -248,7 +259,7 @@ fn missing_work(sweep: &Sweep, store: &Store) -> anyhow::Result<Missing> {
             .filter(|&n| !complete(n))
             .map(|n| session.graph.nodes[n].id.clone())
             .collect(),
-    })
+    }
 }
 
 /// `pipeline-<sweep>-<8 hex>`: the sweep file, its overrides and the store,
