@@ -9,7 +9,7 @@ mod common;
 use std::sync::OnceLock;
 
 use common::project::Project;
-use common::slurm::Cluster;
+use common::slurm::{Cluster, task_logs};
 use common::sweeps::sample_grid;
 
 /// The learning rates of the tests' 4-trial grid (with clipping off and on).
@@ -52,12 +52,7 @@ fn a_sweeps_trials_as_array_tasks_give_the_lock_of_a_local_run() {
         ))
         .output()
         .unwrap();
-    let outputs: String = std::fs::read_dir(cluster.dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect();
+    let outputs: String = task_logs(&cluster.dir()).into_iter().map(|(_, text)| text).collect();
     assert!(
         output.status.success(),
         "sbatch: {}\n{outputs}\n{}",
@@ -138,23 +133,6 @@ fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_loca
         &[("SLURM_CONF", "/nonexistent")],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// The `.out` logs in `dir`, by file name, sorted.
-fn task_logs(dir: &std::path::Path) -> Vec<(String, String)> {
-    let mut logs: Vec<(String, String)> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read_to_string(e.path()).unwrap_or_default(),
-            )
-        })
-        .collect();
-    logs.sort();
-    logs
 }
 
 #[test]

@@ -112,20 +112,7 @@ fn logs_dir(project: &Project) -> PathBuf {
 
 /// The tasks' `.out` logs, by file name.
 fn task_logs(project: &Project) -> Vec<(String, String)> {
-    let mut logs: Vec<(String, String)> = std::fs::read_dir(logs_dir(project))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read_to_string(e.path()).unwrap_or_default(),
-            )
-        })
-        .collect();
-    logs.sort();
-    logs
+    common::slurm::task_logs(&logs_dir(project))
 }
 
 /// Waits until an array task trains; returns its task id (`12_1`) and its
@@ -180,6 +167,38 @@ fn trial_process(cluster: &Cluster, trial: usize) -> u32 {
                 .unwrap_or(false)
         })
         .unwrap_or_else(|| panic!("no process runs trial {trial}"))
+}
+
+/// A fault sweep on a fresh cluster, its coordinator started, once one of
+/// its array tasks trains: that task's id and its trial's index.
+fn training_sweep() -> (Cluster, Project, Coordinator, (String, usize)) {
+    local_lock();
+    let cluster = Cluster::start();
+    let project = Project::new();
+    fault_sweep(&project, SLURM);
+    let coordinator = Coordinator::start(&project, &cluster, "first");
+    let training = wait_for_training(&project, &cluster);
+    (cluster, project, coordinator, training)
+}
+
+/// A second coordinator completes the sweep, saying `expected`, with every
+/// trial trained once across all runs.
+fn rerun_completes(project: &Project, cluster: &Cluster, expected: &str) {
+    let again = Coordinator::start(project, cluster, "again").finish(cluster);
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(again.stderr.contains(expected), "{expected}: {}", again.stderr);
+    assert_completed_once(project);
+}
+
+/// Waits (up to `limit`) until Slurm has requeued `task`, then lets it
+/// start now instead of after the begin time Slurm holds it back to.
+fn start_now(cluster: &Cluster, task: &str, limit: Duration) {
+    wait_for_state(cluster, task, "PENDING", limit);
+    slurm(
+        cluster,
+        "scontrol",
+        &["update", &format!("jobid={task}"), "starttime=now"],
+    );
 }
 
 /// `slurm` client output for this cluster.
@@ -259,12 +278,7 @@ fn statuses(ended: &Ended) -> Vec<String> {
 
 #[test]
 fn a_task_killed_mid_training_fails_its_trial_only_and_a_rerun_completes_the_sweep() {
-    local_lock();
-    let cluster = Cluster::start();
-    let project = Project::new();
-    fault_sweep(&project, SLURM);
-    let coordinator = Coordinator::start(&project, &cluster, "first");
-    let (task, trial) = wait_for_training(&project, &cluster);
+    let (cluster, project, coordinator, (task, trial)) = training_sweep();
     let pid = trial_process(&cluster, trial);
     Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     let ended = coordinator.finish(&cluster);
@@ -277,28 +291,15 @@ fn a_task_killed_mid_training_fails_its_trial_only_and_a_rerun_completes_the_swe
     );
     assert_store_sound(&project);
 
-    let again = Coordinator::start(&project, &cluster, "again").finish(&cluster);
-    assert_eq!(again.code, Some(0), "{}", again.stderr);
-    assert!(again.stderr.contains(": 1 trial(s) as job"), "{}", again.stderr);
-    assert_completed_once(&project);
+    rerun_completes(&project, &cluster, ": 1 trial(s) as job");
 }
 
 #[test]
 fn a_requeued_task_runs_again_from_the_cache() {
-    local_lock();
-    let cluster = Cluster::start();
-    let project = Project::new();
-    fault_sweep(&project, SLURM);
-    let coordinator = Coordinator::start(&project, &cluster, "first");
-    let (task, _) = wait_for_training(&project, &cluster);
+    let (cluster, project, coordinator, (task, _)) = training_sweep();
     slurm(&cluster, "scontrol", &["requeue", &task]);
     // Slurm holds a requeued job back for a while; let it start now.
-    wait_for_state(&cluster, &task, "PENDING", Duration::from_secs(60));
-    slurm(
-        &cluster,
-        "scontrol",
-        &["update", &format!("jobid={task}"), "starttime=now"],
-    );
+    start_now(&cluster, &task, Duration::from_secs(60));
     let ended = coordinator.finish(&cluster);
     assert_eq!(ended.code, Some(0), "{}", ended.stderr);
     let log = std::fs::read_to_string(logs_dir(&project).join(format!("{task}.out"))).unwrap();
@@ -311,12 +312,7 @@ fn a_requeued_task_runs_again_from_the_cache() {
 
 #[test]
 fn a_cancelled_array_keeps_its_finished_trials_and_a_rerun_runs_the_rest() {
-    local_lock();
-    let cluster = Cluster::start();
-    let project = Project::new();
-    fault_sweep(&project, SLURM);
-    let coordinator = Coordinator::start(&project, &cluster, "first");
-    let (task, _) = wait_for_training(&project, &cluster);
+    let (cluster, project, coordinator, (task, _)) = training_sweep();
     let job = task.split_once('_').unwrap().0;
     slurm(&cluster, "scancel", &[job]);
     let ended = coordinator.finish(&cluster);
@@ -325,42 +321,22 @@ fn a_cancelled_array_keeps_its_finished_trials_and_a_rerun_runs_the_rest() {
     assert!(failed >= 1, "{}", ended.stderr);
     assert_store_sound(&project);
 
-    let again = Coordinator::start(&project, &cluster, "again").finish(&cluster);
-    assert_eq!(again.code, Some(0), "{}", again.stderr);
-    assert!(
-        again.stderr.contains(&format!(": {failed} trial(s) as job")),
-        "{failed} failed: {}",
-        again.stderr
-    );
-    assert_completed_once(&project);
+    rerun_completes(&project, &cluster, &format!(": {failed} trial(s) as job"));
 }
 
 #[test]
 fn a_coordinator_killed_and_started_again_reattaches_to_its_jobs() {
-    local_lock();
-    let cluster = Cluster::start();
-    let project = Project::new();
-    fault_sweep(&project, SLURM);
-    let mut coordinator = Coordinator::start(&project, &cluster, "first");
-    wait_for_training(&project, &cluster);
+    let (cluster, project, mut coordinator, _) = training_sweep();
     coordinator.child.kill().unwrap();
     coordinator.child.wait().unwrap();
-    let again = Coordinator::start(&project, &cluster, "again").finish(&cluster);
-    assert_eq!(again.code, Some(0), "{}", again.stderr);
-    assert!(again.stderr.contains("already queued"), "{}", again.stderr);
+    rerun_completes(&project, &cluster, "already queued");
     assert_eq!(task_logs(&project).len(), 1 + 3, "nothing submitted twice");
     assert_store_sound(&project);
-    assert_completed_once(&project);
 }
 
 #[test]
 fn a_coordinator_sent_sigterm_cancels_its_jobs_and_a_rerun_completes_the_sweep() {
-    local_lock();
-    let cluster = Cluster::start();
-    let project = Project::new();
-    fault_sweep(&project, SLURM);
-    let coordinator = Coordinator::start(&project, &cluster, "first");
-    wait_for_training(&project, &cluster);
+    let (cluster, project, coordinator, _) = training_sweep();
     let pid = coordinator.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let ended = coordinator.finish(&cluster);
@@ -381,32 +357,19 @@ fn a_coordinator_sent_sigterm_cancels_its_jobs_and_a_rerun_completes_the_sweep()
     }
     assert_store_sound(&project);
 
-    let again = Coordinator::start(&project, &cluster, "again").finish(&cluster);
-    assert_eq!(again.code, Some(0), "{}", again.stderr);
-    assert!(again.stderr.contains("submitted to Slurm"), "{}", again.stderr);
-    assert_completed_once(&project);
+    rerun_completes(&project, &cluster, "submitted to Slurm");
 }
 
 #[test]
 fn a_node_that_dies_mid_training_has_its_tasks_requeued() {
-    local_lock();
-    let cluster = Cluster::start();
-    let project = Project::new();
-    fault_sweep(&project, SLURM);
-    let coordinator = Coordinator::start(&project, &cluster, "first");
-    let (task, _) = wait_for_training(&project, &cluster);
+    let (cluster, project, coordinator, (task, _)) = training_sweep();
     let running = slurm(&cluster, "squeue", &["-h", "-r", "-t", "R", "-o", "%i"]);
     cluster.kill_node();
     cluster.start_node();
     // Slurm finds the node's jobs gone (some 50 s here) and requeues them,
     // held back for a while: let them start now.
     for task in running.lines().map(str::trim).filter(|t| t.contains('_')) {
-        wait_for_state(&cluster, task, "PENDING", Duration::from_secs(240));
-        slurm(
-            &cluster,
-            "scontrol",
-            &["update", &format!("jobid={task}"), "starttime=now"],
-        );
+        start_now(&cluster, task, Duration::from_secs(240));
     }
     let ended = coordinator.finish(&cluster);
     assert_eq!(ended.code, Some(0), "{}\n{}", ended.stderr, cluster.logs());

@@ -202,6 +202,25 @@ impl Drop for Cluster {
     }
 }
 
+/// The Slurm tasks' `.out` logs in `dir` (none when it does not exist), by
+/// file name, sorted.
+pub fn task_logs(dir: &Path) -> Vec<(String, String)> {
+    let mut logs: Vec<(String, String)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    logs.sort();
+    logs
+}
+
 /// Runs a set-up command, failing with its output.
 fn run(command: &mut Command) {
     let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
