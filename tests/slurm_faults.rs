@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -363,7 +364,26 @@ fn a_coordinator_sent_sigterm_cancels_its_jobs_and_a_rerun_completes_the_sweep()
 #[test]
 fn a_node_that_dies_mid_training_has_its_tasks_requeued() {
     let (cluster, project, coordinator, (task, _)) = training_sweep();
-    let running = slurm(&cluster, "squeue", &["-h", "-r", "-t", "R", "-o", "%i"]);
+    // Not while a task starts: a restarted slurmd purges the script of one
+    // whose process had not begun, and it fails instead of being requeued.
+    let start = Instant::now();
+    let running = loop {
+        let running = slurm(&cluster, "squeue", &["-h", "-r", "-t", "R", "-o", "%i"]);
+        let listed: BTreeSet<String> = running
+            .lines()
+            .map(str::trim)
+            .filter(|t| t.contains('_'))
+            .map(String::from)
+            .collect();
+        if listed == cluster.tasks_with_processes() {
+            break running;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{listed:?} never all started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     cluster.kill_node();
     cluster.start_node();
     // Slurm finds the node's jobs gone (some 50 s here) and requeues them,

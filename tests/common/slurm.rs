@@ -130,8 +130,18 @@ impl Cluster {
     /// The processes of this cluster's jobs: those whose environment has
     /// this cluster's `SLURM_CONF` and a `SLURM_JOB_ID`.
     pub fn task_processes(&self) -> Vec<u32> {
+        self.jobs_processes().into_iter().map(|(pid, _)| pid).collect()
+    }
+
+    /// The array tasks (`<job>_<index>`) that have a process on the node.
+    pub fn tasks_with_processes(&self) -> std::collections::BTreeSet<String> {
+        self.jobs_processes().into_iter().filter_map(|(_, task)| task).collect()
+    }
+
+    /// Each process of this cluster's jobs, with its array task when it has one.
+    fn jobs_processes(&self) -> Vec<(u32, Option<String>)> {
         let conf = format!("SLURM_CONF={}", self.conf().display());
-        let mut pids = Vec::new();
+        let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
@@ -141,10 +151,18 @@ impl Cluster {
             };
             let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
             if vars.contains(&conf.as_bytes()) && vars.iter().any(|v| v.starts_with(b"SLURM_JOB_ID=")) {
-                pids.push(pid);
+                let var = |name: &str| {
+                    vars.iter()
+                        .find_map(|v| v.strip_prefix(format!("{name}=").as_bytes()))
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                let task = var("SLURM_ARRAY_JOB_ID")
+                    .zip(var("SLURM_ARRAY_TASK_ID"))
+                    .map(|(j, i)| format!("{j}_{i}"));
+                found.push((pid, task));
             }
         }
-        pids
+        found
     }
 
     /// A Slurm client command (`sbatch`, `squeue`, ...) for this cluster.
