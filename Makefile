@@ -27,7 +27,7 @@ MINILM = data/checkpoints/all-MiniLM-L6-v2
 # packages, about 17 s); the tests start and stop its daemons themselves.
 SLURM = /usr/sbin/slurmd
 
-.PHONY: run test lint bench bench-train bench-bert bench-head bench-mrpc bench-imdb-bigru checkpoint gpu-bundle
+.PHONY: run test lint bench bench-train bench-bert bench-head bench-mrpc bench-imdb-bigru bench-tpe checkpoint gpu-bundle
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
@@ -106,6 +106,19 @@ bench-imdb-bigru: $(MINILM) $(BENCH_PYTHON)
 	$(WITH_TORCH) $(CARGO) build --features tch
 	$(WITH_TORCH) PYTHON=$(TORCH_VENV)/bin/python PIPELINE=$${CARGO_TARGET_DIR:-target}/debug/pipeline \
 		benches/imdb_bigru_accuracy.sh $(SEEDS)
+
+# Search quality of `method: tpe` against Optuna's TPESampler and `method: random` on the sample
+# CNN (benches/tpe_quality.sh); SEEDS, TRIALS, PARALLEL. The default build, as `make run`'s.
+OPTUNA_VENV ?= $(HOME)/.cache/pipeline/optuna-5.1.0
+
+bench-tpe: $(OPTUNA_VENV)/bin/optuna
+	$(CARGO) build
+	PYTHON=$(OPTUNA_VENV)/bin/python PIPELINE=$${CARGO_TARGET_DIR:-target}/debug/pipeline \
+		benches/tpe_quality.sh $(SEEDS)
+
+$(OPTUNA_VENV)/bin/optuna:
+	python3 -m venv $(OPTUNA_VENV)
+	$(OPTUNA_VENV)/bin/pip install --quiet optuna==5.1.0
 
 $(BENCH_PYTHON): $(TRANSFORMERS)
 	$(TORCH_VENV)/bin/pip install --quiet accelerate==1.11.0 pyarrow

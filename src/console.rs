@@ -18,7 +18,9 @@ pub struct Console {
     bars: Option<MultiProgress>,
     quiet: bool,
     /// On a terminal, a sweep's live table: one line per trial, by trial label.
-    rows: Vec<(String, ProgressBar)>,
+    rows: Mutex<Vec<(String, ProgressBar)>>,
+    /// Whether the trials have live lines (set by [`Console::with_trials`]).
+    table: bool,
 }
 
 impl Console {
@@ -29,43 +31,66 @@ impl Console {
         Console {
             bars,
             quiet,
-            rows: Vec::new(),
+            rows: Mutex::new(Vec::new()),
+            table: false,
         }
     }
 
     /// On a terminal, shows one live line per trial (`label`, its parameters,
     /// then its current stage, step, rate and loss, or how it ended) in place
     /// of one bar per stage; elsewhere nothing changes.
+    /// An adaptive sweep's trials join as they are asked for ([`Console::add_trial`]).
     pub fn with_trials(mut self, trials: &[(String, String)]) -> Self {
-        if let Some(bars) = &self.bars {
-            let width = trials.iter().map(|(_, p)| p.chars().count()).max().unwrap_or(0);
-            for (label, params) in trials {
-                let bar = bars.add(ProgressBar::new(0));
-                bar.set_style(ProgressStyle::with_template("{prefix} {msg}").expect("valid template"));
-                bar.set_prefix(format!("{label}  {params:<width$}"));
-                bar.set_message("pending");
-                self.rows.push((label.clone(), bar));
-            }
+        self.table = self.bars.is_some();
+        let width = trials.iter().map(|(_, p)| p.chars().count()).max().unwrap_or(0);
+        for (label, params) in trials {
+            self.add_row(label, &format!("{params:<width$}"));
         }
         self
     }
 
+    /// A trial asked for while the sweep runs: a live line on a terminal
+    /// (after [`Console::with_trials`]), else a log line.
+    pub fn add_trial(&self, label: &str, params: &str) {
+        if self.table {
+            self.add_row(label, params);
+        } else {
+            self.line(&format!("  {label}  {params}"));
+        }
+    }
+
+    fn add_row(&self, label: &str, params: &str) {
+        if let Some(bars) = &self.bars {
+            let bar = bars.add(ProgressBar::new(0));
+            bar.set_style(ProgressStyle::with_template("{prefix} {msg}").expect("valid template"));
+            bar.set_prefix(format!("{label}  {params}"));
+            bar.set_message("pending");
+            self.rows.lock().expect("console lock").push((label.to_string(), bar));
+        }
+    }
+
     /// True when trials have live lines.
     pub fn has_table(&self) -> bool {
-        !self.rows.is_empty()
+        self.table
+    }
+
+    /// The live line of the trial `label`.
+    fn trial_row(&self, label: &str) -> Option<ProgressBar> {
+        let rows = self.rows.lock().expect("console lock");
+        rows.iter().find(|(l, _)| l == label).map(|(_, bar)| bar.clone())
     }
 
     /// The live line of the trial a node belongs to (its label is `trial/stage`).
-    fn row<'a>(&'a self, node: &'a GraphNode) -> Option<(&'a ProgressBar, &'a str)> {
+    fn row<'a>(&self, node: &'a GraphNode) -> Option<(ProgressBar, &'a str)> {
         let (trial, stage) = node.label.split_once('/')?;
-        self.rows.iter().find(|(l, _)| l == trial).map(|(_, bar)| (bar, stage))
+        self.trial_row(trial).map(|bar| (bar, stage))
     }
 
     /// Shows what a trial is doing outside this process (its Slurm task
     /// queued or running): on its live line on a terminal, else as a line.
     pub fn trial_state(&self, label: &str, text: &str) {
-        match self.rows.iter().find(|(l, _)| l == label) {
-            Some((_, bar)) => bar.set_message(text.to_string()),
+        match self.trial_row(label) {
+            Some(bar) => bar.set_message(text.to_string()),
             None => self.line(&format!("  {label}: {text}")),
         }
     }
@@ -202,7 +227,7 @@ impl Drop for BarProgress {
 
 /// A trial's stage progress on its live line.
 struct RowProgress<'a> {
-    bar: &'a ProgressBar,
+    bar: ProgressBar,
     stage: &'a str,
 }
 

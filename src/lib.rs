@@ -12,6 +12,7 @@ pub mod data;
 pub mod model;
 pub mod report;
 pub mod results;
+pub mod search;
 pub mod session;
 pub mod spec;
 pub mod stage;

@@ -354,6 +354,37 @@ fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
             6,
         ),
         (
+            "seed: {values: [1]}\nmethod: tpe",
+            "`method: tpe` needs `trials: N`",
+            "trials: 8",
+            5,
+        ),
+        (
+            "seed: {values: [1]}\ntpe: {in_flight: 2}",
+            "`tpe` holds the settings of `method: tpe`",
+            "",
+            5,
+        ),
+        (
+            "seed: {values: [1]}\nmethod: tpe\ntrials: 4\ntpe: {startup: 2}",
+            "unknown key `startup` in `tpe`",
+            "startup_trials",
+            7,
+        ),
+        // A tpe sweep's values are checked before it runs: each listed value, both ends of a range.
+        (
+            "stages.train.epochs: {values: [1, -2]}\nmethod: tpe\ntrials: 4",
+            "must be a non-negative integer",
+            "",
+            4,
+        ),
+        (
+            "stages.split.fraction: {distribution: uniform, min: 0.1, max: 2.0}\nmethod: tpe\ntrials: 4",
+            "must be between 0 and 1",
+            "",
+            4,
+        ),
+        (
             "seed: {values: [1]}\nname: ../../x",
             "`name`: `../../x` is not a name",
             "",

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::{EXIT_FAILED, Env, Target};
 use crate::dag::{Graph, Survey};
-use crate::spec::{Sweep, is_sweep, lock_path};
+use crate::spec::{is_sweep, lock_path};
 use crate::store::{LockFile, Lookup};
 
 /// Prints a header and rows as left-aligned columns.
@@ -115,7 +115,7 @@ pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
 /// `pipeline plan SWEEP`: the trials, every stage of their merged graph
 /// (shared stages once, by their own name) and what a run would do.
 fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
-    let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+    let sweep = env.sweep(target)?;
     let mut graph = Graph::new();
     let mut users: Vec<Vec<String>> = Vec::new();
     for trial in &sweep.trials {

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{EXIT_FAILED, Env, Target, UsageError};
 use crate::dag::Survey;
 use crate::results::{FinishedStage, Results, aligned};
-use crate::spec::{Pipeline, Sweep, is_sweep, lock_path};
+use crate::spec::{Pipeline, is_sweep, lock_path};
 use crate::stage::Output;
 use crate::store::{LockFile, Lookup};
 
@@ -37,7 +37,7 @@ struct Part {
 
 pub(super) fn metrics(env: &Env, target: &Target, format: Format, diff: bool) -> anyhow::Result<u8> {
     let (name, parts) = if is_sweep(&target.file) {
-        let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+        let sweep = env.sweep(target)?;
         let parts = sweep
             .trials
             .iter()

@@ -228,6 +228,14 @@ impl Env<'_> {
         Ok(Pipeline::load(&target.file, &target.sets, self.registry)?)
     }
 
+    /// The sweep file of `target` with its trials: those of a `tpe` sweep
+    /// that the store's finished trials determine (see [`crate::sweep::search::replay`]).
+    fn sweep(&self, target: &Target) -> anyhow::Result<crate::spec::Sweep> {
+        let mut sweep = crate::spec::Sweep::load(&target.file, &target.sets, self.registry)?;
+        crate::sweep::search::replay(&mut sweep, self.registry, &self.store)?;
+        Ok(sweep)
+    }
+
     /// The MLflow tracker of a `tracking:` section, if it has `mlflow` and a server.
     fn tracker(&self, tracking: Option<&crate::spec::Tracking>) -> anyhow::Result<Option<Tracker>> {
         let Some(mlflow) = tracking.and_then(|t| t.mlflow.as_ref()) else {

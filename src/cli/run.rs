@@ -46,7 +46,7 @@ pub(super) fn run(
         }
         // A trial as a cluster node runs it: the coordinator keeps the lock and the runs.
         (true, Some(trial)) => {
-            let mut sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+            let mut sweep = env.sweep(target)?;
             let index = sweep.trial_index(trial).map_err(UsageError)?;
             let devices = trial_devices(&sweep, &console)?;
             (sweep.trials.swap_remove(index).pipeline, None, devices)
@@ -159,19 +159,23 @@ fn run_shared(env: &Env, target: &Target, jobs: Option<usize>) -> anyhow::Result
         ))
         .into());
     }
-    let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+    let sweep = env.sweep(target)?;
     let console = Console::new(false);
     let Some(session) = crate::sweep::shared_session(&sweep, &env.store)? else {
         console.line(&format!("sweep `{}`: its trials share no stage", sweep.name));
         return Ok(0);
     };
     let devices = trial_devices(&sweep, &console)?;
-    let options = ExecOptions {
-        devices: &devices,
-        ..ExecOptions::with_jobs(default_jobs(jobs))
-    };
-    let (execution, _) = session.execute(env.registry, &env.store, &options, &console, interrupt_flag(), None);
-    env.store.save_state();
+    let jobs = default_jobs(jobs);
+    let execution = crate::sweep::build_shared(
+        &session,
+        env.registry,
+        &env.store,
+        &devices,
+        jobs,
+        &console,
+        interrupt_flag(),
+    );
     console.line(&format!(
         "sweep `{}`: {} shared stage(s): {}",
         sweep.name,

@@ -22,7 +22,9 @@ pub(super) fn run(
     jobs: Option<usize>,
     executor: Option<ExecutorKind>,
 ) -> anyhow::Result<u8> {
-    let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+    // The whole run: a search or a cluster's tasks first, then the gathering.
+    let started = std::time::Instant::now();
+    let mut sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
     let executor = match (executor, &sweep.executor) {
         (Some(ExecutorKind::Local), _) | (None, Executor::Local) => Executor::Local,
         (Some(ExecutorKind::Slurm), Executor::Local) => Executor::Slurm(SlurmSettings::default()),
@@ -30,6 +32,27 @@ pub(super) fn run(
     };
     let cancel = interrupt_flag();
     let console = Console::new(false).with_trials(&trial_rows(&sweep));
+    anyhow::ensure!(
+        !(sweep.method.is_adaptive() && matches!(executor, Executor::Slurm(_))),
+        "sweep `{}`: `method: tpe` runs on the local executor for now (its trials are asked one at a time, and the Slurm executor submits arrays of known trials); run it with `--executor local`",
+        sweep.name
+    );
+    // An adaptive sweep's trials are asked for and run first; then gathered.
+    let quiet = Console::new(true);
+    let searched = match sweep.method.is_adaptive() {
+        true => {
+            let mut searched =
+                crate::sweep::search::run(&sweep, env.registry, &env.store, default_jobs(jobs), &console, cancel)?;
+            sweep.trials = std::mem::take(&mut searched.trials);
+            Some(searched)
+        }
+        false => None,
+    };
+    // Lines for what the search already showed would repeat; a live table takes the final states.
+    let gathering = match (&searched, console.has_table()) {
+        (Some(_), false) => &quiet,
+        _ => &console,
+    };
     let cluster = match &executor {
         Executor::Local => None,
         Executor::Slurm(settings) => {
@@ -49,10 +72,18 @@ pub(super) fn run(
         cores: default_jobs(jobs),
         tracker: tracker.as_ref(),
         lock: target.sets.is_empty().then(|| lock_path(&target.file)),
-        launcher: cluster.as_ref().map(|c| c as &dyn crate::dag::Launcher),
-        built_elsewhere: cluster.as_ref().map(|c| c.built()),
+        launcher: match (&cluster, &searched) {
+            (Some(cluster), _) => Some(cluster as &dyn crate::dag::Launcher),
+            (None, Some(searched)) => Some(searched as &dyn crate::dag::Launcher),
+            (None, None) => None,
+        },
+        built_before: match (&cluster, &searched) {
+            (Some(cluster), _) => Some(cluster.built()),
+            (None, Some(searched)) => Some(searched.built()),
+            (None, None) => None,
+        },
     };
-    let outcome = crate::sweep::run(&sweep, env.registry, &env.store, &options, &console, cancel)?;
+    let outcome = crate::sweep::run(&sweep, env.registry, &env.store, &options, gathering, cancel)?;
     print_table(&console, &sweep, &outcome.rows, &outcome.trial_results);
     match outcome.best() {
         Some(best) => console.line(&format!(
@@ -79,7 +110,7 @@ pub(super) fn run(
         sweep.name,
         rows.len(),
         failed,
-        outcome.execution.elapsed.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
         outcome.results.iter().map(|r| r.seconds).sum::<f64>()
     ));
     for row in rows {
@@ -93,7 +124,7 @@ pub(super) fn run(
             "sweep": sweep.name,
             "ok": outcome.succeeded(),
             "interrupted": execution.interrupted,
-            "seconds": execution.elapsed.as_secs_f64(),
+            "seconds": started.elapsed().as_secs_f64(),
             "metric": sweep.metric,
             "best": outcome.best().map(|b| &b.label),
             "report": outcome.report,

@@ -9,4 +9,4 @@ mod scheduler;
 pub use graph::{Graph, GraphNode, Survey};
 pub use key::{Change, KeyMaterial, Need, write_canonical};
 pub use launcher::{InProcess, Job, Launcher};
-pub use scheduler::{ExecOptions, Execution, Failure, NodeResult, NodeState, Reporter, execute};
+pub use scheduler::{BuiltBefore, ExecOptions, Execution, Failure, NodeResult, NodeState, Reporter, execute};

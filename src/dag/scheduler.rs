@@ -4,7 +4,7 @@
 //! have ended (their outputs are part of it), and looked up then: a stage
 //! after one that re-ran and wrote the same bytes is cached.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -131,10 +131,19 @@ pub struct ExecOptions<'a> {
     /// What builds the nodes that run; `None`: [`InProcess`] over the
     /// registry given to [`execute`].
     pub launcher: Option<&'a dyn Launcher>,
-    /// Ids of nodes that other processes computed for this run (a cluster's
-    /// tasks): found in the store, they end [`NodeState::RanElsewhere`], not
-    /// [`NodeState::Cached`]. `None`: none.
-    pub built_elsewhere: Option<&'a BTreeSet<String>>,
+    /// Nodes built for this run before it executed (by a cluster's tasks,
+    /// or by an adaptive sweep's trials), by id: found in the store, they
+    /// end as they ended then, not [`NodeState::Cached`]. `None`: none.
+    pub built_before: Option<&'a BTreeMap<String, BuiltBefore>>,
+}
+
+/// How a node built before the run ended (see [`ExecOptions::built_before`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltBefore {
+    /// [`NodeState::Ran`], or [`NodeState::RanElsewhere`] for another process.
+    pub state: NodeState,
+    /// Seconds it ran (0 when not known).
+    pub seconds: f64,
 }
 
 impl ExecOptions<'_> {
@@ -147,7 +156,7 @@ impl ExecOptions<'_> {
             devices: &[],
             lease: None,
             launcher: None,
-            built_elsewhere: None,
+            built_before: None,
         }
     }
 }
@@ -229,9 +238,10 @@ pub fn execute(
                             continue;
                         }
                         if let Some(mut found) = find_cached(node, key, store, options.fallback, reporter) {
-                            if options.built_elsewhere.is_some_and(|ids| ids.contains(&node.id)) {
-                                found.state = NodeState::RanElsewhere;
-                                reporter.finished(node, &found.state, 0.0);
+                            if let Some(before) = options.built_before.and_then(|b| b.get(&node.id)) {
+                                found.state = before.state.clone();
+                                found.seconds = before.seconds;
+                                reporter.finished(node, &found.state, found.seconds);
                             } else {
                                 reporter.cached(node);
                             }

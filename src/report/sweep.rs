@@ -8,8 +8,8 @@ use serde_json::Value as Json;
 
 use super::svg::{Axis, Series, escape, line_chart, parallel_coordinates, scatter};
 use super::{fmt, html_table, page_start};
+use crate::search::Domain;
 use crate::session::Ending;
-use crate::spec::Domain;
 use crate::tracking::Metric;
 
 /// One trial in the ranked table.
@@ -144,20 +144,23 @@ impl SweepReport<'_> {
     fn axis(&self, p: usize) -> (Axis, Vec<f64>) {
         let values: Vec<&Json> = self.rows.iter().map(|r| &r.params[p]).collect();
         let numbers: Option<Vec<f64>> = values.iter().map(|v| v.as_f64()).collect();
-        let domain = self.domains.get(p).copied().unwrap_or(Domain::Values);
+        let listed = !matches!(
+            self.domains.get(p),
+            Some(Domain::LogUniform(..) | Domain::Uniform(..) | Domain::IntUniform(..))
+        );
         if let Some(xs) = numbers.filter(|xs| !xs.is_empty()) {
             let (lo, hi) = xs.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
             let decades = if lo > 0.0 { (hi / lo).log10() } else { 0.0 };
             let log = lo > 0.0
-                && match domain {
-                    Domain::LogUniform => true,
-                    Domain::Values => decades >= 1.0,
-                    Domain::Uniform | Domain::IntUniform => decades >= 2.0,
+                && match self.domains.get(p) {
+                    Some(Domain::LogUniform(..)) => true,
+                    Some(Domain::Uniform(..) | Domain::IntUniform(..)) => decades >= 2.0,
+                    Some(Domain::Values(_)) | None => decades >= 1.0,
                 };
             if log {
                 return (Axis::log(xs.iter().copied()), xs);
             }
-            if domain != Domain::Values {
+            if !listed {
                 return (Axis::linear(xs.iter().copied()), xs);
             }
         }
@@ -240,7 +243,11 @@ mod tests {
     #[test]
     fn parameters_get_log_linear_or_categorical_axes_and_the_best_is_marked() {
         let parameters = ["lr".to_string(), "clip".to_string(), "dropout".to_string()];
-        let domains = [Domain::Values, Domain::Values, Domain::Uniform];
+        let domains = [
+            Domain::Values(vec![Json::from(1e-2), Json::from(1e-4)]),
+            Domain::Values(vec![Json::Null, Json::from(1.0)]),
+            Domain::Uniform(0.0, 0.5),
+        ];
         let rows = [
             row("a", vec![Json::from(1e-2), Json::Null, Json::from(0.1)], 0.7),
             row("b", vec![Json::from(1e-4), Json::from(1.0), Json::from(0.3)], 0.6),

@@ -1,18 +1,20 @@
 //! Sweep files (`sweeps/*.yaml`): a pipeline, the parameters to vary and how.
-//! Loading expands the sweep into trials (the pipeline with overrides) and
-//! validates every one of them, so bad paths or values fail before anything
-//! runs, located in the sweep file.
+//! Loading a `grid` or `random` sweep expands it into trials (the pipeline
+//! with overrides) and validates every one of them, so bad paths or values
+//! fail before anything runs, located in the sweep file; a `tpe` sweep's
+//! trials are asked for as it runs ([`crate::sweep::search`]), and loading
+//! validates each parameter's listed values and both ends of its range.
 
 use std::path::{Path, PathBuf};
 
-use rand_chacha::rand_core::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::error::{Source, SpecError, check_identifier, did_you_mean};
 use super::pipeline::{Pipeline, Tracking};
 use super::yaml::{Node, Origin};
-use crate::data::rng;
+use crate::search::tpe::{Tpe, TpeSettings};
+use crate::search::{Domain, Grid, History, Method as Search, Random};
 use crate::stage::Registry;
 
 /// A validated sweep with its trials.
@@ -24,8 +26,15 @@ pub struct Sweep {
     pub name: String,
     /// The pipeline file, resolved against the sweep file's directory.
     pub pipeline_file: PathBuf,
-    /// `grid` or `random`.
+    /// `grid`, `random` or `tpe`.
     pub method: Method,
+    /// `seed:` of the method's draws.
+    pub seed: u64,
+    /// `tpe:`, the sampler's settings (defaults unless `method: tpe` sets them).
+    pub tpe: TpeSettings,
+    /// How many trials the method is asked for at most: `trials:`, or a
+    /// grid's combinations.
+    pub budget: usize,
     /// The metric that ranks trials.
     pub metric: Objective,
     /// Trials run at once.
@@ -41,8 +50,28 @@ pub struct Sweep {
     pub parameters: Vec<String>,
     /// How each of them varies, in the same order.
     pub domains: Vec<Domain>,
-    /// The trials, in expansion order.
+    /// The trials, in the order the method gave them: every trial of a
+    /// `grid` or `random` sweep from loading on; those asked so far of a
+    /// `tpe` sweep (none once loaded; see [`Sweep::trial`]).
     pub trials: Vec<Trial>,
+    /// What builds a trial's pipeline from its values.
+    template: Template,
+}
+
+/// What a trial's pipeline is made from: the sweep's pipeline file and
+/// overrides, and where each parameter's values are written.
+#[derive(Debug)]
+struct Template {
+    /// The pipeline file's source, with the `--set` overrides.
+    base: Source,
+    /// Its parsed tree.
+    raw: Node,
+    /// The `--set` overrides.
+    overrides: Vec<String>,
+    /// Each parameter's key and value origins.
+    origins: Vec<Origins>,
+    /// The sweep's first device, which stands for all in cache keys.
+    device: String,
 }
 
 impl Sweep {
@@ -55,19 +84,6 @@ impl Sweep {
             &self.devices
         }
     }
-}
-
-/// How a sweep parameter varies (what a chart of it needs to know).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Domain {
-    /// `values:` (or `distribution: choice`): listed values.
-    Values,
-    /// `distribution: log_uniform`.
-    LogUniform,
-    /// `distribution: uniform`.
-    Uniform,
-    /// `distribution: int_uniform`.
-    IntUniform,
 }
 
 /// One pipeline instance of a sweep.
@@ -123,6 +139,16 @@ pub enum Method {
     Grid,
     /// `trials` draws from the parameters' distributions.
     Random,
+    /// `trials` trials, each asked from the results of those before it
+    /// (the Tree-structured Parzen Estimator; see [`crate::search::tpe`]).
+    Tpe,
+}
+
+impl Method {
+    /// True when trials are chosen from the results of earlier ones.
+    pub fn is_adaptive(self) -> bool {
+        matches!(self, Method::Tpe)
+    }
 }
 
 /// `metric:`: what ranks the trials.
@@ -178,6 +204,8 @@ struct Header {
     tracking: Option<Tracking>,
     #[serde(default)]
     executor: Executor,
+    #[serde(default)]
+    tpe: Option<TpeSettings>,
 }
 
 /// Where a sweep's trials run: `executor: local` (the default) or
@@ -264,25 +292,26 @@ enum Distribution {
 /// A parameter ready to expand: its path, where it is written, and its domain.
 struct Parameter {
     path: String,
-    origin: Origin,
-    kind: Kind,
+    origins: Origins,
+    domain: Domain,
 }
 
-enum Kind {
-    /// Listed values with their origins.
-    Values(Vec<(Json, Origin)>),
-    LogUniform(f64, f64),
-    Uniform(f64, f64),
-    IntUniform(i64, i64),
+/// Where a parameter is written in the sweep file: its key, and each listed value.
+#[derive(Debug, Clone)]
+struct Origins {
+    key: Origin,
+    values: Vec<Origin>,
 }
 
-impl Kind {
-    fn domain(&self) -> Domain {
-        match self {
-            Kind::Values(_) => Domain::Values,
-            Kind::LogUniform(..) => Domain::LogUniform,
-            Kind::Uniform(..) => Domain::Uniform,
-            Kind::IntUniform(..) => Domain::IntUniform,
+impl Origins {
+    /// Where `value` of the parameter is written: its entry in `values`, else the key.
+    fn of(&self, domain: &Domain, value: &Json) -> Origin {
+        match domain {
+            Domain::Values(values) => values
+                .iter()
+                .position(|v| v == value)
+                .map_or(self.key, |i| self.values[i]),
+            _ => self.key,
         }
     }
 }
@@ -341,18 +370,25 @@ impl Sweep {
         for p in &parameters {
             check_path(&source, &raw, p)?;
         }
-        let combinations = match header.method {
+        if header.tpe.is_some() && header.method != Method::Tpe {
+            return Err(source
+                .error(at("tpe"), "`tpe` holds the settings of `method: tpe`")
+                .with_help("remove `tpe`, or set `method: tpe`"));
+        }
+        let domains: Vec<Domain> = parameters.iter().map(|p| p.domain.clone()).collect();
+        let budget = match header.method {
             Method::Grid if header.trials.is_some() => {
                 return Err(source
                     .error(
                         at("trials"),
-                        "`trials` is for `method: random`; a grid runs every combination",
+                        "`trials` is for `method: random` or `tpe`; a grid runs every combination",
                     )
                     .with_help("remove `trials`, or set `method: random`"));
             }
-            Method::Grid => {
-                if grid_size(&parameters).is_none_or(|n| n > MAX_TRIALS) {
-                    let count = grid_size(&parameters).map_or_else(|| "more than 2^64".into(), |n| n.to_string());
+            Method::Grid => match Grid::new(&domains).map(|g| g.size()).filter(|&n| n <= MAX_TRIALS) {
+                Some(size) => size,
+                None => {
+                    let count = Grid::new(&domains).map_or_else(|| "more than 2^64".into(), |g| g.size().to_string());
                     return Err(source
                         .error(
                             at("parameters"),
@@ -360,12 +396,15 @@ impl Sweep {
                         )
                         .with_help("list fewer values, or draw a sample with `method: random` and `trials: N`"));
                 }
-                grid(&parameters)
-            }
-            Method::Random => {
+            },
+            Method::Random | Method::Tpe => {
+                let method = if header.method == Method::Tpe { "tpe" } else { "random" };
                 let Some(trials) = header.trials.filter(|&t| t > 0) else {
                     return Err(source
-                        .error(at("method"), "`method: random` needs `trials: N` (at least 1)")
+                        .error(
+                            at("method"),
+                            format!("`method: {method}` needs `trials: N` (at least 1)"),
+                        )
                         .with_help("add e.g. `trials: 8`"));
                 };
                 if trials > MAX_TRIALS {
@@ -374,11 +413,11 @@ impl Sweep {
                         format!("`trials: {trials}`: a sweep may have at most {MAX_TRIALS} trials"),
                     ));
                 }
-                random(&parameters, trials, header.seed)
+                trials
             }
         };
-        if combinations.len() > 1000 {
-            tracing::info!("expanding {} trials", combinations.len());
+        if budget > 1000 && !header.method.is_adaptive() {
+            tracing::info!("expanding {budget} trials");
         }
         let name = header.name.unwrap_or_else(|| {
             path.file_stem()
@@ -392,54 +431,119 @@ impl Sweep {
                 error.with_help("the name comes from the file name; set `name:`")
             });
         }
-        let mut trials: Vec<Trial> = Vec::with_capacity(combinations.len());
-        let mut ids = std::collections::HashSet::new();
-        for combination in combinations {
-            let params: Vec<Json> = combination.iter().map(|(v, _)| v.clone()).collect();
-            let id = trial_id(&parameters, &params);
-            if !ids.insert(id.clone()) {
-                continue;
-            }
-            let mut sets = overrides.to_vec();
-            sets.extend(parameters.iter().zip(&params).map(|(p, v)| format!("{}={v}", p.path)));
-            let trial_source = Source {
-                overrides: sets,
-                ..base.source.clone()
-            };
-            let pipeline =
-                Pipeline::from_tree(trial_source, raw.clone(), registry).map_err(|e| match e.from_override {
-                    Some(i) if i as usize >= overrides.len() => {
-                        let origin = combination[i as usize - overrides.len()].1;
-                        let mut located = source.error(origin, e.message);
-                        located.help = e.help;
-                        located
-                    }
-                    _ => e,
-                })?;
-            // The sweep's devices decide where trials run; all are of one kind,
-            // so the first stands for every one in the cache keys.
-            let pipeline = Pipeline {
-                device: devices[0].clone(),
-                ..pipeline
-            };
-            trials.push(Trial { id, params, pipeline });
-        }
         let tracking = header.tracking.or_else(|| base.tracking.clone());
-        Ok(Sweep {
+        let mut sweep = Sweep {
             source,
             name,
             pipeline_file,
             method: header.method,
+            seed: header.seed,
+            tpe: header.tpe.unwrap_or_default(),
+            budget,
             metric: header.metric,
             parallel: header.parallel,
-            devices,
             tracking,
             executor: header.executor,
-            domains: parameters.iter().map(|p| p.kind.domain()).collect(),
-            parameters: parameters.into_iter().map(|p| p.path).collect(),
-            trials,
-        })
+            parameters: parameters.iter().map(|p| p.path.clone()).collect(),
+            domains,
+            trials: Vec::new(),
+            template: Template {
+                base: base.source.clone(),
+                raw,
+                overrides: overrides.to_vec(),
+                origins: parameters.into_iter().map(|p| p.origins).collect(),
+                device: devices[0].clone(),
+            },
+            devices,
+        };
+        if sweep.method.is_adaptive() {
+            for params in probes(&sweep.domains) {
+                sweep.trial(params, registry)?;
+            }
+        } else {
+            let method = sweep.search();
+            let none = History::default();
+            let mut ids = std::collections::HashSet::new();
+            for params in (0..).map_while(|k| method.ask(k, &none)) {
+                let trial = sweep.trial(params, registry)?;
+                if ids.insert(trial.id.clone()) {
+                    sweep.trials.push(trial);
+                }
+            }
+        }
+        Ok(sweep)
     }
+
+    /// The sweep's method, to ask for its trials.
+    pub fn search(&self) -> Box<dyn Search> {
+        match self.method {
+            Method::Grid => Box::new(Grid::new(&self.domains).expect("counted when loaded")),
+            Method::Random => Box::new(Random::new(&self.domains, self.budget, self.seed)),
+            Method::Tpe => Box::new(Tpe::new(
+                &self.domains,
+                self.metric.goal == Goal::Maximize,
+                self.budget,
+                self.seed,
+                self.tpe,
+            )),
+        }
+    }
+
+    /// The trial with these parameter values (in [`Sweep::parameters`]
+    /// order): the pipeline with them as overrides, validated; an error
+    /// points at the value in the sweep file.
+    pub fn trial(&self, params: Vec<Json>, registry: &Registry) -> Result<Trial, SpecError> {
+        let template = &self.template;
+        let id = trial_id(&self.parameters, &params);
+        let mut sets = template.overrides.clone();
+        sets.extend(self.parameters.iter().zip(&params).map(|(p, v)| format!("{p}={v}")));
+        let trial_source = Source {
+            overrides: sets,
+            ..template.base.clone()
+        };
+        let given = template.overrides.len();
+        let pipeline =
+            Pipeline::from_tree(trial_source, template.raw.clone(), registry).map_err(|e| match e.from_override {
+                Some(i) if i as usize >= given => {
+                    let p = i as usize - given;
+                    let origin = template.origins[p].of(&self.domains[p], &params[p]);
+                    let mut located = self.source.error(origin, e.message);
+                    located.help = e.help;
+                    located
+                }
+                _ => e,
+            })?;
+        // The sweep's devices decide where trials run; all are of one kind,
+        // so the first stands for every one in the cache keys.
+        let pipeline = Pipeline {
+            device: template.device.clone(),
+            ..pipeline
+        };
+        Ok(Trial { id, params, pipeline })
+    }
+}
+
+/// The points a `tpe` sweep is validated at before it runs: each listed
+/// value and both ends of each range, one parameter at a time, the others
+/// at their first.
+fn probes(domains: &[Domain]) -> Vec<Vec<Json>> {
+    let ends = |d: &Domain| -> Vec<Json> {
+        match d {
+            Domain::Values(values) => values.clone(),
+            Domain::LogUniform(min, max) | Domain::Uniform(min, max) => vec![Json::from(*min), Json::from(*max)],
+            Domain::IntUniform(min, max) => vec![Json::from(*min), Json::from(*max)],
+        }
+    };
+    let first: Vec<Json> = domains.iter().map(|d| ends(d)[0].clone()).collect();
+    let mut points = vec![first.clone()];
+    for (p, d) in domains.iter().enumerate() {
+        for value in ends(d).into_iter().skip(1) {
+            let mut point = first.clone();
+            point[p] = value;
+            points.push(point);
+        }
+    }
+    points
 }
 
 /// Checks that `devices` lists at least one device, that this build and
@@ -488,6 +592,7 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
                 _ => Err(source.error(entry.key_origin, format!("{what}: `{name}` needs `min` and `max`"))),
             }
         };
+        let mut value_origins = Vec::new();
         let kind = match (domain.values, domain.distribution) {
             (Some(_), Some(d)) if !matches!(d, Distribution::Choice) => {
                 return Err(source.error(
@@ -501,15 +606,16 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
                         .error(at("values"), format!("{what} has no values: the grid would be empty"))
                         .with_help("list at least one value"));
                 }
-                let origins = (0..values.len())
-                    .map(|i| root.locate(["parameters", entry.key.as_str(), "values", &i.to_string()]));
-                Kind::Values(values.into_iter().zip(origins).collect())
+                value_origins = (0..values.len())
+                    .map(|i| root.locate(["parameters", entry.key.as_str(), "values", &i.to_string()]))
+                    .collect();
+                Domain::Values(values)
             }
             (None, None) | (None, Some(Distribution::Choice)) => {
                 return Err(source
                     .error(
                         entry.key_origin,
-                        format!("{what} needs `values` (or a `distribution` with method: random)"),
+                        format!("{what} needs `values` (or a `distribution` with method: random or tpe)"),
                     )
                     .with_help("e.g. `{values: [1.0e-3, 1.0e-4]}`"));
             }
@@ -517,7 +623,7 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
                 return Err(source
                     .error(
                         at("distribution"),
-                        format!("{what}: a grid needs `values`; distributions are for `method: random`"),
+                        format!("{what}: a grid needs `values`; distributions are for `method: random` or `tpe`"),
                     )
                     .with_help("list `values`, or set `method: random` with `trials: N`"));
             }
@@ -526,7 +632,7 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
                 if min <= 0.0 {
                     return Err(source.error(at("min"), format!("`min` of {what} must be positive for log_uniform")));
                 }
-                Kind::LogUniform(min, max)
+                Domain::LogUniform(min, max)
             }
             (None, Some(Distribution::Uniform)) => {
                 let (min, max) = range("uniform")?;
@@ -536,7 +642,7 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
                         format!("{what}: the range from `min` to `max` is too wide to draw from"),
                     ));
                 }
-                Kind::Uniform(min, max)
+                Domain::Uniform(min, max)
             }
             (None, Some(Distribution::IntUniform)) => {
                 let (min, max) = range("int_uniform")?;
@@ -554,13 +660,16 @@ fn read_parameters(source: &Source, root: &Node, method: Method) -> Result<Vec<P
                         ));
                     }
                 }
-                Kind::IntUniform(min as i64, max as i64)
+                Domain::IntUniform(min as i64, max as i64)
             }
         };
         parameters.push(Parameter {
             path: entry.key.clone(),
-            origin: entry.key_origin,
-            kind,
+            origins: Origins {
+                key: entry.key_origin,
+                values: value_origins,
+            },
+            domain: kind,
         });
     }
     Ok(parameters)
@@ -572,12 +681,12 @@ fn check_path(source: &Source, pipeline: &Node, parameter: &Parameter) -> Result
     let segments: Vec<&str> = parameter.path.split('.').collect();
     let error = |message: String, candidates: Vec<String>| {
         source
-            .error(parameter.origin, message)
+            .error(parameter.origins.key, message)
             .with_help(candidates_help(&segments, &candidates))
     };
     if segments.iter().any(|s| s.is_empty()) {
         return Err(source.error(
-            parameter.origin,
+            parameter.origins.key,
             format!("`{}` is not a dotted key path", parameter.path),
         ));
     }
@@ -627,65 +736,9 @@ const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 /// expansion costs (each trial is a pipeline in one graph).
 pub const MAX_TRIALS: usize = 10_000;
 
-/// How many trials a grid has (`None` past `usize`).
-fn grid_size(parameters: &[Parameter]) -> Option<usize> {
-    parameters.iter().try_fold(1usize, |product, p| match &p.kind {
-        Kind::Values(values) => product.checked_mul(values.len()),
-        _ => unreachable!("grid parameters have values"),
-    })
-}
-
-/// Every combination of the listed values, the first parameter varying slowest.
-fn grid(parameters: &[Parameter]) -> Vec<Vec<(Json, Origin)>> {
-    let mut combinations: Vec<Vec<(Json, Origin)>> = vec![Vec::new()];
-    for p in parameters {
-        let Kind::Values(values) = &p.kind else {
-            unreachable!("grid parameters have values")
-        };
-        combinations = combinations
-            .into_iter()
-            .flat_map(|prefix| {
-                values.iter().map(move |v| {
-                    let mut next = prefix.clone();
-                    next.push(v.clone());
-                    next
-                })
-            })
-            .collect();
-    }
-    combinations
-}
-
-/// `trials` draws, reproducible from the sweep's seed.
-fn random(parameters: &[Parameter], trials: usize, seed: u64) -> Vec<Vec<(Json, Origin)>> {
-    let mut stream = rng::stream(seed, "sweep/random");
-    let mut unit = move || (stream.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    (0..trials)
-        .map(|_| {
-            parameters
-                .iter()
-                .map(|p| {
-                    let value = match &p.kind {
-                        Kind::Values(values) => {
-                            return values[((unit() * values.len() as f64) as usize).min(values.len() - 1)].clone();
-                        }
-                        Kind::LogUniform(min, max) => Json::from((min.ln() + unit() * (max.ln() - min.ln())).exp()),
-                        Kind::Uniform(min, max) => Json::from(min + unit() * (max - min)),
-                        Kind::IntUniform(min, max) => {
-                            let span = (max - min + 1) as f64;
-                            Json::from(min + ((unit() * span) as i64).min(max - min))
-                        }
-                    };
-                    (value, p.origin)
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// 8 hex digits of the hash of the parameter paths and values.
-fn trial_id(parameters: &[Parameter], values: &[Json]) -> String {
-    let pairs: Vec<(&str, &Json)> = parameters.iter().map(|p| p.path.as_str()).zip(values).collect();
+fn trial_id(parameters: &[String], values: &[Json]) -> String {
+    let pairs: Vec<(&str, &Json)> = parameters.iter().map(String::as_str).zip(values).collect();
     let text = serde_json::to_string(&pairs).expect("JSON values serialize");
     blake3::hash(text.as_bytes()).to_hex()[..8].to_string()
 }
@@ -694,71 +747,29 @@ fn trial_id(parameters: &[Parameter], values: &[Json]) -> String {
 mod tests {
     use super::*;
 
-    fn values(path: &str, values: &[Json]) -> Parameter {
-        Parameter {
-            path: path.into(),
-            origin: Origin::File { line: 1, col: 1 },
-            kind: Kind::Values(
-                values
-                    .iter()
-                    .map(|v| (v.clone(), Origin::File { line: 1, col: 1 }))
-                    .collect(),
-            ),
-        }
-    }
-
-    #[test]
-    fn grid_is_the_cartesian_product_first_parameter_slowest() {
-        let params = [
-            values("a", &[1.into(), 2.into()]),
-            values("b", &["x".into(), "y".into(), "z".into()]),
-        ];
-        let combos: Vec<Vec<Json>> = grid(&params)
-            .into_iter()
-            .map(|c| c.into_iter().map(|(v, _)| v).collect())
-            .collect();
-        assert_eq!(combos.len(), 6);
-        assert_eq!(combos[0], vec![Json::from(1), Json::from("x")]);
-        assert_eq!(combos[1], vec![Json::from(1), Json::from("y")]);
-        assert_eq!(combos[5], vec![Json::from(2), Json::from("z")]);
-    }
-
-    #[test]
-    fn random_draws_are_reproducible_and_in_range() {
-        let params = [
-            Parameter {
-                path: "lr".into(),
-                origin: Origin::File { line: 1, col: 1 },
-                kind: Kind::LogUniform(1e-5, 1e-1),
-            },
-            Parameter {
-                path: "layers".into(),
-                origin: Origin::File { line: 1, col: 1 },
-                kind: Kind::IntUniform(1, 3),
-            },
-        ];
-        let a = random(&params, 50, 7);
-        let b = random(&params, 50, 7);
-        assert_eq!(
-            a.iter().map(|c| c[0].0.clone()).collect::<Vec<_>>(),
-            b.iter().map(|c| c[0].0.clone()).collect::<Vec<_>>()
-        );
-        for c in &a {
-            let lr = c[0].0.as_f64().unwrap();
-            assert!((1e-5..=1e-1).contains(&lr), "{lr}");
-            let layers = c[1].0.as_i64().unwrap();
-            assert!((1..=3).contains(&layers), "{layers}");
-        }
-        let distinct: std::collections::BTreeSet<i64> = a.iter().map(|c| c[1].0.as_i64().unwrap()).collect();
-        assert_eq!(distinct.len(), 3, "all integers are drawn");
-        assert_ne!(random(&params, 5, 8)[0][0].0, a[0][0].0, "another seed, other draws");
-    }
-
     #[test]
     fn trial_ids_depend_on_paths_and_values_only() {
-        let params = [values("a", &[1.into()])];
+        let params = ["a".to_string()];
         assert_eq!(trial_id(&params, &[1.into()]), trial_id(&params, &[1.into()]));
         assert_ne!(trial_id(&params, &[1.into()]), trial_id(&params, &[2.into()]));
+        assert_ne!(
+            trial_id(&params, &[1.into()]),
+            trial_id(&["b".to_string()], &[1.into()])
+        );
         assert_eq!(trial_id(&params, &[1.into()]).len(), 8);
+    }
+
+    #[test]
+    fn tpe_probes_every_value_and_both_ends_once() {
+        let domains = [Domain::Values(vec!["x".into(), "y".into()]), Domain::Uniform(0.5, 2.0)];
+        let probes = probes(&domains);
+        assert_eq!(
+            probes,
+            vec![
+                vec![Json::from("x"), Json::from(0.5)],
+                vec![Json::from("y"), Json::from(0.5)],
+                vec![Json::from("x"), Json::from(2.0)],
+            ]
+        );
     }
 }

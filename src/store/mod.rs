@@ -14,7 +14,7 @@ mod manifest;
 use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -58,6 +58,10 @@ pub struct Store {
     /// again (a sweep's shared stages, once per trial) reads nothing;
     /// discarding an entry forgets it.
     verified: Mutex<HashMap<PathBuf, Arc<Manifest>>>,
+    /// How [`Store::check_locks`] found the locks, once per process: the
+    /// probe is per process, and the sessions of an adaptive sweep's trials
+    /// start on several threads at once.
+    locks: OnceLock<Result<(), String>>,
 }
 
 impl Store {
@@ -69,6 +73,7 @@ impl Store {
             stat: StatCache::new(root.join(".state").join(format!("stat-cache.{}.json", host::name()))),
             rehash: false,
             verified: Mutex::default(),
+            locks: OnceLock::new(),
         }
     }
 
@@ -247,8 +252,16 @@ impl Store {
     /// per-key locks need: a lock taken through one open file of a probe is
     /// refused through a second. Fails where locks error or do nothing (an
     /// NFS mount without a lock service); it cannot tell locks that only
-    /// hold within one host (`local_lock=flock`), see the README.
+    /// hold within one host (`local_lock=flock`), see the README. Probes
+    /// once per store value; later calls return the first answer.
     pub fn check_locks(&self) -> anyhow::Result<()> {
+        let checked = self
+            .locks
+            .get_or_init(|| self.probe_locks().map_err(|e| format!("{e:#}")));
+        checked.clone().map_err(anyhow::Error::msg)
+    }
+
+    fn probe_locks(&self) -> anyhow::Result<()> {
         let name = format!("probe.{}.lock", host::process());
         let (first, path) = self.lock_file(&name)?;
         let unusable = |why: String| {

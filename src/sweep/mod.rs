@@ -6,21 +6,22 @@
 //! On a cluster, [`slurm::run_trials`] first has the trials computed as
 //! array tasks; this then gathers them from the store.
 
+pub mod search;
 pub mod slurm;
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use serde_json::Value as Json;
 
 use crate::console::Console;
-use crate::dag::{ExecOptions, Execution, Launcher};
+use crate::dag::{BuiltBefore, ExecOptions, Execution, Launcher};
 use crate::report::sweep::{SweepReport, TrialRow};
 use crate::results::{FinishedStage, Results};
 use crate::session::{Instance, InstanceResult, Session, Tracking};
-use crate::spec::{Goal, Sweep};
+use crate::spec::{Goal, Sweep, Trial};
 use crate::stage::Registry;
 use crate::store::{LockFile, Store};
 use crate::tracking::record::{git_tags, metrics as run_metrics};
@@ -37,8 +38,9 @@ pub struct SweepOptions<'a> {
     pub lock: Option<PathBuf>,
     /// What builds the stages that are not cached; `None`: this process.
     pub launcher: Option<&'a dyn Launcher>,
-    /// Ids of the nodes a cluster computed for this run (see [`slurm::run_trials`]).
-    pub built_elsewhere: Option<&'a BTreeSet<String>>,
+    /// The nodes built for this run before (by a cluster, see
+    /// [`slurm::run_trials`], or an adaptive search, see [`search::run`]).
+    pub built_before: Option<&'a BTreeMap<String, BuiltBefore>>,
 }
 
 /// What a sweep run did.
@@ -129,7 +131,7 @@ pub fn run(
     let exec = ExecOptions {
         devices: sweep.leased_devices(),
         launcher: options.launcher,
-        built_elsewhere: options.built_elsewhere,
+        built_before: options.built_before,
         ..ExecOptions::with_jobs(sweep.parallel * slot_threads)
     };
     let (execution, results) = session.execute(registry, store, &exec, console, cancel, tracking.as_ref());
@@ -185,6 +187,28 @@ pub fn shared_session(sweep: &Sweep, store: &Store) -> anyhow::Result<Option<Ses
     shared_of(sweep, &session(sweep, store)?, store)
 }
 
+/// Builds the stages the trials share (`shared`, from [`shared_session`])
+/// in this process with `jobs` threads, device stages on `devices`, and
+/// saves the store's state: what a cluster's upstream job and a
+/// coordinator that runs them itself both do.
+pub fn build_shared(
+    shared: &Session,
+    registry: &Registry,
+    store: &Store,
+    devices: &[String],
+    jobs: usize,
+    console: &Console,
+    cancel: &AtomicBool,
+) -> Execution {
+    let options = ExecOptions {
+        devices,
+        ..ExecOptions::with_jobs(jobs)
+    };
+    let (execution, _) = shared.execute(registry, store, &options, console, cancel, None);
+    store.save_state();
+    execution
+}
+
 /// [`shared_session`], from `all`, the session of every trial of `sweep`.
 fn shared_of(sweep: &Sweep, all: &Session, store: &Store) -> anyhow::Result<Option<Session>> {
     let mut instances = Vec::new();
@@ -229,20 +253,21 @@ fn shared_of(sweep: &Sweep, all: &Session, store: &Store) -> anyhow::Result<Opti
 
 /// The trials as the instances of one session (their merged graph, surveyed in `store`).
 fn session(sweep: &Sweep, store: &Store) -> anyhow::Result<Session> {
-    let instances = sweep
-        .trials
-        .iter()
-        .map(|trial| Instance {
-            name: trial.label(),
-            label: Some(trial.label()),
-            pipeline: trial.pipeline.clone(),
-            tags: vec![
-                ("pipeline.sweep".into(), sweep.name.clone()),
-                ("pipeline.trial".into(), trial.id.clone()),
-            ],
-        })
-        .collect();
+    let instances = sweep.trials.iter().map(|trial| instance(sweep, trial)).collect();
     Session::new(instances, store)
+}
+
+/// A trial as an instance of a session.
+fn instance(sweep: &Sweep, trial: &Trial) -> Instance {
+    Instance {
+        name: trial.label(),
+        label: Some(trial.label()),
+        pipeline: trial.pipeline.clone(),
+        tags: vec![
+            ("pipeline.sweep".into(), sweep.name.clone()),
+            ("pipeline.trial".into(), trial.id.clone()),
+        ],
+    }
 }
 
 /// The sweep's MLflow run, with the sweep's settings as parameters.

@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::console::Console;
-use crate::dag::{ExecOptions, Job, Launcher, NodeState, Reporter, Survey};
+use crate::dag::{BuiltBefore, Job, Launcher, NodeState, Reporter, Survey};
 use crate::session::Session;
 use crate::spec::{SlurmSettings, Sweep, Upstream};
 use crate::stage::Registry;
@@ -42,16 +42,16 @@ const SHARED: &str = "shared";
 pub struct FromTheCluster {
     /// What the sweep's jobs ran, and where their logs are.
     tasks: Tasks,
-    /// The ids of the nodes the cluster was to compute for this run (those
-    /// missing when the coordinator looked).
-    built: BTreeSet<String>,
+    /// The nodes the cluster was to compute for this run (those missing
+    /// when the coordinator looked), by id.
+    built: BTreeMap<String, BuiltBefore>,
 }
 
 impl FromTheCluster {
-    /// The ids of the nodes the cluster was to compute for this run: what
-    /// of them is in the store now, its tasks built (see
-    /// [`crate::dag::ExecOptions::built_elsewhere`]).
-    pub fn built(&self) -> &BTreeSet<String> {
+    /// The nodes the cluster was to compute for this run: what of them is
+    /// in the store now, its tasks built (see
+    /// [`crate::dag::ExecOptions::built_before`]).
+    pub fn built(&self) -> &BTreeMap<String, BuiltBefore> {
         &self.built
     }
 }
@@ -119,9 +119,15 @@ pub fn run_trials(
         shared: shared_missing,
         nodes: mut built,
     } = missing_work(sweep, &all, store);
-    let gather = |built| FromTheCluster {
+    let gather = |built: BTreeSet<String>| FromTheCluster {
         tasks: Tasks::read(&logs),
-        built,
+        built: built
+            .into_iter()
+            .map(|id| {
+                let state = NodeState::RanElsewhere;
+                (id, BuiltBefore { state, seconds: 0.0 })
+            })
+            .collect(),
     };
     let mut jobs = queued(&name)?;
     if jobs.is_empty() {
@@ -208,12 +214,16 @@ fn run_here(
         sweep.name,
         shared.graph.nodes.len()
     ));
-    let options = ExecOptions {
-        devices: sweep.leased_devices(),
-        ..ExecOptions::with_jobs(submission.jobs)
-    };
-    let (execution, _) = shared.execute(submission.registry, store, &options, console, cancel, None);
-    store.save_state();
+    let devices = sweep.leased_devices();
+    let execution = super::build_shared(
+        shared,
+        submission.registry,
+        store,
+        devices,
+        submission.jobs,
+        console,
+        cancel,
+    );
     if execution.interrupted {
         return Ok(true);
     }
