@@ -2,7 +2,8 @@
 //! munged, slurmctld and slurmd (`make test` installs them), each started
 //! with a config of its own in a temporary directory (`select/cons_tres`,
 //! `proctrack/linuxproc`, `task/none`, no cgroups, no accounting, two fake
-//! GPUs on character devices) and stopped by PID when the cluster is dropped.
+//! GPUs on character devices, `batch_sched_delay=0`) and stopped by PID
+//! when the cluster is dropped.
 //! Needs root, as CI has. See `../shared/notes/slurm.md`.
 
 use std::net::TcpListener;
@@ -53,12 +54,13 @@ impl Cluster {
              AuthInfo=socket={sock}\nMpiDefault=none\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
              JobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\n\
              SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nReturnToService=2\nSlurmdTimeout=10\n\
-             KillWait=5\nMinJobAge=300\nMaxArraySize=1001\nGresTypes=gpu\n\
+             KillWait=5\nMinJobAge=300\nMaxArraySize=1001\nGresTypes=gpu\n{scheduler}\
              StateSaveLocation={state}\nSlurmdSpoolDir={spool}\n\
              SlurmctldPidFile={ctld_pid}\nSlurmdPidFile={d_pid}\nSlurmctldLogFile={ctld_log}\nSlurmdLogFile={d_log}\n\
              SlurmctldPort={controller}\nSlurmdPort={node}\n\
              NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=2000 Gres=gpu:2 State=UNKNOWN\n\
              PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP\n",
+            scheduler = scheduler_parameters(),
             sock = path("munge.sock"),
             state = path("state"),
             spool = path("spool"),
@@ -237,6 +239,19 @@ pub fn task_logs(dir: &Path) -> Vec<(String, String)> {
         .collect();
     logs.sort();
     logs
+}
+
+/// The cluster's `SchedulerParameters` line: `batch_sched_delay=0`, the
+/// high-throughput setting that starts a batch job (an array's next task)
+/// on the scheduler's next pass after a job ends, not up to 3 s later
+/// (Slurm's default); `PIPELINE_TEST_SLURM_SCHEDULER` replaces it (empty:
+/// Slurm's defaults), for the overhead benchmark.
+fn scheduler_parameters() -> String {
+    match std::env::var("PIPELINE_TEST_SLURM_SCHEDULER") {
+        Ok(parameters) if parameters.is_empty() => String::new(),
+        Ok(parameters) => format!("SchedulerParameters={parameters}\n"),
+        Err(_) => "SchedulerParameters=batch_sched_delay=0\n".into(),
+    }
 }
 
 /// Runs a set-up command, failing with its output.
