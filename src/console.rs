@@ -188,6 +188,7 @@ impl Reporter for Console {
         let text = match state {
             NodeState::Failed(error) => format!("  FAILED   {}: {error}", node.label),
             NodeState::Skipped => format!("  skipped  {}: a stage it needs did not succeed", node.label),
+            NodeState::Pruned(step) => format!("  pruned   {} at step {step} in {seconds:.2}s", node.label),
             other => format!("  {:<8} {} in {seconds:.2}s", other.word(), node.label),
         };
         self.line(&text);

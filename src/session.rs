@@ -37,6 +37,9 @@ pub enum Ending {
     Succeeded,
     /// A stage failed (its error).
     Failed(String),
+    /// The sweep's early stopping stopped a stage after its evaluation at
+    /// this step (the trial's metrics are that evaluation's).
+    Pruned(usize),
     /// The run was interrupted first.
     Interrupted,
 }
@@ -48,7 +51,16 @@ impl Ending {
             Ending::Cached => "cached",
             Ending::Succeeded => "finished",
             Ending::Failed(_) => "failed",
+            Ending::Pruned(_) => "pruned",
             Ending::Interrupted => "interrupted",
+        }
+    }
+
+    /// [`Ending::word`], with the step for a pruned one (`pruned@30`): a table's status cell.
+    pub fn status(&self) -> String {
+        match self {
+            Ending::Pruned(step) => format!("pruned@{step}"),
+            other => other.word().to_string(),
         }
     }
 
@@ -332,6 +344,7 @@ fn finalize(
     let mut metrics = BTreeMap::new();
     let mut error = None;
     let mut interrupted = false;
+    let mut pruned = None;
     let mut manifests = Vec::new();
     for (stage, &n) in instance.pipeline.stages.iter().zip(&session.nodes[i]) {
         let node = &session.graph.nodes[n];
@@ -349,9 +362,19 @@ fn finalize(
         match &state {
             NodeState::Failed(e) if error.is_none() => error = Some(format!("stage `{}`: {e}", stage.name)),
             NodeState::Interrupted => interrupted = true,
+            NodeState::Pruned(step) => pruned = Some(*step),
             _ => {}
         }
-        let stage_metrics = manifest.as_ref().map(|m| m.metrics.clone()).unwrap_or_default();
+        // A pruned stage's outputs are its saved state: the history up to the step it stopped at.
+        let state_dir = match (&state, node.key()) {
+            (NodeState::Pruned(_), Some(key)) => Some(store.state_dir(node.kind(), key)),
+            _ => None,
+        };
+        let stage_metrics = match (&manifest, &state_dir) {
+            (Some(manifest), _) => manifest.metrics.clone(),
+            (None, Some(dir)) => last_evaluation(dir),
+            (None, None) => BTreeMap::new(),
+        };
         metrics.extend(stage_metrics.clone());
         stages.push(StageRecord {
             name: stage.name.clone(),
@@ -360,7 +383,10 @@ fn finalize(
             // Only a stage that ran here reported its steps (not one another process computed).
             streamed: state == NodeState::Ran && live.streamed[i].contains(&n),
             state,
-            out_dir: manifest.as_ref().map(|m| store.out_dir(node.kind(), &m.key)),
+            out_dir: manifest
+                .as_ref()
+                .map(|m| store.out_dir(node.kind(), &m.key))
+                .or(state_dir),
             metrics: stage_metrics,
         });
         manifests.push(manifest);
@@ -368,6 +394,7 @@ fn finalize(
     let ending = match (error, interrupted) {
         (Some(e), _) => Ending::Failed(e),
         (None, true) => Ending::Interrupted,
+        (None, false) if let Some(step) = pruned => Ending::Pruned(step),
         (None, false) if stages.iter().any(|s| s.out_dir.is_none()) => {
             Ending::Failed("a stage it needs did not succeed".into())
         }
@@ -385,6 +412,24 @@ fn finalize(
         log_run(session, i, run, &result, &manifests, registry, tracking);
     }
     result
+}
+
+/// The metrics of the last evaluation in the history a pruned stage saved
+/// in `dir` (empty when it has none).
+fn last_evaluation(dir: &std::path::Path) -> BTreeMap<String, f64> {
+    let history = crate::train::history::History::read_csv(&dir.join(crate::train::history::HISTORY_FILE));
+    let rows = history.map(|h| h.rows).unwrap_or_default();
+    rows.iter()
+        .rev()
+        .find(|row| row.values.keys().any(|k| k.starts_with("eval_")))
+        .map(|row| {
+            row.values
+                .iter()
+                .filter(|(k, _)| k.starts_with("eval_"))
+                .map(|(k, &v)| (k.clone(), v))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Sends an instance's params, metrics, tags and artifacts, and ends its
@@ -435,6 +480,8 @@ fn log_run(
     }
     let status = match result.ending {
         Ending::Cached | Ending::Succeeded => RunStatus::Finished,
+        // Stopped by the sweep, not by an error (its stage's state tag says `pruned`).
+        Ending::Pruned(_) => RunStatus::Killed,
         Ending::Failed(_) | Ending::Interrupted => RunStatus::Failed,
     };
     tracker.finish(run, status);

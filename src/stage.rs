@@ -205,6 +205,32 @@ pub struct StageContext<'a> {
     pub progress: &'a dyn Progress,
     /// Set when the run is being interrupted.
     pub cancel: &'a AtomicBool,
+    /// Where a stage that can stop partway keeps what it needs to go on
+    /// later (a pruned `train` saves its state here): one folder per key,
+    /// kept across runs until the key's entry is stored, then removed.
+    /// Created by the stage when it needs it.
+    pub state_dir: &'a Path,
+    /// Asked after each evaluation whether to go on (a sweep's early
+    /// stopping); `None`: always go on.
+    pub pruner: Option<&'a dyn Pruner>,
+}
+
+/// Whether a stage goes on after an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Train on.
+    Continue,
+    /// Stop here: the stage saves its state and ends as [`Pruned`].
+    Prune,
+}
+
+/// Decides after each evaluation of a stage whether it goes on
+/// (`early_terminate` of a sweep, see [`crate::search::asha`]).
+pub trait Pruner: Sync {
+    /// The evaluation at `step` gave `metrics`; `last`: it is the stage's
+    /// final one (the stage ends anyway). May block until the trials this
+    /// one is compared with have been evaluated as far.
+    fn evaluated(&self, step: usize, metrics: &BTreeMap<String, f64>, last: bool) -> Verdict;
 }
 
 impl StageContext<'_> {
@@ -258,6 +284,23 @@ impl StageContext<'_> {
         }
     }
 }
+
+/// The error a stage returns when its [`Pruner`] stopped it: it saved its
+/// state in [`StageContext::state_dir`] (with its `history.csv` so far) and
+/// stored no entry.
+#[derive(Debug)]
+pub struct Pruned {
+    /// The step of the evaluation that stopped it.
+    pub step: usize,
+}
+
+impl std::fmt::Display for Pruned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pruned at step {}", self.step)
+    }
+}
+
+impl std::error::Error for Pruned {}
 
 /// The error a stage returns when it stops because the run was interrupted.
 #[derive(Debug)]
@@ -444,6 +487,8 @@ mod tests {
             threads: 1,
             progress: &Silent,
             cancel: &cancel,
+            state_dir: Path::new("state"),
+            pruner: None,
         };
         assert_eq!(ctx.providing(Output::Tokens).unwrap().name, "tokenize");
         assert_eq!(ctx.providing(Output::Model).unwrap().name, "train");

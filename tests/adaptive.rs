@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::project::Project;
-use common::sweeps::run_until;
+use common::sweeps::{labels_in, run_until};
 use serde_json::Value;
 
 /// A `tpe` sweep over the sample pipeline with one-epoch trials: two
@@ -44,16 +44,6 @@ fn trials(result: &Value) -> Vec<(String, String, String)> {
         .collect();
     trials.sort();
     trials
-}
-
-fn labels_in(result: &Value, state: &str, suffix: &str) -> BTreeSet<String> {
-    result["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["state"] == state && s["label"].as_str().unwrap().ends_with(suffix))
-        .map(|s| s["label"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]

@@ -7,19 +7,11 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::project::Project;
-use common::sweeps::{run_until, sample_grid};
+use common::sweeps::{labels_in, run_until, sample_grid};
 use serde_json::Value;
 
 fn stages(result: &Value) -> &Vec<Value> {
     result["stages"].as_array().unwrap()
-}
-
-fn labels_in(result: &Value, state: &str, suffix: &str) -> BTreeSet<String> {
-    stages(result)
-        .iter()
-        .filter(|s| s["state"] == state && s["label"].as_str().unwrap().ends_with(suffix))
-        .map(|s| s["label"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[test]
@@ -383,6 +375,36 @@ fn sweep_errors_are_located_in_the_sweep_file_before_anything_runs() {
             "must be between 0 and 1",
             "",
             4,
+        ),
+        (
+            "seed: {values: [1]}\nearly_terminate: {type: asha, grace_step: 50}",
+            "unknown key `grace_step` in `early_terminate`",
+            "grace_steps",
+            5,
+        ),
+        (
+            "seed: {values: [1]}\nearly_terminate: {type: hyperband, grace_steps: 50}",
+            "`early_terminate.type` of the sweep cannot be `hyperband`",
+            "asha",
+            5,
+        ),
+        (
+            "seed: {values: [1]}\nearly_terminate: {type: asha, grace_steps: 50, reduction_factor: 1}",
+            "`reduction_factor` must be at least 2",
+            "",
+            5,
+        ),
+        (
+            "seed: {values: [1]}\nearly_terminate: {type: asha, grace_steps: 0}",
+            "`grace_steps` must be at least 1",
+            "",
+            5,
+        ),
+        (
+            "seed: {values: [1]}\nearly_terminate: {type: asha, grace_steps: 50, metric: test.accuracy}",
+            "`early_terminate.metric` is `test.accuracy`, but trials are stopped on the evaluations during training",
+            "eval_loss",
+            5,
         ),
         (
             "seed: {values: [1]}\nname: ../../x",

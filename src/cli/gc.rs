@@ -100,6 +100,17 @@ pub(super) fn gc(env: &Env, locks: &[PathBuf], dry_run: bool) -> anyhow::Result<
         }
         removed.push(format!("{kind}/{key}"));
     }
+    // What pruned trials saved to go on later: no lock file refers to it.
+    let mut states = 0;
+    for (kind, key) in env.store.saved_states() {
+        if keep.contains(&key) {
+            continue;
+        }
+        bytes += dir_size(&env.store.state_dir(&kind, &key));
+        if dry_run || env.store.remove_saved_state(&kind, &key)? {
+            states += 1;
+        }
+    }
     let leftovers = if dry_run {
         0
     } else {
@@ -113,6 +124,7 @@ pub(super) fn gc(env: &Env, locks: &[PathBuf], dry_run: bool) -> anyhow::Result<
             "removed": removed,
             "skipped": Skipped::json(&skipped),
             "leftovers": leftovers,
+            "saved_states": states,
             "bytes": bytes,
         }));
     } else {
@@ -133,6 +145,9 @@ pub(super) fn gc(env: &Env, locks: &[PathBuf], dry_run: bool) -> anyhow::Result<
                 String::new()
             }
         );
+        if states > 0 {
+            println!("{verb} {states} saved training states of pruned trials");
+        }
     }
     Ok(0)
 }

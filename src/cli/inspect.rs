@@ -3,9 +3,9 @@
 use serde_json::json;
 
 use super::{EXIT_FAILED, Env, Target};
-use crate::dag::{Graph, Survey};
+use crate::dag::{Graph, GraphNode, Survey};
 use crate::spec::{is_sweep, lock_path};
-use crate::store::{LockFile, Lookup};
+use crate::store::{LockFile, Lookup, Store};
 
 /// Prints a header and rows as left-aligned columns.
 pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
@@ -17,9 +17,12 @@ pub(super) fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// What `plan` says a run would do with a stage's entry.
-fn plan_state(survey: &Survey) -> &'static str {
+fn plan_state(survey: &Survey, node: &GraphNode, store: &Store) -> &'static str {
     match survey {
         Survey::Known(Lookup::Valid(_)) => "cached",
+        Survey::Known(Lookup::Missing) if node.key().is_some_and(|key| store.state_dir(node.kind(), key).exists()) => {
+            "run (from its saved state)"
+        }
         Survey::Known(Lookup::Missing) => "run",
         Survey::Known(Lookup::Corrupt(_)) => "run (damaged entry)",
         Survey::After(_) => "pending",
@@ -78,7 +81,7 @@ pub(super) fn plan(env: &Env, target: &Target) -> anyhow::Result<u8> {
             name: &stage.name,
             kind: &stage.kind,
             key: graph.nodes[node].key(),
-            state: plan_state(&surveys[node]),
+            state: plan_state(&surveys[node], &graph.nodes[node], &env.store),
             after: waits_for(&graph, &surveys[node]),
             needs,
         });
@@ -146,7 +149,7 @@ fn plan_sweep(env: &Env, target: &Target) -> anyhow::Result<u8> {
                 "name": node.label,
                 "kind": node.kind(),
                 "key": node.key(),
-                "state": plan_state(survey),
+                "state": plan_state(survey, node, &env.store),
                 "after": waits_for(&graph, survey),
                 "trials": users.len(),
             })

@@ -31,15 +31,21 @@ pub(super) fn run(
         (_, slurm) => slurm.clone(),
     };
     let cancel = interrupt_flag();
-    let console = Console::new(false).with_trials(&trial_rows(&sweep));
+    // A search adds its trials' rows as it asks for them.
+    let known = if sweep.searches() {
+        Vec::new()
+    } else {
+        trial_rows(&sweep)
+    };
+    let console = Console::new(false).with_trials(&known);
     anyhow::ensure!(
-        !(sweep.method.is_adaptive() && matches!(executor, Executor::Slurm(_))),
-        "sweep `{}`: `method: tpe` runs on the local executor for now (its trials are asked one at a time, and the Slurm executor submits arrays of known trials); run it with `--executor local`",
+        !(sweep.searches() && matches!(executor, Executor::Slurm(_))),
+        "sweep `{}`: `method: tpe` and `early_terminate` run on the local executor for now (their trials run as slots free up, and the Slurm executor submits arrays of known trials); run it with `--executor local`",
         sweep.name
     );
-    // An adaptive sweep's trials are asked for and run first; then gathered.
+    // A search's trials (adaptive, or stopped early) are asked for and run first; then gathered.
     let quiet = Console::new(true);
-    let searched = match sweep.method.is_adaptive() {
+    let searched = match sweep.searches() {
         true => {
             let mut searched =
                 crate::sweep::search::run(&sweep, env.registry, &env.store, default_jobs(jobs), &console, cancel)?;
@@ -105,8 +111,12 @@ pub(super) fn run(
     }
     let rows = &outcome.rows;
     let failed = rows.iter().filter(|r| matches!(r.ending, Ending::Failed(_))).count();
+    let pruned = match rows.iter().filter(|r| matches!(r.ending, Ending::Pruned(_))).count() {
+        0 if sweep.early_terminate.is_none() => String::new(),
+        n => format!(", {n} pruned"),
+    };
     console.line(&format!(
-        "sweep `{}`: {} trials, {} failed, in {:.1}s (trials' own time {:.1}s)",
+        "sweep `{}`: {} trials, {} failed{pruned}, in {:.1}s (trials' own time {:.1}s)",
         sweep.name,
         rows.len(),
         failed,
@@ -147,10 +157,19 @@ pub(super) fn run(
                     Ending::Failed(error) => Some(error),
                     _ => None,
                 },
+                "pruned_at_step": match r.ending {
+                    Ending::Pruned(step) => Some(step),
+                    _ => None,
+                },
             })).collect::<Vec<_>>(),
         }));
     }
-    Ok(exit_code(&outcome.execution))
+    // Pruned trials (and the stages after them, skipped) are the sweep's decision, not a failure.
+    Ok(if outcome.succeeded() {
+        0
+    } else {
+        exit_code(&outcome.execution)
+    })
 }
 
 /// Tells where tracking went: the server, or the spool to replay.
@@ -212,7 +231,7 @@ fn print_table(console: &Console, sweep: &Sweep, rows: &[TrialRow], results: &[R
                 .get(s)
                 .map_or_else(|| "-".into(), |&v| crate::report::fmt(v))
         }));
-        line.push(row.ending.word().to_string());
+        line.push(row.ending.status());
         line.push(format!("{:.1}", row.seconds));
         table.push(line);
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::graph::GraphNode;
 use super::scheduler::Reporter;
-use crate::stage::{Registry, StageContext, StageInput};
+use crate::stage::{Pruner, Registry, StageContext, StageInput};
 use crate::store::{Built, Store};
 
 /// A node the scheduler started, with its inputs and resources resolved.
@@ -22,6 +22,9 @@ pub struct Job<'a> {
     pub threads: usize,
     /// The device it runs on (a leased GPU, or its pipeline's device).
     pub device: &'a str,
+    /// Asked after each of its evaluations whether it goes on (see
+    /// [`super::ExecOptions::pruner`]).
+    pub pruner: Option<&'a dyn Pruner>,
 }
 
 /// Builds the entries of the nodes the scheduler starts.
@@ -51,7 +54,7 @@ impl Launcher for InProcess<'_> {
         store.build(
             node.material(),
             || reporter.waiting(node),
-            |out_dir| {
+            |out_dir, state_dir| {
                 let ctx = StageContext {
                     out_dir,
                     inputs: job.inputs,
@@ -62,6 +65,8 @@ impl Launcher for InProcess<'_> {
                     threads: job.threads,
                     progress: progress.as_ref(),
                     cancel,
+                    state_dir,
+                    pruner: job.pruner,
                 };
                 match catch_unwind(AssertUnwindSafe(|| stage.run(&node.material().config, &ctx))) {
                     Ok(result) => result,

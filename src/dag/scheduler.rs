@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::graph::{Graph, GraphNode};
 use super::launcher::{InProcess, Job, Launcher};
-use crate::stage::{Cancelled, Invalid, Progress, Registry, StageInput};
+use crate::stage::{Cancelled, Invalid, Progress, Pruned, Pruner, Registry, StageInput};
 use crate::store::{Built, Lease, Lookup, Manifest, Store};
 
 /// How a node ended.
@@ -26,6 +26,9 @@ pub enum NodeState {
     RanElsewhere,
     /// It failed.
     Failed(Failure),
+    /// Its sweep's early stopping stopped it after the evaluation at this
+    /// step: no entry, its state saved to go on later (see [`Pruned`]).
+    Pruned(usize),
     /// A stage it needs failed or was interrupted.
     Skipped,
     /// The run was interrupted before or while it ran.
@@ -63,6 +66,7 @@ impl NodeState {
             NodeState::Ran => "ran",
             NodeState::RanElsewhere => "ran-elsewhere",
             NodeState::Failed(_) => "failed",
+            NodeState::Pruned(_) => "pruned",
             NodeState::Skipped => "skipped",
             NodeState::Interrupted => "interrupted",
         }
@@ -135,12 +139,18 @@ pub struct ExecOptions<'a> {
     /// or by an adaptive sweep's trials), by id: found in the store, they
     /// end as they ended then, not [`NodeState::Cached`]. `None`: none.
     pub built_before: Option<&'a BTreeMap<String, BuiltBefore>>,
+    /// Asked after each evaluation of a running stage whether it goes on
+    /// (a sweep trial's early stopping); `None`: stages run to their end.
+    pub pruner: Option<&'a dyn Pruner>,
 }
 
 /// How a node built before the run ended (see [`ExecOptions::built_before`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuiltBefore {
-    /// [`NodeState::Ran`], or [`NodeState::RanElsewhere`] for another process.
+    /// [`NodeState::Ran`], or [`NodeState::RanElsewhere`] for another
+    /// process; or, for a node that stored no entry then, how it ended
+    /// ([`NodeState::Failed`], [`NodeState::Pruned`]): the run's launcher
+    /// reports that again and the seconds are these.
     pub state: NodeState,
     /// Seconds it ran (0 when not known).
     pub seconds: f64,
@@ -157,6 +167,7 @@ impl ExecOptions<'_> {
             lease: None,
             launcher: None,
             built_before: None,
+            pruner: None,
         }
     }
 }
@@ -294,6 +305,7 @@ pub fn execute(
                         inputs: &inputs,
                         threads,
                         device,
+                        pruner: options.pruner,
                     };
                     let result = launcher.launch(&job, store, reporter, cancel);
                     let _ = done_tx.send((i, result, start.elapsed().as_secs_f64()));
@@ -309,6 +321,11 @@ pub fn execute(
                 *lease = None;
             }
             let node = &graph.nodes[i];
+            // A node that ended before without an entry (failed, pruned) ran for as long as it did then.
+            let seconds = match (&result, options.built_before.and_then(|b| b.get(&node.id))) {
+                (Err(_), Some(before)) => before.seconds,
+                _ => seconds,
+            };
             let done = match result {
                 Ok(built) => NodeResult {
                     state: if built.by_other_process {
@@ -320,6 +337,10 @@ pub fn execute(
                     manifest: Some(built.manifest),
                     seconds,
                 },
+                Err(err) if err.downcast_ref::<Pruned>().is_some() => {
+                    let step = err.downcast_ref::<Pruned>().expect("checked").step;
+                    NodeResult::without_entry(NodeState::Pruned(step), seconds)
+                }
                 Err(err) => {
                     let state = if err.downcast_ref::<Cancelled>().is_some() || cancel.load(Ordering::SeqCst) {
                         NodeState::Interrupted

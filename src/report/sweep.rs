@@ -62,7 +62,7 @@ impl SweepReport<'_> {
             let mut cells = vec![label];
             cells.extend(r.params.iter().map(Json::to_string));
             cells.push(r.metric.map_or_else(|| "-".into(), fmt));
-            cells.push(r.ending.word().to_string());
+            cells.push(r.ending.status());
             cells.push(format!("{:.1}", r.seconds));
             cells
         });

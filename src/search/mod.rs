@@ -2,13 +2,15 @@
 //! for trial `k` given what is known of the trials before it, and tells it
 //! each result by passing it in the next [`History`]. `grid` and `random`
 //! ignore the results (every trial is known before the first runs); `tpe`
-//! ([`tpe::Tpe`]) reads them.
+//! ([`tpe::Tpe`]) reads them. Any method's trials may also be stopped early
+//! ([`asha`]).
 //!
 //! Determinism: trial `k` sees the results of exactly the first
 //! [`Method::known_before`]`(k)` trials and sees the trials between them and
 //! `k` as running, whatever finished first, so the same sweep and seed ask
 //! the same trials for any number of trials at once and on any executor.
 
+pub mod asha;
 pub mod tpe;
 
 use rand_chacha::rand_core::Rng as _;

@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 use super::error::{Source, SpecError, check_identifier, did_you_mean};
 use super::pipeline::{Pipeline, Tracking};
 use super::yaml::{Node, Origin};
+use crate::search::asha::{Asha, EarlyTerminate};
 use crate::search::tpe::{Tpe, TpeSettings};
 use crate::search::{Domain, Grid, History, Method as Search, Random};
 use crate::stage::Registry;
@@ -32,6 +33,8 @@ pub struct Sweep {
     pub seed: u64,
     /// `tpe:`, the sampler's settings (defaults unless `method: tpe` sets them).
     pub tpe: TpeSettings,
+    /// `early_terminate:`, how trials are stopped early (`None`: never).
+    pub early_terminate: Option<EarlyTerminate>,
     /// How many trials the method is asked for at most: `trials:`, or a
     /// grid's combinations.
     pub budget: usize,
@@ -206,6 +209,8 @@ struct Header {
     executor: Executor,
     #[serde(default)]
     tpe: Option<TpeSettings>,
+    #[serde(default)]
+    early_terminate: Option<EarlyTerminate>,
 }
 
 /// Where a sweep's trials run: `executor: local` (the default) or
@@ -375,6 +380,36 @@ impl Sweep {
                 .error(at("tpe"), "`tpe` holds the settings of `method: tpe`")
                 .with_help("remove `tpe`, or set `method: tpe`"));
         }
+        if let Some(early) = &header.early_terminate {
+            let at = |key: &str| root.locate(["early_terminate", key]);
+            if early.grace_steps == 0 {
+                return Err(source.error(
+                    at("grace_steps"),
+                    "`grace_steps` must be at least 1 (training steps to the first rung)",
+                ));
+            }
+            if early.reduction_factor < 2 {
+                return Err(source.error(at("reduction_factor"), "`reduction_factor` must be at least 2"));
+            }
+            let metric = early.metric.as_deref().unwrap_or(&header.metric.name);
+            if !metric.starts_with("eval_") {
+                let (origin, what) = match early.metric {
+                    Some(_) => (at("metric"), "`early_terminate.metric`"),
+                    None => (
+                        root.locate(["metric", "name"]),
+                        "the sweep's metric, which `early_terminate` compares by default,",
+                    ),
+                };
+                return Err(source
+                    .error(
+                        origin,
+                        format!("{what} is `{metric}`, but trials are stopped on the evaluations during training"),
+                    )
+                    .with_help(
+                        "set `early_terminate: {metric: eval_loss}` (or another `eval_` metric of the train stage)",
+                    ));
+            }
+        }
         let domains: Vec<Domain> = parameters.iter().map(|p| p.domain.clone()).collect();
         let budget = match header.method {
             Method::Grid if header.trials.is_some() => {
@@ -439,6 +474,7 @@ impl Sweep {
             method: header.method,
             seed: header.seed,
             tpe: header.tpe.unwrap_or_default(),
+            early_terminate: header.early_terminate,
             budget,
             metric: header.metric,
             parallel: header.parallel,
@@ -487,6 +523,24 @@ impl Sweep {
                 self.tpe,
             )),
         }
+    }
+
+    /// True when the trials run as slots free up, each a session of its own
+    /// ([`crate::sweep::search`]): the method is adaptive, or trials are
+    /// stopped early (the decisions compare trials in order).
+    pub fn searches(&self) -> bool {
+        self.method.is_adaptive() || self.early_terminate.is_some()
+    }
+
+    /// The rungs of `early_terminate`, when set, and the metric they compare.
+    pub fn asha(&self) -> Option<(Asha, String)> {
+        let early = self.early_terminate.as_ref()?;
+        let metric = early.metric.clone().unwrap_or_else(|| self.metric.name.clone());
+        let maximize = match metric == self.metric.name {
+            true => self.metric.goal == Goal::Maximize,
+            false => !metric.ends_with("loss"),
+        };
+        Some((Asha::new(early, maximize), metric))
     }
 
     /// The trial with these parameter values (in [`Sweep::parameters`]

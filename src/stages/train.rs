@@ -19,6 +19,7 @@ use crate::model::bert::{Architecture, Checkpoint};
 use crate::model::{self, Classifier, ModelConfig, Setup, Shape, with_model};
 use crate::spec::paths;
 use crate::stage::{InputFile, Invalid, Output, Stage, StageContext, StageOutcome};
+use crate::train::history::HISTORY_FILE;
 use crate::train::optimizer::{Clipping, OptimizerConfig};
 use crate::train::schedule::Schedule;
 use crate::train::{self, Data, Fitted, Loss, Plan, Selection};
@@ -545,7 +546,7 @@ fn save<M: Classifier>(fitted: Fitted<M>, load_best_at_end: bool, out_dir: &Path
         .valid()
         .save_file(out_dir.join("model.bpk"))
         .map_err(|e| anyhow::anyhow!("cannot save the burn record: {e:?}"))?;
-    fitted.history.write_csv(&out_dir.join("history.csv"))?;
+    fitted.history.write_csv(&out_dir.join(HISTORY_FILE))?;
     Ok(Saved {
         history: fitted.history,
         steps: fitted.steps,

@@ -102,6 +102,13 @@ impl Store {
         self.entry_dir(kind, key).join("out")
     }
 
+    /// Where a stage building a key keeps its state between runs (see
+    /// [`crate::stage::StageContext::state_dir`]): `.partial/<kind>/<key>`,
+    /// removed once the key's entry is stored.
+    pub fn state_dir(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(".partial").join(kind).join(key)
+    }
+
     /// Looks a key up and checks its files against its manifest (through the stat cache).
     pub fn lookup(&self, kind: &str, key: &str) -> Lookup {
         let dir = self.entry_dir(kind, key);
@@ -173,7 +180,7 @@ impl Store {
         &self,
         material: &KeyMaterial,
         waiting: impl FnOnce(),
-        run: impl FnOnce(&Path) -> anyhow::Result<StageOutcome>,
+        run: impl FnOnce(&Path, &Path) -> anyhow::Result<StageOutcome>,
     ) -> anyhow::Result<Built> {
         let key = material.key();
         let kind = material.kind.as_str();
@@ -205,7 +212,8 @@ impl Store {
         std::fs::create_dir_all(&out)?;
         let started_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let clock = Instant::now();
-        let outcome = run(&out)?;
+        let state = self.state_dir(kind, &key);
+        let outcome = run(&out, &state)?;
         let duration_secs = clock.elapsed().as_secs_f64();
         let mut files = std::collections::BTreeMap::new();
         for name in list_files(&out)? {
@@ -239,6 +247,10 @@ impl Store {
         }
         tracing::debug!(entry = %dest.display(), files = manifest.files.len(), "stored");
         std::mem::forget(tmp);
+        if state.exists() {
+            // The saved state of an earlier, stopped build: the entry supersedes it.
+            self.discard(&state)?;
+        }
         for (name, digest) in &manifest.files {
             self.stat.insert(&dest.join("out").join(name), digest)?;
         }
@@ -399,6 +411,35 @@ impl Store {
         Ok(true)
     }
 
+    /// Every saved state of a stopped build (see [`Store::state_dir`]), as
+    /// (kind, key), sorted.
+    pub fn saved_states(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        for (kind, dir) in self.children(".partial") {
+            if let Ok(keys) = std::fs::read_dir(dir) {
+                found.extend(
+                    keys.flatten()
+                        .map(|k| (kind.clone(), k.file_name().to_string_lossy().into_owned())),
+                );
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// Removes the saved state of a stopped build, unless a process is
+    /// building its key now; true when it removed it.
+    pub fn remove_saved_state(&self, kind: &str, key: &str) -> anyhow::Result<bool> {
+        let dir = self.state_dir(kind, key);
+        match self.try_lock(key)? {
+            Some(_lock) if dir.exists() => {
+                self.discard(&dir)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Every entry in the store, as (kind, key), sorted.
     pub fn entries(&self) -> anyhow::Result<Vec<(String, String)>> {
         let mut found = Vec::new();
@@ -457,8 +498,8 @@ mod tests {
         }
     }
 
-    fn write(text: &'static str) -> impl FnOnce(&Path) -> anyhow::Result<StageOutcome> {
-        move |out: &Path| {
+    fn write(text: &'static str) -> impl FnOnce(&Path, &Path) -> anyhow::Result<StageOutcome> {
+        move |out: &Path, _state: &Path| {
             std::fs::write(out.join("out.txt"), text)?;
             Ok(StageOutcome::default())
         }
@@ -476,12 +517,12 @@ mod tests {
             .build(
                 &material("a"),
                 || {},
-                |out| {
+                |out, state| {
                     // ... and renamed it into this store while this build ran.
                     let dest = store.entry_dir("step", &key);
                     std::fs::create_dir_all(dest.parent().unwrap())?;
                     std::fs::rename(elsewhere.entry_dir("step", &key), &dest)?;
-                    write("a")(out)
+                    write("a")(out, state)
                 },
             )
             .unwrap();
@@ -502,16 +543,51 @@ mod tests {
         let built = store.build(
             &material("b"),
             || {},
-            |out| {
+            |out, state| {
                 // Something that is not a valid entry appears at the destination.
                 let dest = store.entry_dir("step", &key);
                 std::fs::create_dir_all(dest.join("out"))?;
                 std::fs::write(dest.join("out").join("junk"), "x")?;
-                write("b")(out)
+                write("b")(out, state)
             },
         );
         let error = format!("{:#}", built.unwrap_err());
         assert!(error.contains("cannot move the new entry to"), "{error}");
+    }
+
+    #[test]
+    fn a_stopped_builds_state_survives_until_the_entry_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let key = material("d").key();
+        let stopped = store.build(
+            &material("d"),
+            || {},
+            |_, state| {
+                std::fs::create_dir_all(state)?;
+                std::fs::write(state.join("checkpoint"), "step 5")?;
+                anyhow::bail!("stopped at step 5")
+            },
+        );
+        assert!(stopped.is_err());
+        assert!(
+            matches!(store.lookup("step", &key), Lookup::Missing),
+            "no entry for a stopped build"
+        );
+        let state = store.state_dir("step", &key);
+        assert_eq!(std::fs::read_to_string(state.join("checkpoint")).unwrap(), "step 5");
+        store
+            .build(
+                &material("d"),
+                || {},
+                |out, state| {
+                    assert!(state.join("checkpoint").is_file(), "the next build finds the state");
+                    write("d")(out, state)
+                },
+            )
+            .unwrap();
+        assert!(matches!(store.lookup("step", &key), Lookup::Valid(_)));
+        assert!(!state.exists(), "the stored entry supersedes the state");
     }
 
     #[test]
@@ -523,12 +599,12 @@ mod tests {
             .build(
                 &material("c"),
                 || {},
-                |out| {
+                |out, state| {
                     let names: Vec<String> = std::fs::read_dir(dir.path().join(".tmp"))?
                         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                         .collect();
                     assert_eq!(names, [format!("{key}.{}", host::process())]);
-                    write("c")(out)
+                    write("c")(out, state)
                 },
             )
             .unwrap();

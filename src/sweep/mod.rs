@@ -20,7 +20,7 @@ use crate::console::Console;
 use crate::dag::{BuiltBefore, ExecOptions, Execution, Launcher};
 use crate::report::sweep::{SweepReport, TrialRow};
 use crate::results::{FinishedStage, Results};
-use crate::session::{Instance, InstanceResult, Session, Tracking};
+use crate::session::{Ending, Instance, InstanceResult, Session, Tracking};
 use crate::spec::{Goal, Sweep, Trial};
 use crate::stage::Registry;
 use crate::store::{LockFile, Store};
@@ -60,9 +60,9 @@ pub struct SweepOutcome {
 }
 
 impl SweepOutcome {
-    /// True when every trial succeeded and nothing was interrupted.
+    /// True when every trial succeeded or was pruned, and nothing was interrupted.
     pub fn succeeded(&self) -> bool {
-        self.results.iter().all(|r| r.ending.succeeded()) && !self.execution.interrupted
+        self.results.iter().all(ended_well) && !self.execution.interrupted
     }
 
     /// The best trial, when any reported the metric.
@@ -170,7 +170,7 @@ pub fn run(
         rows,
         report,
     };
-    let all_ok = outcome.results.iter().all(|r| r.ending.succeeded());
+    let all_ok = outcome.results.iter().all(ended_well);
     if let Some(lock) = options.lock.as_deref().filter(|_| all_ok) {
         sweep_lock(&outcome.session, &outcome.execution, sweep).write(lock)?;
     }
@@ -178,6 +178,12 @@ pub fn run(
         finish_parent_run(sweep, tracker, parent, &outcome);
     }
     Ok(outcome)
+}
+
+/// A trial that succeeded, or that the sweep's early stopping pruned (a
+/// decision, not a failure: the lock then holds the trials that finished).
+fn ended_well(result: &InstanceResult) -> bool {
+    result.ending.succeeded() || matches!(result.ending, Ending::Pruned(_))
 }
 
 /// The stages that more than one trial of `sweep` needs, as one session
@@ -286,7 +292,7 @@ fn start_parent_run(sweep: &Sweep, tracker: &Tracker, git: &[(String, String)]) 
     ];
     tags.extend(git.iter().cloned());
     let run = tracker.start_run(&sweep.name, tags, None);
-    let params = vec![
+    let mut params = vec![
         ("pipeline".to_string(), sweep.pipeline_file.display().to_string()),
         ("method".to_string(), format!("{:?}", sweep.method).to_lowercase()),
         ("metric".to_string(), sweep.metric.name.clone()),
@@ -295,6 +301,17 @@ fn start_parent_run(sweep: &Sweep, tracker: &Tracker, git: &[(String, String)]) 
         ("trials".to_string(), sweep.trials.len().to_string()),
         ("parameters".to_string(), sweep.parameters.join(", ")),
     ];
+    if let Some(early) = &sweep.early_terminate {
+        params.push((
+            "early_terminate".to_string(),
+            format!(
+                "asha: grace_steps {}, reduction_factor {}, metric {}",
+                early.grace_steps,
+                early.reduction_factor,
+                early.metric.as_deref().unwrap_or(&sweep.metric.name)
+            ),
+        ));
+    }
     tracker.log(run, &[], params, Vec::new());
     run
 }
@@ -336,11 +353,12 @@ fn ranked_rows(sweep: &Sweep, results: &[InstanceResult]) -> Vec<TrialRow> {
             label: trial.label(),
             params: trial.params.clone(),
             ending: result.ending.clone(),
+            // A pruned trial's metrics are from a shorter run: they do not rank.
             metric: result
                 .metrics
                 .get(&sweep.metric.name)
                 .copied()
-                .filter(|v| v.is_finite()),
+                .filter(|v| v.is_finite() && !matches!(result.ending, Ending::Pruned(_))),
             seconds: result.seconds,
             metrics: result.metrics.clone(),
         })

@@ -1,4 +1,5 @@
-//! Running an adaptive sweep (`method: tpe`): `parallel` slots each ask the
+//! Running an adaptive sweep (`method: tpe`), or one whose trials are
+//! stopped early (`early_terminate`, see [`crate::search::asha`]): `parallel` slots each ask the
 //! sweep's method for the next trial once the trials it depends on have
 //! ended ([`crate::search::Method::known_before`]), run it as a session of
 //! its own (shared stages are built by the first trial that needs them;
@@ -6,8 +7,10 @@
 //! the method its metric. Trial `k` depends on a fixed set of earlier
 //! trials, so the sequence does not depend on `parallel` or on timing; a
 //! sweep run again asks the same trials and finds the finished ones in the
-//! store, which rebuilds the method's state. [`super::run`] then gathers
-//! the asked trials with [`Searched`], which builds nothing.
+//! store, which rebuilds the method's state. With early stopping, each
+//! trial's stages are asked after every evaluation whether to go on (a
+//! trial found in the cache tells its rungs from its history). [`super::run`]
+//! then gathers the asked trials with [`Searched`], which builds nothing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,20 +19,22 @@ use std::time::Duration;
 
 use crate::console::Console;
 use crate::dag::{BuiltBefore, ExecOptions, Failure, Job, Launcher, NodeState, Reporter, Survey};
+use crate::search::asha::Asha;
 use crate::search::{History, Known};
 use crate::session::{Instance, Session};
 use crate::spec::{Sweep, Trial};
-use crate::stage::{Cancelled, Registry};
+use crate::stage::{Cancelled, Pruned, Pruner, Registry, Verdict};
 use crate::store::{Built, Lookup, Store};
+use crate::tracking::record::StageRecord;
+use crate::train::history::{HISTORY_FILE, History as Steps};
 
 /// What an adaptive search did: its trials, and how each node it ran ended.
 pub struct Searched {
     /// The trials asked for, in order.
     pub trials: Vec<Trial>,
-    /// The nodes the trials ran, by id (see [`ExecOptions::built_before`]).
+    /// The nodes the trials ran, by id, those that stored no entry (failed
+    /// or pruned) included (see [`ExecOptions::built_before`]).
     built: BTreeMap<String, BuiltBefore>,
-    /// The nodes that failed, by id.
-    failed: BTreeMap<String, Failure>,
 }
 
 impl Searched {
@@ -41,11 +46,12 @@ impl Searched {
 
 impl Launcher for Searched {
     fn launch(&self, job: &Job, _: &Store, _: &dyn Reporter, cancel: &AtomicBool) -> anyhow::Result<Built> {
-        match self.failed.get(&job.node.id) {
-            Some(Failure::Invalid(invalid)) => Err(invalid.clone().into()),
-            Some(Failure::Error(error)) => Err(anyhow::anyhow!("{error}")),
-            None if cancel.load(Ordering::SeqCst) => Err(Cancelled.into()),
-            None => anyhow::bail!("the sweep's search did not store `{}`", job.node.label),
+        match self.built.get(&job.node.id).map(|b| &b.state) {
+            Some(NodeState::Failed(Failure::Invalid(invalid))) => Err(invalid.clone().into()),
+            Some(NodeState::Failed(Failure::Error(error))) => Err(anyhow::anyhow!("{error}")),
+            Some(NodeState::Pruned(step)) => Err(Pruned { step: *step }.into()),
+            _ if cancel.load(Ordering::SeqCst) => Err(Cancelled.into()),
+            _ => anyhow::bail!("the sweep's search did not store `{}`", job.node.label),
         }
     }
 }
@@ -84,6 +90,15 @@ pub fn run(
         format!("{:?}", sweep.method).to_lowercase(),
         sweep.parallel,
     ));
+    let asha = sweep.asha();
+    if let Some((asha, metric)) = &asha {
+        console.line(&format!(
+            "  stopping trials early (ASHA) on `{metric}` at steps {}, {}, {}, ...",
+            asha.rung_step(0),
+            asha.rung_step(1),
+            asha.rung_step(2)
+        ));
+    }
     if sweep.method.is_adaptive() && sweep.parallel > sweep.tpe.in_flight + 1 {
         console.line(&format!(
             "  note: `parallel: {}` with `tpe: {{in_flight: {}}}`: at most {} trials run at once",
@@ -100,7 +115,6 @@ pub fn run(
     });
     let changed = Condvar::new();
     let built = Mutex::new(BTreeMap::new());
-    let failed = Mutex::new(BTreeMap::new());
     let devices = sweep.leased_devices();
     std::thread::scope(|scope| {
         for slot in 0..sweep.parallel {
@@ -109,7 +123,7 @@ pub fn run(
                 0 => &devices[..0],
                 n => &devices[slot % n..slot % n + 1],
             };
-            let (asked, changed, built, failed, method) = (&asked, &changed, &built, &failed, &method);
+            let (asked, changed, built, method, asha) = (&asked, &changed, &built, &method, &asha);
             scope.spawn(move || {
                 loop {
                     let Some((k, instance, described)) =
@@ -118,25 +132,43 @@ pub fn run(
                         return;
                     };
                     console.add_trial(&instance.name, &described);
-                    let value = run_trial(sweep, registry, store, instance, slot_threads, devices, console, cancel)
-                        .map(|(value, nodes)| {
-                            let (mut built, mut failed) = (built.lock().unwrap(), failed.lock().unwrap());
-                            for (id, state, seconds) in nodes {
-                                match state {
-                                    NodeState::Failed(failure) => {
-                                        failed.insert(id, failure);
-                                    }
-                                    // Two trials that ran a shared stage at once: one built it.
-                                    NodeState::RanElsewhere => {
-                                        built.entry(id).or_insert(BuiltBefore { state, seconds });
-                                    }
-                                    state => {
-                                        built.insert(id, BuiltBefore { state, seconds });
-                                    }
+                    let pruner = asha.as_ref().map(|(asha, metric)| TrialPruner {
+                        asha,
+                        metric,
+                        trial: k,
+                        cancel,
+                    });
+                    let pruner = pruner.as_ref().map(|p| p as &dyn Pruner);
+                    let run = run_trial(
+                        sweep,
+                        registry,
+                        store,
+                        instance,
+                        slot_threads,
+                        devices,
+                        pruner,
+                        console,
+                        cancel,
+                    );
+                    if let Some((asha, metric)) = asha {
+                        let stages = run.as_ref().map(|r| r.stages.as_slice()).unwrap_or_default();
+                        asha.ended(k, &evaluations(stages, metric));
+                    }
+                    let value = run.map(|TrialRun { value, nodes, .. }| {
+                        let mut built = built.lock().expect("search lock");
+                        for (id, state, seconds) in nodes {
+                            match state {
+                                // Two trials that ran a shared stage at once: one built it.
+                                NodeState::RanElsewhere => {
+                                    built.entry(id).or_insert(BuiltBefore { state, seconds });
+                                }
+                                state => {
+                                    built.insert(id, BuiltBefore { state, seconds });
                                 }
                             }
-                            value
-                        });
+                        }
+                        value
+                    });
                     let mut state = asked.lock().expect("search lock");
                     match value {
                         Ok(value) => state.values[k] = Some(value),
@@ -157,7 +189,6 @@ pub fn run(
     Ok(Searched {
         trials: asked.trials,
         built: built.into_inner().expect("search lock"),
-        failed: failed.into_inner().expect("search lock"),
     })
 }
 
@@ -217,8 +248,52 @@ fn next_trial(
 /// What one node of a trial's run did: its id, how it ended, its seconds.
 type NodeEnd = (String, NodeState, f64);
 
-/// Runs one trial as a session of its own; returns its metric (`None` when
-/// it failed or did not report it) and how each of its nodes ended.
+/// What one trial's run did.
+struct TrialRun {
+    /// Its metric, `None` when it failed, was pruned or did not report it.
+    value: Option<f64>,
+    /// How each node it ran ended.
+    nodes: Vec<NodeEnd>,
+    /// Its stages.
+    stages: Vec<StageRecord>,
+}
+
+/// Trial `trial`'s stages asking the sweep's rungs whether to go on.
+struct TrialPruner<'a> {
+    asha: &'a Asha,
+    metric: &'a str,
+    trial: usize,
+    cancel: &'a AtomicBool,
+}
+
+impl Pruner for TrialPruner<'_> {
+    fn evaluated(&self, step: usize, metrics: &BTreeMap<String, f64>, last: bool) -> Verdict {
+        match metrics.get(self.metric) {
+            Some(&value) => self.asha.evaluated(self.trial, step, value, last, self.cancel),
+            None => Verdict::Continue,
+        }
+    }
+}
+
+/// The `(step, value)` evaluations of `metric` in the step histories of a
+/// trial's stages (a pruned stage's history is in its saved state).
+fn evaluations(stages: &[StageRecord], metric: &str) -> Vec<(usize, f64)> {
+    let mut found = Vec::new();
+    for dir in stages.iter().filter_map(|s| s.out_dir.as_ref()) {
+        if let Ok(history) = Steps::read_csv(&dir.join(HISTORY_FILE)) {
+            found.extend(
+                history
+                    .rows
+                    .iter()
+                    .filter_map(|r| r.values.get(metric).map(|&v| (r.step, v))),
+            );
+        }
+    }
+    found
+}
+
+/// Runs one trial as a session of its own, its stages asking `pruner`
+/// whether to go on after each evaluation.
 #[allow(clippy::too_many_arguments)]
 fn run_trial(
     sweep: &Sweep,
@@ -227,12 +302,14 @@ fn run_trial(
     instance: Instance,
     threads: usize,
     devices: &[String],
+    pruner: Option<&dyn Pruner>,
     console: &Console,
     cancel: &AtomicBool,
-) -> anyhow::Result<(Option<f64>, Vec<NodeEnd>)> {
+) -> anyhow::Result<TrialRun> {
     let session = Session::new(vec![instance], store)?;
     let exec = ExecOptions {
         devices,
+        pruner,
         ..ExecOptions::with_jobs(threads)
     };
     let (execution, results) = session.execute(registry, store, &exec, console, cancel, None);
@@ -251,7 +328,8 @@ fn run_trial(
         .map(|(node, result)| (node.id.clone(), result.state, result.seconds))
         .filter(|(_, state, _)| !matches!(state, NodeState::Cached | NodeState::Skipped | NodeState::Interrupted))
         .collect();
-    Ok((value, nodes))
+    let stages = results.into_iter().next().map(|r| r.stages).unwrap_or_default();
+    Ok(TrialRun { value, nodes, stages })
 }
 
 /// The trials of an adaptive `sweep` that what `store` holds determines:
@@ -294,7 +372,7 @@ pub fn replay(sweep: &mut Sweep, registry: &Registry, store: &Store) -> anyhow::
 }
 
 /// The metric of a trial whose stages are all in `store` (`Some(None)`
-/// when it has none); `None` when one is missing.
+/// when it has none, or was pruned); `None` when one is missing.
 fn stored_value(sweep: &Sweep, trial: &Trial, store: &Store) -> anyhow::Result<Option<Option<f64>>> {
     let session = Session::new(vec![super::instance(sweep, trial)], store)?;
     let surveys = session.graph.survey(store);
@@ -303,6 +381,15 @@ fn stored_value(sweep: &Sweep, trial: &Trial, store: &Store) -> anyhow::Result<O
     for &n in &session.nodes[0] {
         match &surveys[n] {
             Survey::Known(Lookup::Valid(manifest)) => metrics.extend(manifest.metrics.clone()),
+            // Pruned before (its saved state holds its history): a trial without a value.
+            Survey::Known(Lookup::Missing)
+                if session.graph.nodes[n].key().is_some_and(|key| {
+                    let kind = session.graph.nodes[n].kind();
+                    store.state_dir(kind, key).join(HISTORY_FILE).is_file()
+                }) =>
+            {
+                return Ok(Some(None));
+            }
             _ => return Ok(None),
         }
     }

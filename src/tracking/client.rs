@@ -64,6 +64,8 @@ pub enum RunStatus {
     Finished,
     /// Ended with an error, or interrupted.
     Failed,
+    /// Stopped on purpose before its end (a trial a sweep's early stopping pruned).
+    Killed,
 }
 
 /// One point of a step metric.

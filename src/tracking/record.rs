@@ -12,10 +12,7 @@ use super::tracker::now_ms;
 use crate::dag::NodeState;
 use crate::spec::Pipeline;
 use crate::stage::Registry;
-use crate::train::history::History;
-
-/// The file a stage writes its step history to; every column becomes a step metric.
-pub const HISTORY_FILE: &str = "history.csv";
+use crate::train::history::{HISTORY_FILE, History};
 
 /// One stage of an instance, after the run.
 #[derive(Debug, Clone)]

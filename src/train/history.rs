@@ -7,6 +7,9 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// The file a stage writes its step history to; every column becomes a step metric.
+pub const HISTORY_FILE: &str = "history.csv";
+
 /// One row: the step, the epoch reached (fractional) and named values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {

@@ -1,6 +1,7 @@
 //! Training: the loop (`fit`), losses, fused optimizers, schedules, metrics
 //! and the step history.
 
+pub mod checkpoint;
 pub mod history;
 pub mod metrics;
 pub mod optimizer;
@@ -13,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::batches::{Batching, SplitTensors};
 use crate::data::rng;
+use crate::model::load_safetensors;
 use crate::model::{Classifier, Inputs};
-use crate::stage::StageContext;
+use crate::stage::{Pruned, StageContext, Verdict};
+use anyhow::Context as _;
 use history::History;
 use metrics::Scores;
 use optimizer::{Clipping, Optimizer, OptimizerConfig};
@@ -154,6 +157,13 @@ fn log_row(history: &mut History, ctx: &StageContext, step: usize, epoch: f64, v
 }
 
 /// Trains `model` on `data` following `plan`; `device` is the autodiff device.
+///
+/// After each evaluation it asks the context's [`crate::stage::Pruner`]
+/// whether to go on; when told to stop it saves its whole state in the
+/// context's state folder ([`checkpoint`]) and fails with [`Pruned`]. A run
+/// that finds such a state goes on from it (reporting the saved rows again,
+/// and asking the pruner again at each saved evaluation), and ends with the
+/// bits an uninterrupted run ends with.
 pub fn fit<M: Classifier>(
     model: M,
     data: &Data,
@@ -182,8 +192,43 @@ pub fn fit<M: Classifier>(
     let mut epoch = 0u64;
     let mut batches = epoch_batches(epoch);
     let per_epoch = batches.len().max(1);
+    let mut taken = 0;
     ctx.progress.set_total(plan.total_steps as u64, "steps");
     let mut step = 0;
+    if let Some(saved) = checkpoint::load(ctx.state_dir) {
+        let position: u128 = saved.state.dropout_position.parse().context("the dropout position")?;
+        tracing::info!(step = saved.state.step, "going on from the saved training state");
+        // The saved rows, as the run reported them, asking the pruner again.
+        for row in &saved.history.rows {
+            let values: Vec<(&str, f64)> = row.values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            ctx.progress.metrics(row.step as u64, &values);
+            if row.values.contains_key(&plan.selection.metric)
+                && let Some(pruner) = ctx.pruner
+                && pruner.evaluated(row.step, &row.values, false) == Verdict::Prune
+            {
+                return Err(Pruned { step: row.step }.into());
+            }
+        }
+        best = match (&saved.best, saved.state.best) {
+            (Some(path), Some((step, value))) => Some((load_safetensors(model.clone(), path)?, step, value)),
+            _ => None,
+        };
+        model = load_safetensors(model, &saved.weights)?;
+        optimizer.restore(saved.optimizer);
+        dropout.set_word_pos(position);
+        history = saved.history;
+        step = saved.state.step;
+        epoch = saved.state.epoch;
+        taken = saved.state.taken;
+        batches = epoch_batches(epoch);
+        for _ in 0..taken {
+            batches.next();
+        }
+        (window_loss, window_steps) = saved.state.window;
+        last_finite = saved.state.last_finite;
+        since_best = saved.state.since_best;
+        ctx.progress.advance(step as u64);
+    }
     while step < plan.total_steps {
         ctx.check_cancelled()?;
         let rows = match batches.next() {
@@ -191,9 +236,11 @@ pub fn fit<M: Classifier>(
             None => {
                 epoch += 1;
                 batches = epoch_batches(epoch);
+                taken = 0;
                 continue;
             }
         };
+        taken += 1;
         let batch = data.batching.batch(data.train, &rows);
         let inputs = Inputs::new(&batch, device);
         let logits = model.forward(&inputs, Some(&mut dropout));
@@ -262,8 +309,40 @@ pub fn fit<M: Classifier>(
                 if plan.selection.patience.is_some_and(|p| since_best >= p) {
                     tracing::info!(step, "early stopping");
                     stopped_early = true;
-                    break;
                 }
+            }
+            let last = stopped_early || step == plan.total_steps;
+            if let Some(pruner) = ctx.pruner
+                && pruner.evaluated(step, &metrics, last) == Verdict::Prune
+                && !last
+            {
+                match optimizer.state() {
+                    Some(state) => {
+                        let saved = checkpoint::LoopState {
+                            step,
+                            epoch,
+                            taken,
+                            dropout_position: dropout.get_word_pos().to_string(),
+                            window: (window_loss, window_steps),
+                            last_finite,
+                            since_best,
+                            best: best.as_ref().map(|(_, s, v)| (*s, *v)),
+                        };
+                        let best_model = best.as_ref().map(|(m, _, _)| m);
+                        checkpoint::save(ctx.state_dir, &saved, &model, best_model, &state, &history)?;
+                    }
+                    None => {
+                        // Only the curve so far: a later run starts over.
+                        tracing::info!("the optimizer's state is on the device: not saved");
+                        std::fs::create_dir_all(ctx.state_dir)?;
+                        history.write_csv(&ctx.state_dir.join(history::HISTORY_FILE))?;
+                    }
+                }
+                tracing::info!(step, "pruned");
+                return Err(Pruned { step }.into());
+            }
+            if stopped_early {
+                break;
             }
         }
     }

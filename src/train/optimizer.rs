@@ -135,6 +135,16 @@ struct Slot {
     on_device: Option<[Tensor<1>; 2]>,
 }
 
+/// An optimizer's state (see [`Optimizer::state`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerState {
+    /// Steps taken.
+    pub steps: i32,
+    /// Per parameter, in visiting order, its two buffers (the moments, or
+    /// the momentum buffer and nothing; empty before its first update).
+    pub buffers: Vec<[Vec<f32>; 2]>,
+}
+
 /// An optimizer over a module's parameters, in the module's visiting order.
 ///
 /// Parameter values and gradients move between burn and plain vectors
@@ -156,6 +166,38 @@ impl Optimizer {
             steps: 0,
             decays,
         }
+    }
+
+    /// What the optimizer holds after the steps so far, for a training run
+    /// that stops and goes on later; `None` when some of it lives on a
+    /// device (a run there starts over instead).
+    pub fn state(&self) -> Option<OptimizerState> {
+        if self.slots.iter().any(|slot| slot.on_device.is_some()) {
+            return None;
+        }
+        Some(OptimizerState {
+            steps: self.steps,
+            buffers: self
+                .slots
+                .iter()
+                .map(|slot| [slot.first.clone(), slot.second.clone()])
+                .collect(),
+        })
+    }
+
+    /// Goes on from `state` (of an optimizer with the same config and
+    /// parameters): the next step is the one after its last.
+    pub fn restore(&mut self, state: OptimizerState) {
+        self.steps = state.steps;
+        self.slots = state
+            .buffers
+            .into_iter()
+            .map(|[first, second]| Slot {
+                first,
+                second,
+                on_device: None,
+            })
+            .collect();
     }
 
     /// Applies one update at learning rate `lr`; returns the updated module

@@ -1,10 +1,24 @@
 //! Sweep files over the sample pipeline, for the sweep and MLflow tests.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::thread::JoinHandle;
 
+use serde_json::Value;
+
 use super::project::Project;
+
+/// The labels of a sweep run's stages (`--json`) in `state` whose label ends with `suffix`.
+pub fn labels_in(result: &Value, state: &str, suffix: &str) -> BTreeSet<String> {
+    result["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == state && s["label"].as_str().unwrap().ends_with(suffix))
+        .map(|s| s["label"].as_str().unwrap().to_string())
+        .collect()
+}
 
 /// A grid over the sample pipeline with one-epoch trials (about 4 s each):
 /// `lrs` x clipping off/on, two at a time; `extra` is appended to the file.
