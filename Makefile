@@ -27,7 +27,7 @@ MINILM = data/checkpoints/all-MiniLM-L6-v2
 # packages, about 17 s); the tests start and stop its daemons themselves.
 SLURM = /usr/sbin/slurmd
 
-.PHONY: run test lint bench bench-train bench-bert bench-head bench-mrpc bench-imdb-bigru bench-tpe checkpoint gpu-bundle
+.PHONY: run test lint bench bench-train bench-bert bench-head bench-mrpc bench-imdb-bigru bench-tpe bench-asha checkpoint gpu-bundle
 
 run:
 	$(CARGO) run --quiet -- run sweeps/lr.yaml
@@ -115,6 +115,10 @@ bench-tpe: $(OPTUNA_VENV)/bin/optuna
 	$(CARGO) build
 	PYTHON=$(OPTUNA_VENV)/bin/python PIPELINE=$${CARGO_TARGET_DIR:-target}/debug/pipeline \
 		benches/tpe_quality.sh $(SEEDS)
+
+bench-asha:
+	$(CARGO) build
+	PIPELINE=$${CARGO_TARGET_DIR:-target}/debug/pipeline benches/asha_savings.sh $(SEEDS)
 
 $(OPTUNA_VENV)/bin/optuna:
 	python3 -m venv $(OPTUNA_VENV)

@@ -1,10 +1,13 @@
 //! `early_terminate: {type: asha}`: asynchronous successive halving (Li et
-//! al. 2020, as Ray Tune's `ASHAScheduler` stops trials). Rung `r` is at
-//! `grace_steps * reduction_factor^r` training steps; a trial's value at a
-//! rung is its metric at its first evaluation at or after that step. A
-//! trial goes on past a rung only while it is among the best
-//! `max(1, n / reduction_factor)` of the `n` trials that reached the rung so
-//! far (ties go to the earlier trial); otherwise it is pruned there.
+//! al. 2020), with the stopping rule of Ray Tune's `ASHAScheduler`. Rung `r`
+//! is at `grace_steps * reduction_factor^r` training steps; a trial's value
+//! at a rung is its metric at its first evaluation at or after that step. A
+//! trial goes on past a rung only while its value is at least as good as the
+//! rung's cut-off: the `1 - 1/reduction_factor` quantile (linear
+//! interpolation, NumPy's default) of the earlier trials' values there, the
+//! best third for the default factor of 3. The first trial at a rung always
+//! goes on; NaN values count in no cut-off and a NaN trial is pruned where
+//! an earlier trial has a value.
 //!
 //! Determinism: trial `k` is compared with trials `0..k` only, and waits at
 //! a rung until each of them has reached it or ended, so the decisions do
@@ -142,25 +145,33 @@ impl Asha {
         self.changed.notify_all();
     }
 
-    /// Whether trial `k` is among the best `max(1, n / reduction_factor)`
-    /// of the `n` trials up to it at rung `r`.
+    /// Whether trial `k`'s value at rung `r` is at least as good as the
+    /// cut-off of trials `0..k` there.
     fn promoted(&self, board: &[Rungs], k: usize, r: usize) -> bool {
-        let mine = board[k].values[r];
-        let reached: Vec<f64> = board[..k].iter().filter_map(|t| t.values.get(r).copied()).collect();
-        let kept = ((reached.len() + 1) / self.reduction_factor).max(1);
-        let ahead = reached.iter().filter(|&&other| !self.better(mine, other)).count();
-        ahead < kept
-    }
-
-    /// True when `a` is strictly better than `b` (NaN is worst).
-    fn better(&self, a: f64, b: f64) -> bool {
-        match (a.is_nan(), b.is_nan()) {
-            (true, _) => false,
-            (false, true) => true,
-            _ if self.maximize => a > b,
-            _ => a < b,
+        // Larger is better in these scores.
+        let score = |value: f64| if self.maximize { value } else { -value };
+        let mut earlier: Vec<f64> = board[..k]
+            .iter()
+            .filter_map(|t| t.values.get(r).copied())
+            .filter(|value| !value.is_nan())
+            .map(score)
+            .collect();
+        if earlier.is_empty() {
+            return true;
         }
+        earlier.sort_by(f64::total_cmp);
+        // `mine >= NaN` is false: a NaN trial is pruned.
+        score(board[k].values[r]) >= quantile(&earlier, 1.0 - 1.0 / self.reduction_factor as f64)
     }
+}
+
+/// The `q` quantile of `sorted` (not empty), interpolated linearly between
+/// the two nearest values (NumPy's default method).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let position = (sorted.len() - 1) as f64 * q;
+    let below = position.floor() as usize;
+    let above = (below + 1).min(sorted.len() - 1);
+    sorted[below] + (sorted[above] - sorted[below]) * (position - below as f64)
 }
 
 #[cfg(test)]
@@ -185,26 +196,39 @@ mod tests {
     }
 
     #[test]
-    fn a_trial_goes_on_only_among_the_best_third_of_its_rung() {
+    fn a_trial_goes_on_only_at_or_above_the_cut_off_of_the_earlier_ones() {
         let a = asha(10, 3, true);
         let go = AtomicBool::new(false);
-        // In order, one at a time: trial 0 always goes on.
-        assert_eq!(a.evaluated(0, 10, 0.6, false, &go), Verdict::Continue);
-        a.ended(0, &[]);
-        // Trial 1 is worse than trial 0: of 2, only the best goes on.
-        assert_eq!(a.evaluated(1, 10, 0.5, false, &go), Verdict::Prune);
-        a.ended(1, &[]);
-        // A tie goes to the earlier trial.
-        assert_eq!(a.evaluated(2, 10, 0.6, false, &go), Verdict::Prune);
-        a.ended(2, &[]);
-        assert_eq!(a.evaluated(3, 10, 0.7, false, &go), Verdict::Continue);
-        a.ended(3, &[]);
-        // 6 trials at the rung: the best 2 go on; 0.65 is second of 0.7, 0.65, 0.6, 0.6, 0.55, 0.5.
-        assert_eq!(a.evaluated(4, 10, 0.55, false, &go), Verdict::Prune);
-        a.ended(4, &[]);
-        assert_eq!(a.evaluated(5, 10, 0.65, false, &go), Verdict::Continue);
+        let mut next = 0;
+        let mut evaluate = |value: f64| {
+            let verdict = a.evaluated(next, 10, value, false, &go);
+            a.ended(next, &[]);
+            next += 1;
+            verdict
+        };
+        // The first trial at a rung always goes on.
+        assert_eq!(evaluate(0.5), Verdict::Continue);
+        // One earlier value is the cut-off; a tie goes on.
+        assert_eq!(evaluate(0.4), Verdict::Prune);
+        assert_eq!(evaluate(0.5), Verdict::Continue);
+        // Earlier 0.4, 0.5, 0.5: the cut-off is 0.5 (position 1.33 of 0..=2).
+        assert_eq!(evaluate(0.49), Verdict::Prune);
+        // Earlier 0.4, 0.49, 0.5, 0.5: position 2 of 0..=3, 0.5.
+        assert_eq!(evaluate(0.8), Verdict::Continue);
+        // Earlier 0.4, 0.49, 0.5, 0.5, 0.8: position 2.67, between two 0.5s.
+        assert_eq!(evaluate(0.5), Verdict::Continue);
+        let b = asha(10, 3, true);
+        b.ended(0, &[(10, 0.5)]);
+        b.ended(1, &[(10, 0.8)]);
+        // Between 0.5 and 0.8 at two thirds: 0.7.
+        assert_eq!(b.evaluated(2, 10, 0.69, false, &go), Verdict::Prune);
+        b.ended(2, &[]);
+        let c = asha(10, 3, true);
+        c.ended(0, &[(10, 0.5)]);
+        c.ended(1, &[(10, 0.8)]);
+        assert_eq!(c.evaluated(2, 10, 0.71, false, &go), Verdict::Continue);
         // Its final evaluation is recorded, never pruned.
-        assert_eq!(a.evaluated(5, 30, 0.1, true, &go), Verdict::Continue);
+        assert_eq!(c.evaluated(2, 30, 0.1, true, &go), Verdict::Continue);
     }
 
     #[test]
@@ -216,6 +240,8 @@ mod tests {
         assert_eq!(a.evaluated(1, 5, 0.9, false, &go), Verdict::Continue);
         a.ended(1, &[]);
         assert_eq!(a.evaluated(2, 5, 0.95, false, &go), Verdict::Prune);
+        a.ended(2, &[]);
+        assert_eq!(a.evaluated(3, 5, f64::NAN, false, &go), Verdict::Prune);
     }
 
     #[test]
