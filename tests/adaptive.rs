@@ -8,48 +8,12 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::project::Project;
-use common::sweeps::{labels_in, run_until};
-use serde_json::Value;
-
-/// A `tpe` sweep over the sample pipeline with one-epoch trials: two
-/// random start-up trials, then three asked from the results, each with
-/// one trial before it still counted as running.
-fn tpe_sweep(project: &Project, parallel: usize) -> String {
-    project.copy("imdb-sample.yaml");
-    project.write_at(
-        "sweeps/tpe.yaml",
-        &format!(
-            "pipeline: ../pipelines/imdb-sample.yaml\n\
-             method: tpe\n\
-             trials: 5\n\
-             seed: 3\n\
-             tpe: {{startup_trials: 2, in_flight: 1}}\n\
-             metric: {{name: eval_accuracy, goal: maximize}}\n\
-             parameters:\n  \
-               stages.train.optimizer.lr: {{distribution: log_uniform, min: 1.0e-4, max: 3.0e-2}}\n  \
-               stages.train.clip_grad_norm: {{values: [null, 1.0]}}\n  \
-               stages.train.epochs: {{values: [1]}}\n\
-             parallel: {parallel}\n"
-        ),
-    )
-}
-
-/// Each trial's label, parameters and metric, by label.
-fn trials(result: &Value) -> Vec<(String, String, String)> {
-    let mut trials: Vec<(String, String, String)> = result["trials"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["trial"].to_string(), t["params"].to_string(), t["metric"].to_string()))
-        .collect();
-    trials.sort();
-    trials
-}
+use common::sweeps::{labels_in, run_until, tpe_sweep, tpe_trials as trials};
 
 #[test]
 fn a_tpe_sweep_asks_the_same_trials_for_any_parallel_and_resumes_its_sequence() {
     let project = Project::new();
-    let sweep = tpe_sweep(&project, 1);
+    let sweep = tpe_sweep(&project, 1, "");
     let (code, one) = project.run_json(&["run", &sweep], &[]);
     assert_eq!(code, 0, "{one}");
     let expected = trials(&one);
@@ -81,7 +45,7 @@ fn a_tpe_sweep_asks_the_same_trials_for_any_parallel_and_resumes_its_sequence() 
 
     // Two at a time in a fresh store, killed once a trial has finished, then run again.
     std::fs::remove_file(project.main().join("sweeps/tpe.lock")).unwrap();
-    let sweep = tpe_sweep(&project, 2);
+    let sweep = tpe_sweep(&project, 2, "");
     let other = project.dir.path().join("other-store");
     let other = other.to_str().unwrap();
     let env = [("PIPELINE_STORE", other)];

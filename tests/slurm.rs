@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use common::project::Project;
 use common::slurm::{Cluster, task_logs};
-use common::sweeps::sample_grid;
+use common::sweeps::{sample_grid, tpe_sweep, tpe_trials};
 
 /// The learning rates of the tests' 4-trial grid (with clipping off and on).
 const LRS: [&str; 2] = ["1.0e-3", "3.0e-4"];
@@ -133,6 +133,52 @@ fn executor_slurm_runs_the_missing_trials_as_array_tasks_and_the_sweep_as_a_loca
         &[("SLURM_CONF", "/nonexistent")],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn a_tpe_sweep_on_slurm_asks_the_trials_of_a_local_run_and_writes_its_lock() {
+    let local = Project::new();
+    let sweep = tpe_sweep(&local, 1, "");
+    let (code, expected) = local.run_json(&["run", &sweep], &[]);
+    assert_eq!(code, 0, "{expected}");
+    let local_lock = std::fs::read(local.main().join("sweeps/tpe.lock")).unwrap();
+
+    let cluster = Cluster::start();
+    let conf = cluster.conf();
+    let env = [("SLURM_CONF", conf.to_str().unwrap())];
+    let project = Project::new();
+    tpe_sweep(&project, 2, "executor: {slurm: {cpus_per_task: 1}}\n");
+    let output = project.run_env(&["--json", "run", "sweeps/tpe.yaml"], &env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}\n{}", cluster.logs());
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        tpe_trials(&result),
+        tpe_trials(&expected),
+        "the same trials, parameters and scores"
+    );
+    // Every stage, shared ones too, came from a trial's task.
+    for stage in result["stages"].as_array().unwrap() {
+        assert_eq!(stage["state"], "ran-elsewhere", "{result}");
+    }
+    let lock = std::fs::read(project.main().join("sweeps/tpe.lock")).unwrap();
+    assert!(lock == local_lock, "the cluster's lock differs from the local run's");
+    // One job per trial, each told its parameters; the data stages ran once.
+    let logs = project.dir.path().join("store/.sweeps/tpe/slurm");
+    let outputs = task_logs(&logs);
+    assert_eq!(outputs.len(), 5, "{outputs:?}");
+    let ran_load = outputs
+        .iter()
+        .flat_map(|(_, text)| text.lines())
+        .filter(|l| l.trim_start().starts_with("ran      load "))
+        .count();
+    assert_eq!(ran_load, 1, "{outputs:?}");
+
+    // Run again: every trial is found in the store, nothing is submitted.
+    let output = project.run_env(&["run", "sweeps/tpe.yaml"], &env);
+    let again = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && !again.contains("submitted"), "{again}");
+    assert_eq!(task_logs(&logs).len(), 5);
 }
 
 #[test]

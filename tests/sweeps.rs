@@ -229,15 +229,31 @@ fn one_trial_runs_alone_as_a_cluster_node_would_and_the_sweep_reuses_it() {
     assert_eq!(code, 0, "{result}");
     assert!(stages(&result).iter().all(|s| s["state"] == "cached"), "{result}");
     assert!(project.main().join("sweeps/two.lock").exists());
+    // By its parameters, as a `tpe` sweep's Slurm task gets it: the same trial, cached.
+    let (code, by_params) = project.run_json(&["run", &sweep, "--trial", &second, "--params", "[0.001, 1.0, 1]"], &[]);
+    assert_eq!(code, 0, "{by_params}");
+    assert!(stages(&by_params).iter().all(|s| s["state"] == "cached"), "{by_params}");
 
     for (trial, expected) in [
-        ("2", "sweep `two` has 2 trials (indices from 0); there is no trial 2"),
         (
-            "trial-nope",
+            vec!["2"],
+            "sweep `two` has 2 trials (indices from 0); there is no trial 2",
+        ),
+        (
+            vec!["trial-nope"],
             "sweep `two` has no trial `trial-nope`; its trials: trial-",
         ),
+        // The parameters a search's coordinator hands its task must make the trial it names.
+        (
+            vec![&second, "--params", "[0.001, 1.0]"],
+            "--params is a JSON list of 3 value(s), one per parameter of sweep `two` (stages.train.optimizer.lr, stages.train.clip_grad_norm, stages.train.epochs), not `[0.001, 1.0]`",
+        ),
+        (
+            vec!["trial-nope", "--params", "[0.001, 1.0, 1]"],
+            "--params [0.001, 1.0, 1] make trial `trial-",
+        ),
     ] {
-        let output = project.run(&["run", &sweep, "--trial", trial]);
+        let output = project.run(&[&["run", &sweep, "--trial"], &trial[..]].concat());
         assert_eq!(output.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{stderr}");

@@ -84,6 +84,11 @@ enum Command {
         /// with the stages it shares; no sweep lock, report or MLflow run.
         #[arg(long, value_name = "TRIAL")]
         trial: Option<String>,
+        /// With `--trial`: its parameter values, a JSON list in the sweep's
+        /// parameter order (how the coordinator of a `tpe` sweep on Slurm
+        /// hands a task the trial it asked for).
+        #[arg(long, requires = "trial", value_name = "JSON")]
+        params: Option<String>,
         /// Of a sweep, run only the stages that several trials need (what
         /// a cluster's upstream job runs before the trials' array).
         #[arg(long, conflicts_with = "trial")]
@@ -285,9 +290,16 @@ pub fn main(registry: &Registry) -> ExitCode {
             target,
             jobs,
             trial,
+            params,
             shared,
             executor,
-        } => run::run(&env, target, *jobs, trial.as_deref(), *shared, *executor),
+        } => {
+            let trial = trial.as_deref().map(|name| run::TrialArg {
+                name,
+                params: params.as_deref(),
+            });
+            run::run(&env, target, *jobs, trial, *shared, *executor)
+        }
         Command::Plan { target } => inspect::plan(&env, target),
         Command::Show { target } => inspect::show(&env, target),
         Command::Dag { target, mermaid, dot } => {

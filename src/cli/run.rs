@@ -10,16 +10,24 @@ use crate::console::Console;
 use crate::dag::{ExecOptions, Execution, Failure, NodeState};
 use crate::results::{FinishedStage, Results};
 use crate::session::{Instance, Session, Tracking};
-use crate::spec::{Pipeline, SpecError, Sweep, is_sweep, lock_path};
+use crate::spec::{Pipeline, SpecError, Sweep, Trial, is_sweep, lock_path};
 use crate::stage::Invalid;
 use crate::sweep::slurm::Allocation;
 use crate::tracking::record::git_tags;
+
+/// `--trial NAME [--params JSON]`: one trial of a sweep, as a cluster task runs it.
+pub(super) struct TrialArg<'a> {
+    /// The trial's label, id or index.
+    pub name: &'a str,
+    /// Its parameter values, for a trial a search asked for.
+    pub params: Option<&'a str>,
+}
 
 pub(super) fn run(
     env: &Env,
     target: &Target,
     jobs: Option<usize>,
-    trial: Option<&str>,
+    trial: Option<TrialArg>,
     shared: bool,
     executor: Option<ExecutorKind>,
 ) -> anyhow::Result<u8> {
@@ -46,10 +54,9 @@ pub(super) fn run(
         }
         // A trial as a cluster node runs it: the coordinator keeps the lock and the runs.
         (true, Some(trial)) => {
-            let mut sweep = env.sweep(target)?;
-            let index = sweep.trial_index(trial).map_err(UsageError)?;
+            let (sweep, trial) = asked_trial(env, target, &trial)?;
             let devices = trial_devices(&sweep, &console)?;
-            (sweep.trials.swap_remove(index).pipeline, None, devices)
+            (trial.pipeline, None, devices)
         }
         (false, None) => {
             let pipeline = env.load(target)?;
@@ -127,6 +134,41 @@ pub(super) fn run(
         }
     }
     Ok(exit_code(&execution))
+}
+
+/// The sweep of `target` and its trial `arg` names: with `--params`, the
+/// trial of those values (whose label must be the one named); else one of
+/// the sweep's trials (a `tpe` sweep's as the store determines them).
+fn asked_trial(env: &Env, target: &Target, arg: &TrialArg) -> anyhow::Result<(Sweep, Trial)> {
+    let Some(params) = arg.params else {
+        let mut sweep = env.sweep(target)?;
+        let index = sweep.trial_index(arg.name).map_err(UsageError)?;
+        let trial = sweep.trials.swap_remove(index);
+        return Ok((sweep, trial));
+    };
+    let sweep = Sweep::load(&target.file, &target.sets, env.registry)?;
+    let values: Vec<serde_json::Value> = serde_json::from_str(params)
+        .ok()
+        .filter(|v: &Vec<serde_json::Value>| v.len() == sweep.parameters.len())
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--params is a JSON list of {} value(s), one per parameter of sweep `{}` ({}), not `{params}`",
+                sweep.parameters.len(),
+                sweep.name,
+                sweep.parameters.join(", ")
+            ))
+        })?;
+    let trial = sweep.trial(values, env.registry)?;
+    let name = arg.name;
+    if ![trial.label().as_str(), trial.id.as_str()].contains(&name) {
+        return Err(UsageError(format!(
+            "--params {params} make trial `{}` of sweep `{}`, not `{name}`",
+            trial.label(),
+            sweep.name
+        ))
+        .into());
+    }
+    Ok((sweep, trial))
 }
 
 /// The GPUs a trial run by itself leases: inside a Slurm allocation the

@@ -13,6 +13,7 @@ use crate::report::sweep::TrialRow;
 use crate::results::{Results, aligned};
 use crate::session::{Ending, InstanceResult};
 use crate::spec::{Executor, SlurmSettings, Sweep, lock_path};
+use crate::sweep::slurm::ClusterSearch;
 use crate::sweep::{SweepOptions, describe, slurm, trial_rows};
 use crate::tracking::Tracker;
 
@@ -39,16 +40,41 @@ pub(super) fn run(
     };
     let console = Console::new(false).with_trials(&known);
     anyhow::ensure!(
-        !(sweep.searches() && matches!(executor, Executor::Slurm(_))),
-        "sweep `{}`: `method: tpe` and `early_terminate` run on the local executor for now (their trials run as slots free up, and the Slurm executor submits arrays of known trials); run it with `--executor local`",
+        !(sweep.early_terminate.is_some() && matches!(executor, Executor::Slurm(_))),
+        "sweep `{}`: `early_terminate` runs on the local executor for now (a trial's rungs compare it with the trials before it while they train); run it with `--executor local`",
         sweep.name
     );
+    let sweep_file = std::path::absolute(&target.file)?;
+    let submission = match &executor {
+        Executor::Local => None,
+        Executor::Slurm(settings) => Some(slurm::Submission {
+            sweep_file: &sweep_file,
+            sets: &target.sets,
+            settings,
+            registry: env.registry,
+            jobs: default_jobs(jobs),
+        }),
+    };
     // A search's trials (adaptive, or stopped early) are asked for and run first; then gathered.
     let quiet = Console::new(true);
     let searched = match sweep.searches() {
         true => {
-            let mut searched =
-                crate::sweep::search::run(&sweep, env.registry, &env.store, default_jobs(jobs), &console, cancel)?;
+            let mut searched = {
+                let cluster = match &submission {
+                    Some(submission) => Some(ClusterSearch::attach(&sweep, &env.store, submission, &console, cancel)?),
+                    None => None,
+                };
+                let cores = default_jobs(jobs);
+                crate::sweep::search::run(
+                    &sweep,
+                    env.registry,
+                    &env.store,
+                    cores,
+                    cluster.as_ref(),
+                    &console,
+                    cancel,
+                )?
+            };
             sweep.trials = std::mem::take(&mut searched.trials);
             Some(searched)
         }
@@ -59,19 +85,10 @@ pub(super) fn run(
         (Some(_), false) => &quiet,
         _ => &console,
     };
-    let cluster = match &executor {
-        Executor::Local => None,
-        Executor::Slurm(settings) => {
-            let sweep_file = std::path::absolute(&target.file)?;
-            let submission = slurm::Submission {
-                sweep_file: &sweep_file,
-                sets: &target.sets,
-                settings,
-                registry: env.registry,
-                jobs: default_jobs(jobs),
-            };
-            Some(slurm::run_trials(&sweep, &env.store, &submission, &console, cancel)?)
-        }
+    // Known trials on a cluster: its arrays compute them first.
+    let cluster = match (&submission, &searched) {
+        (Some(submission), None) => Some(slurm::run_trials(&sweep, &env.store, submission, &console, cancel)?),
+        _ => None,
     };
     let tracker = env.tracker(sweep.tracking.as_ref())?;
     let options = SweepOptions {

@@ -90,7 +90,7 @@ impl Sweep {
 }
 
 /// One pipeline instance of a sweep.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Trial {
     /// 8 hex digits derived from the parameter values, stable across runs.
     pub id: String,

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use super::slurm::ClusterSearch;
 use crate::console::Console;
 use crate::dag::{BuiltBefore, ExecOptions, Failure, Job, Launcher, NodeState, Reporter, Survey};
 use crate::search::asha::Asha;
@@ -70,13 +71,14 @@ struct Asked {
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 /// Asks for and runs the trials of an adaptive `sweep`, `parallel` at a
-/// time with `cores / parallel` threads each, until the method has no more
-/// or `cancel` is set.
+/// time with `cores / parallel` threads each (or each as a Slurm job, with
+/// `cluster`), until the method has no more or `cancel` is set.
 pub fn run(
     sweep: &Sweep,
     registry: &Registry,
     store: &Store,
     cores: usize,
+    cluster: Option<&ClusterSearch>,
     console: &Console,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Searched> {
@@ -126,11 +128,12 @@ pub fn run(
             let (asked, changed, built, method, asha) = (&asked, &changed, &built, &method, &asha);
             scope.spawn(move || {
                 loop {
-                    let Some((k, instance, described)) =
+                    let Some((k, trial, described)) =
                         next_trial(sweep, method.as_ref(), registry, asked, changed, cancel)
                     else {
                         return;
                     };
+                    let instance = super::instance(sweep, &trial);
                     console.add_trial(&instance.name, &described);
                     let pruner = asha.as_ref().map(|(asha, metric)| TrialPruner {
                         asha,
@@ -139,17 +142,20 @@ pub fn run(
                         cancel,
                     });
                     let pruner = pruner.as_ref().map(|p| p as &dyn Pruner);
-                    let run = run_trial(
-                        sweep,
-                        registry,
-                        store,
-                        instance,
-                        slot_threads,
-                        devices,
-                        pruner,
-                        console,
-                        cancel,
-                    );
+                    let run = match cluster {
+                        Some(cluster) => run_on_cluster(sweep, store, cluster, &trial, instance, console, cancel),
+                        None => run_trial(
+                            sweep,
+                            registry,
+                            store,
+                            instance,
+                            slot_threads,
+                            devices,
+                            pruner,
+                            console,
+                            cancel,
+                        ),
+                    };
                     if let Some((asha, metric)) = asha {
                         let stages = run.as_ref().map(|r| r.stages.as_slice()).unwrap_or_default();
                         asha.ended(k, &evaluations(stages, metric));
@@ -193,7 +199,7 @@ pub fn run(
 }
 
 /// Waits until the next trial can be asked for, asks for it and returns its
-/// index, instance and parameters in words; `None` once there are no more or `cancel` is set.
+/// index, the trial and its parameters in words; `None` once there are no more or `cancel` is set.
 fn next_trial(
     sweep: &Sweep,
     method: &dyn crate::search::Method,
@@ -201,7 +207,7 @@ fn next_trial(
     asked: &Mutex<Asked>,
     changed: &Condvar,
     cancel: &AtomicBool,
-) -> Option<(usize, Instance, String)> {
+) -> Option<(usize, Trial, String)> {
     let mut state = asked.lock().expect("search lock");
     loop {
         if state.done || cancel.load(Ordering::SeqCst) {
@@ -235,11 +241,10 @@ fn next_trial(
                     return None;
                 }
             };
-            let instance = super::instance(sweep, &trial);
             let described = super::describe(&sweep.parameters, &trial.params);
-            state.trials.push(trial);
+            state.trials.push(trial.clone());
             state.values.push(None);
-            return Some((k, instance, described));
+            return Some((k, trial, described));
         }
         state = changed.wait_timeout(state, CANCEL_POLL).expect("search lock").0;
     }
@@ -330,6 +335,55 @@ fn run_trial(
         .collect();
     let stages = results.into_iter().next().map(|r| r.stages).unwrap_or_default();
     Ok(TrialRun { value, nodes, stages })
+}
+
+/// Runs one trial as a Slurm job (what of it the store holds, it finds
+/// there); a stage still missing afterwards failed in the task, whose log says why.
+fn run_on_cluster(
+    sweep: &Sweep,
+    store: &Store,
+    cluster: &ClusterSearch,
+    trial: &Trial,
+    instance: Instance,
+    console: &Console,
+    cancel: &AtomicBool,
+) -> anyhow::Result<TrialRun> {
+    let session = Session::new(vec![instance], store)?;
+    let complete = |session: &Session| -> Vec<bool> {
+        let surveys = session.graph.survey(store);
+        surveys
+            .iter()
+            .map(|s| matches!(s, Survey::Known(Lookup::Valid(_))))
+            .collect()
+    };
+    let before = complete(&session);
+    if before.iter().all(|&c| c) {
+        console.trial_state(&trial.label(), "cached");
+    } else {
+        cluster.run(trial, console, cancel)?;
+    }
+    let after = complete(&session);
+    let interrupted = cancel.load(Ordering::SeqCst);
+    let nodes = session
+        .graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|&(n, _)| !before[n] && (after[n] || !interrupted))
+        .map(|(n, node)| {
+            let state = match after[n] {
+                true => NodeState::RanElsewhere,
+                false => NodeState::Failed(Failure::Error(cluster.why_missing(&node.label))),
+            };
+            (node.id.clone(), state, 0.0)
+        })
+        .collect();
+    let value = stored_value(sweep, trial, store)?.flatten();
+    Ok(TrialRun {
+        value,
+        nodes,
+        stages: Vec::new(),
+    })
 }
 
 /// The trials of an adaptive `sweep` that what `store` holds determines:

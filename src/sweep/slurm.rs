@@ -15,6 +15,12 @@
 //! Ctrl-C. The store, not Slurm, says what finished: [`super::run`] then
 //! gathers the trials with [`FromTheCluster`], which builds nothing.
 //!
+//! An adaptive search (`method: tpe`) cannot know its trials up front: the
+//! coordinator asks them one at a time as a local run does, and
+//! [`ClusterSearch`] runs each as a job of one task, `pipeline run SWEEP
+//! --trial T --params JSON`, under the same job name, so the trials, their
+//! values and the lock are those of a local run.
+//!
 //! Next to the tasks' logs, `<job>.tasks` lists what each task of a job
 //! runs (a trial label per array index, or `shared`), so that a failure can
 //! point at its task's log and the states of a reattached job have names.
@@ -30,7 +36,7 @@ use anyhow::Context as _;
 use crate::console::Console;
 use crate::dag::{BuiltBefore, Job, Launcher, NodeState, Reporter, Survey};
 use crate::session::Session;
-use crate::spec::{SlurmSettings, Sweep, Upstream};
+use crate::spec::{SlurmSettings, Sweep, Trial, Upstream};
 use crate::stage::Registry;
 use crate::store::{Built, Lookup, Store};
 
@@ -58,22 +64,97 @@ impl FromTheCluster {
 
 impl Launcher for FromTheCluster {
     fn launch(&self, job: &Job, _: &Store, _: &dyn Reporter, _: &AtomicBool) -> anyhow::Result<Built> {
-        let label = &job.node.label;
-        let owner = label.split_once('/').map_or(SHARED, |(trial, _)| trial);
-        let Some(log) = self.tasks.log_of(owner) else {
-            anyhow::bail!(
-                "no Slurm task stored `{label}`; the tasks' logs are in {}",
-                self.tasks.logs.display()
-            )
-        };
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(4)..].join("\n    ");
-        anyhow::bail!(
-            "its Slurm task did not store `{label}`; its log {}:\n    {tail}",
-            log.display()
-        )
+        anyhow::bail!("{}", self.tasks.why_missing(&job.node.label))
     }
+}
+
+/// Where the trials of an adaptive search (`method: tpe`) run on Slurm:
+/// each asked trial as a job of one task, `pipeline run SWEEP --trial
+/// LABEL --params JSON` (the task builds what of it the store lacks, the
+/// stages it shares with other trials included, under their keys' locks),
+/// named as the sweep's arrays are. Made with [`ClusterSearch::attach`],
+/// which holds the sweep's submission lock until dropped.
+pub struct ClusterSearch<'a> {
+    sweep: &'a Sweep,
+    store: &'a Store,
+    submission: &'a Submission<'a>,
+    name: String,
+    logs: PathBuf,
+    _submitting: std::fs::File,
+}
+
+impl<'a> ClusterSearch<'a> {
+    /// Takes the sweep's submission lock and waits for the jobs of an
+    /// earlier coordinator of the same run still queued (their trials are
+    /// then in the store for the search to find).
+    pub fn attach(
+        sweep: &'a Sweep,
+        store: &'a Store,
+        submission: &'a Submission<'a>,
+        console: &Console,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<ClusterSearch<'a>> {
+        check_gres(sweep, submission)?;
+        let name = job_name(sweep, submission, store);
+        let logs = logs_dir(sweep, store);
+        std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+        let submitting = store.exclusive(&name)?;
+        let jobs = queued(&name)?;
+        if !jobs.is_empty() {
+            console.line(&format!(
+                "sweep `{}`: waiting for its Slurm job(s) {} ({name}), already queued",
+                sweep.name,
+                jobs.join(", ")
+            ));
+            wait(&jobs, &Tasks::read(&logs), console, cancel)?;
+        }
+        Ok(ClusterSearch {
+            sweep,
+            store,
+            submission,
+            name,
+            logs,
+            _submitting: submitting,
+        })
+    }
+
+    /// Runs `trial` as a job of one task and waits for it to end (or
+    /// cancels it when `cancel` is set).
+    pub fn run(&self, trial: &Trial, console: &Console, cancel: &AtomicBool) -> anyhow::Result<()> {
+        let (sweep, submission) = (self.sweep, self.submission);
+        let job = submit(
+            sweep,
+            self.store,
+            submission,
+            &self.name,
+            &self.logs,
+            Work::Asked(trial),
+            None,
+        )?;
+        let label = trial.label();
+        console.trial_state(&label, &format!("submitted to Slurm as job {job}"));
+        let tasks = Tasks {
+            logs: self.logs.clone(),
+            jobs: BTreeMap::from([(job.parse().context("sbatch printed no job number")?, vec![label])]),
+        };
+        wait(&[job], &tasks, console, cancel)
+    }
+
+    /// Why the stage `label` of a trial is not in the store: its task's log.
+    pub fn why_missing(&self, label: &str) -> String {
+        Tasks::read(&self.logs).why_missing(label)
+    }
+}
+
+/// A sweep whose trials run on GPUs needs `gres` to give each its own.
+fn check_gres(sweep: &Sweep, submission: &Submission) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        sweep.leased_devices().is_empty() || submission.settings.gres.is_some(),
+        "sweep `{}` runs its trials on GPUs ({}): give each its GPU with `gres: gpu:1` under `executor: {{slurm: ...}}`",
+        sweep.name,
+        sweep.devices.join(", ")
+    );
+    Ok(())
 }
 
 /// How the coordinator reaches the cluster.
@@ -101,12 +182,7 @@ pub fn run_trials(
     console: &Console,
     cancel: &AtomicBool,
 ) -> anyhow::Result<FromTheCluster> {
-    anyhow::ensure!(
-        sweep.leased_devices().is_empty() || submission.settings.gres.is_some(),
-        "sweep `{}` runs its trials on GPUs ({}): give each its GPU with `gres: gpu:1` under `executor: {{slurm: ...}}`",
-        sweep.name,
-        sweep.devices.join(", ")
-    );
+    check_gres(sweep, submission)?;
     let name = job_name(sweep, submission, store);
     let logs = logs_dir(sweep, store);
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
@@ -323,6 +399,8 @@ enum Work<'a> {
     Shared,
     /// These trials (indices into the sweep), one array task each.
     Trials(&'a [usize]),
+    /// One trial an adaptive search asked for, one task given its parameters.
+    Asked(&'a Trial),
 }
 
 /// Submits one job, after the job `after` when given; returns its id and
@@ -383,6 +461,19 @@ fn submit(
             }
             trials.iter().map(|&i| sweep.trials[i].label()).collect()
         }
+        Work::Asked(trial) => {
+            let params = serde_json::to_string(&trial.params)?;
+            // Named as an array's task 0 is, so that its log is found the same way.
+            command
+                .arg(format!("--output={}/%j_0.out", logs.display()))
+                .arg(format!(
+                    "--wrap=exec {} --trial {} --params {} {jobs}",
+                    run.join(" "),
+                    trial.label(),
+                    quote(&params)
+                ));
+            vec![trial.label()]
+        }
     };
     for (flag, value) in [
         ("--partition", &settings.partition),
@@ -431,6 +522,25 @@ impl Tasks {
         let (job, index) = task.split_once('_').unwrap_or((task, "0"));
         let list = self.jobs.get(&job.parse().ok()?)?;
         list.get(index.parse::<usize>().ok()?).map(String::as_str)
+    }
+
+    /// Why the stage `label` (`trial-x/train`, or a shared stage's) is not
+    /// in the store: the end of its task's log.
+    fn why_missing(&self, label: &str) -> String {
+        let owner = label.split_once('/').map_or(SHARED, |(trial, _)| trial);
+        let Some(log) = self.log_of(owner) else {
+            return format!(
+                "no Slurm task stored `{label}`; the tasks' logs are in {}",
+                self.logs.display()
+            );
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(4)..].join("\n    ");
+        format!(
+            "its Slurm task did not store `{label}`; its log {}:\n    {tail}",
+            log.display()
+        )
     }
 
     /// The log of the latest task that ran `what` (a trial label or `shared`).

@@ -40,6 +40,41 @@ pub fn sample_grid(project: &Project, name: &str, lrs: &[&str], extra: &str) -> 
     )
 }
 
+/// A `tpe` sweep over the sample pipeline with one-epoch trials: two
+/// random start-up trials, then three asked from the results, each with
+/// one trial before it still counted as running; `extra` is appended.
+pub fn tpe_sweep(project: &Project, parallel: usize, extra: &str) -> String {
+    project.copy("imdb-sample.yaml");
+    project.write_at(
+        "sweeps/tpe.yaml",
+        &format!(
+            "pipeline: ../pipelines/imdb-sample.yaml\n\
+             method: tpe\n\
+             trials: 5\n\
+             seed: 3\n\
+             tpe: {{startup_trials: 2, in_flight: 1}}\n\
+             metric: {{name: eval_accuracy, goal: maximize}}\n\
+             parameters:\n  \
+               stages.train.optimizer.lr: {{distribution: log_uniform, min: 1.0e-4, max: 3.0e-2}}\n  \
+               stages.train.clip_grad_norm: {{values: [null, 1.0]}}\n  \
+               stages.train.epochs: {{values: [1]}}\n\
+             parallel: {parallel}\n{extra}"
+        ),
+    )
+}
+
+/// Each trial's label, parameters and metric, by label.
+pub fn tpe_trials(result: &Value) -> Vec<(String, String, String)> {
+    let mut trials: Vec<(String, String, String)> = result["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["trial"].to_string(), t["params"].to_string(), t["metric"].to_string()))
+        .collect();
+    trials.sort();
+    trials
+}
+
 /// Starts `pipeline` with `args` and stderr piped and reads it until
 /// `stop` says so; returns the child, the labels of the stages that ran by
 /// then, and a thread that drains (and returns) the rest of stderr.
