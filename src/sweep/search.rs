@@ -357,27 +357,28 @@ fn run_on_cluster(
             .collect()
     };
     let before = complete(&session);
-    if before.iter().all(|&c| c) {
+    let nodes = if before.iter().all(|&c| c) {
         console.trial_state(&trial.label(), "cached");
+        Vec::new()
     } else {
-        cluster.run(trial, console, cancel)?;
-    }
-    let after = complete(&session);
-    let interrupted = cancel.load(Ordering::SeqCst);
-    let nodes = session
-        .graph
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|&(n, _)| !before[n] && (after[n] || !interrupted))
-        .map(|(n, node)| {
-            let state = match after[n] {
-                true => NodeState::RanElsewhere,
-                false => NodeState::Failed(Failure::Error(cluster.why_missing(&node.label))),
-            };
-            (node.id.clone(), state, 0.0)
-        })
-        .collect();
+        let tasks = cluster.run(trial, console, cancel)?;
+        let after = complete(&session);
+        let interrupted = cancel.load(Ordering::SeqCst);
+        session
+            .graph
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|&(n, _)| !before[n] && (after[n] || !interrupted))
+            .map(|(n, node)| {
+                let state = match after[n] {
+                    true => NodeState::RanElsewhere,
+                    false => NodeState::Failed(Failure::Error(tasks.why_missing(&node.label))),
+                };
+                (node.id.clone(), state, 0.0)
+            })
+            .collect()
+    };
     let value = stored_value(sweep, trial, store)?.flatten();
     Ok(TrialRun {
         value,

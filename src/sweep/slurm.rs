@@ -78,9 +78,7 @@ pub struct ClusterSearch<'a> {
     sweep: &'a Sweep,
     store: &'a Store,
     submission: &'a Submission<'a>,
-    name: String,
-    logs: PathBuf,
-    _submitting: std::fs::File,
+    submitting: Submitting,
 }
 
 impl<'a> ClusterSearch<'a> {
@@ -94,55 +92,71 @@ impl<'a> ClusterSearch<'a> {
         console: &Console,
         cancel: &AtomicBool,
     ) -> anyhow::Result<ClusterSearch<'a>> {
-        check_gres(sweep, submission)?;
-        let name = job_name(sweep, submission, store);
-        let logs = logs_dir(sweep, store);
-        std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-        let submitting = store.exclusive(&name)?;
-        let jobs = queued(&name)?;
+        let submitting = Submitting::start(sweep, store, submission)?;
+        let jobs = queued(&submitting.name)?;
         if !jobs.is_empty() {
             console.line(&format!(
-                "sweep `{}`: waiting for its Slurm job(s) {} ({name}), already queued",
+                "sweep `{}`: waiting for its Slurm job(s) {} ({}), already queued",
                 sweep.name,
-                jobs.join(", ")
+                jobs.join(", "),
+                submitting.name
             ));
-            wait(&jobs, &Tasks::read(&logs), console, cancel)?;
+            wait(&jobs, &Tasks::read(&submitting.logs), console, cancel)?;
         }
         Ok(ClusterSearch {
             sweep,
             store,
             submission,
-            name,
-            logs,
-            _submitting: submitting,
+            submitting,
         })
     }
 
     /// Runs `trial` as a job of one task and waits for it to end (or
-    /// cancels it when `cancel` is set).
-    pub fn run(&self, trial: &Trial, console: &Console, cancel: &AtomicBool) -> anyhow::Result<()> {
-        let (sweep, submission) = (self.sweep, self.submission);
+    /// cancels it when `cancel` is set); returns what that job ran, which
+    /// says why a stage it should have stored is missing.
+    pub fn run(&self, trial: &Trial, console: &Console, cancel: &AtomicBool) -> anyhow::Result<Tasks> {
+        let Submitting { name, logs, .. } = &self.submitting;
         let job = submit(
-            sweep,
+            self.sweep,
             self.store,
-            submission,
-            &self.name,
-            &self.logs,
+            self.submission,
+            name,
+            logs,
             Work::Asked(trial),
             None,
         )?;
         let label = trial.label();
         console.trial_state(&label, &format!("submitted to Slurm as job {job}"));
         let tasks = Tasks {
-            logs: self.logs.clone(),
+            logs: logs.clone(),
             jobs: BTreeMap::from([(job.parse().context("sbatch printed no job number")?, vec![label])]),
         };
-        wait(&[job], &tasks, console, cancel)
+        wait(&[job], &tasks, console, cancel)?;
+        Ok(tasks)
     }
+}
 
-    /// Why the stage `label` of a trial is not in the store: its task's log.
-    pub fn why_missing(&self, label: &str) -> String {
-        Tasks::read(&self.logs).why_missing(label)
+/// A sweep run's Slurm job name and logs folder, and the store's lock that
+/// lets one coordinator at a time look for its jobs and submit.
+struct Submitting {
+    name: String,
+    logs: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Submitting {
+    /// Checks the sweep's `gres`, makes the logs folder and takes the lock.
+    fn start(sweep: &Sweep, store: &Store, submission: &Submission) -> anyhow::Result<Submitting> {
+        check_gres(sweep, submission)?;
+        let name = job_name(sweep, submission, store);
+        let logs = logs_dir(sweep, store);
+        std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+        let lock = store.exclusive(&name)?;
+        Ok(Submitting {
+            name,
+            logs,
+            _lock: lock,
+        })
     }
 }
 
@@ -182,13 +196,13 @@ pub fn run_trials(
     console: &Console,
     cancel: &AtomicBool,
 ) -> anyhow::Result<FromTheCluster> {
-    check_gres(sweep, submission)?;
-    let name = job_name(sweep, submission, store);
-    let logs = logs_dir(sweep, store);
-    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     // One coordinator at a time looks and submits: a second one finds the
     // first one's jobs, or a store where they have finished.
-    let submitting = store.exclusive(&name)?;
+    let Submitting {
+        name,
+        logs,
+        _lock: submitting,
+    } = Submitting::start(sweep, store, submission)?;
     let all = super::session(sweep, store)?;
     let Missing {
         trials: missing,
@@ -495,7 +509,7 @@ fn submit(
 }
 
 /// What the jobs of a sweep run, from their `<job>.tasks` files.
-struct Tasks {
+pub struct Tasks {
     logs: PathBuf,
     /// Per job id (ascending), what each of its tasks runs.
     jobs: BTreeMap<u64, Vec<String>>,
@@ -526,7 +540,7 @@ impl Tasks {
 
     /// Why the stage `label` (`trial-x/train`, or a shared stage's) is not
     /// in the store: the end of its task's log.
-    fn why_missing(&self, label: &str) -> String {
+    pub fn why_missing(&self, label: &str) -> String {
         let owner = label.split_once('/').map_or(SHARED, |(trial, _)| trial);
         let Some(log) = self.log_of(owner) else {
             return format!(
