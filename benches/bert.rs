@@ -23,6 +23,11 @@ use pipeline::model::{Classifier, Inputs, Setup, Shape, parameter_names};
 use pipeline::train::Loss;
 use pipeline::train::optimizer::{Clipping, Optimizer, OptimizerConfig};
 
+/// The allocator of the `pipeline` binary (src/main.rs), so that the step
+/// runs as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }

@@ -21,6 +21,11 @@ use pipeline::model::{Classifier, Inputs, Setup, Shape, parameter_names};
 use pipeline::train::Loss;
 use pipeline::train::optimizer::{Clipping, Optimizer, OptimizerConfig, OptimizerKind};
 
+/// The allocator of the `pipeline` binary (src/main.rs), so that the step
+/// runs as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 64;
 const TIME: usize = 128;
 const FEATURES: usize = 384;
