@@ -361,7 +361,7 @@ fn run_on_cluster(
         console.trial_state(&trial.label(), "cached");
         Vec::new()
     } else {
-        let tasks = cluster.run(trial, console, cancel)?;
+        let tasks = cluster.run(trial, console, cancel, &|| complete(&session).iter().all(|&c| c))?;
         let after = complete(&session);
         let interrupted = cancel.load(Ordering::SeqCst);
         session

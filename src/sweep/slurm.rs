@@ -101,7 +101,7 @@ impl<'a> ClusterSearch<'a> {
                 jobs.join(", "),
                 submitting.name
             ));
-            wait(&jobs, &Tasks::read(&submitting.logs), console, cancel)?;
+            wait(&jobs, &Tasks::read(&submitting.logs), console, cancel, &|| false)?;
         }
         Ok(ClusterSearch {
             sweep,
@@ -111,10 +111,17 @@ impl<'a> ClusterSearch<'a> {
         })
     }
 
-    /// Runs `trial` as a job of one task and waits for it to end (or
-    /// cancels it when `cancel` is set); returns what that job ran, which
-    /// says why a stage it should have stored is missing.
-    pub fn run(&self, trial: &Trial, console: &Console, cancel: &AtomicBool) -> anyhow::Result<Tasks> {
+    /// Runs `trial` as a job of one task and waits for it to end, or for
+    /// `stored` to say the store holds the whole trial (or cancels it when
+    /// `cancel` is set); returns what that job ran, which says why a stage
+    /// it should have stored is missing.
+    pub fn run(
+        &self,
+        trial: &Trial,
+        console: &Console,
+        cancel: &AtomicBool,
+        stored: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Tasks> {
         let Submitting { name, logs, .. } = &self.submitting;
         let job = submit(
             self.sweep,
@@ -131,7 +138,7 @@ impl<'a> ClusterSearch<'a> {
             logs: logs.clone(),
             jobs: BTreeMap::from([(job.parse().context("sbatch printed no job number")?, vec![label])]),
         };
-        wait(&[job], &tasks, console, cancel)?;
+        wait(&[job], &tasks, console, cancel, stored)?;
         Ok(tasks)
     }
 }
@@ -274,9 +281,9 @@ pub fn run_trials(
         ));
     }
     drop(submitting);
-    drop(all);
     let cluster = gather(built);
-    wait(&jobs, &cluster.tasks, console, cancel)?;
+    let stored = || missing_work(sweep, &all, store).trials.is_empty();
+    wait(&jobs, &cluster.tasks, console, cancel, &stored)?;
     Ok(cluster)
 }
 
@@ -583,8 +590,18 @@ const ENDED: [&str; 9] = [
 ];
 
 /// Waits until no task of `jobs` is queued or running, showing each task's
-/// state as it changes; cancels them when `cancel` is set.
-fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) -> anyhow::Result<()> {
+/// state as it changes; cancels them when `cancel` is set. Between two
+/// polls it asks `stored` every 50 ms whether the store already holds all
+/// the jobs were to compute, and returns at once when it does: the store
+/// says what finished, and a task whose last entry is stored has nothing
+/// left to do but exit (up to a poll's pause, 0.25 s to 10 s, sooner).
+fn wait(
+    jobs: &[String],
+    tasks: &Tasks,
+    console: &Console,
+    cancel: &AtomicBool,
+    stored: &dyn Fn() -> bool,
+) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let mut shown = BTreeMap::<String, String>::new();
     let mut accounting = true;
@@ -655,6 +672,9 @@ fn wait(jobs: &[String], tasks: &Tasks, console: &Console, cancel: &AtomicBool) 
         while slept < pause && !cancel.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));
             slept += Duration::from_millis(50);
+            if stored() {
+                return Ok(());
+            }
         }
     }
 }
