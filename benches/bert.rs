@@ -24,7 +24,7 @@ use pipeline::train::Loss;
 use pipeline::train::optimizer::{Clipping, Optimizer, OptimizerConfig};
 
 /// The allocator of the `pipeline` binary (src/main.rs), so that the step
-/// runs as it does there.
+/// runs as it does there ([`pipeline::allocator::configure`] in `main`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -136,6 +136,7 @@ fn pytorch(python: Option<&str>, checkpoint: &PathBuf, threads: usize, steps: us
 }
 
 fn main() {
+    pipeline::allocator::configure();
     let python = std::env::var("PYTHON").ok();
     if python.is_none() {
         eprintln!("PYTHON is not set: ours only (PyTorch's columns are NaN)");

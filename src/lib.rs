@@ -4,6 +4,7 @@
 //! [`stage::Stage`]; the [`dag`] scheduler runs them and caches every output in
 //! the [`store`] under a key made of everything that determines it.
 
+pub mod allocator;
 pub mod backend;
 pub mod cli;
 pub mod console;

@@ -1,10 +1,10 @@
 use std::process::ExitCode;
 
-/// mimalloc rather than glibc's malloc: it keeps the training steps' large
-/// buffers for reuse instead of returning them to the kernel (see Cargo.toml).
+/// mimalloc rather than glibc's malloc (see [`pipeline::allocator`]).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    pipeline::allocator::configure();
     pipeline::cli::main(&pipeline::stages::builtin())
 }
