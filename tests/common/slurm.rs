@@ -248,11 +248,11 @@ pub fn task_logs(dir: &Path) -> Vec<(String, String)> {
 /// (Slurm's default); `PIPELINE_TEST_SLURM_SCHEDULER` replaces it (empty:
 /// Slurm's defaults), for the overhead benchmark.
 fn scheduler_parameters() -> String {
-    match std::env::var("PIPELINE_TEST_SLURM_SCHEDULER") {
-        Ok(parameters) if parameters.is_empty() => String::new(),
-        Ok(parameters) => format!("SchedulerParameters={parameters}\n"),
-        Err(_) => "SchedulerParameters=batch_sched_delay=0\n".into(),
-    }
+    overridable(
+        "SchedulerParameters",
+        "PIPELINE_TEST_SLURM_SCHEDULER",
+        "batch_sched_delay=0",
+    )
 }
 
 /// The cluster's `Epilog` line: `/bin/true` (clusters commonly run an
@@ -265,10 +265,16 @@ fn scheduler_parameters() -> String {
 /// `PIPELINE_TEST_SLURM_EPILOG` replaces it (empty: none), for the
 /// overhead benchmark.
 fn epilog() -> String {
-    match std::env::var("PIPELINE_TEST_SLURM_EPILOG") {
-        Ok(epilog) if epilog.is_empty() => String::new(),
-        Ok(epilog) => format!("Epilog={epilog}\n"),
-        Err(_) => "Epilog=/bin/true\n".into(),
+    overridable("Epilog", "PIPELINE_TEST_SLURM_EPILOG", "/bin/true")
+}
+
+/// The config line `key=default`, or `key=<$var>` when the variable is set,
+/// or no line when it is set but empty.
+fn overridable(key: &str, var: &str, default: &str) -> String {
+    match std::env::var(var) {
+        Ok(value) if value.is_empty() => String::new(),
+        Ok(value) => format!("{key}={value}\n"),
+        Err(_) => format!("{key}={default}\n"),
     }
 }
 
