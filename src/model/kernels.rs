@@ -409,17 +409,22 @@ fn wide_tile<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], p
 #[target_feature(enable = "avx512f")]
 unsafe fn wide_tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panels: &[f32]) {
     use std::arch::x86_64::{
-        __m512, _mm512_add_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_set1_ps,
+        _mm512_add_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
     };
     let len = lhs.len();
     let (out, panels) = (out.as_mut_ptr(), panels.as_ptr());
     // SAFETY (every load and store): within the lengths the caller guarantees.
-    let mut sums: [[__m512; R]; WIDE] = std::array::from_fn(|c| {
-        std::array::from_fn(|r| unsafe { _mm512_maskz_loadu_ps(!0, out.add(r * stride + c * PANEL)) })
-    });
+    let mut sums = [[_mm512_setzero_ps(); R]; WIDE];
+    for (c, row_sums) in sums.iter_mut().enumerate() {
+        for (r, sum) in row_sums.iter_mut().enumerate() {
+            *sum = unsafe { _mm512_maskz_loadu_ps(!0, out.add(r * stride + c * PANEL)) };
+        }
+    }
     for (d, column) in lhs.iter().enumerate() {
-        let b: [__m512; WIDE] =
-            std::array::from_fn(|c| unsafe { _mm512_maskz_loadu_ps(!0, panels.add((c * len + d) * PANEL)) });
+        let mut b = [_mm512_setzero_ps(); WIDE];
+        for (c, row) in b.iter_mut().enumerate() {
+            *row = unsafe { _mm512_maskz_loadu_ps(!0, panels.add((c * len + d) * PANEL)) };
+        }
         for r in 0..R {
             let x = _mm512_set1_ps(column[r]);
             for c in 0..WIDE {
@@ -480,11 +485,14 @@ fn tile<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panel:
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panel: &[f32]) {
     use std::arch::x86_64::{
-        __m512, _mm512_add_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_set1_ps,
+        _mm512_add_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
     };
     let (out, panel) = (out.as_mut_ptr(), panel.as_ptr());
     // SAFETY (every load and store): within the lengths the caller guarantees.
-    let mut sums: [__m512; R] = std::array::from_fn(|r| unsafe { _mm512_maskz_loadu_ps(!0, out.add(r * stride)) });
+    let mut sums = [_mm512_setzero_ps(); R];
+    for (r, sum) in sums.iter_mut().enumerate() {
+        *sum = unsafe { _mm512_maskz_loadu_ps(!0, out.add(r * stride)) };
+    }
     for (d, column) in lhs.iter().enumerate() {
         let b_row = unsafe { _mm512_maskz_loadu_ps(!0, panel.add(d * PANEL)) };
         for r in 0..R {
