@@ -335,9 +335,16 @@ fn product(lhs: Lhs, b: &Packed, out: &mut [f32]) {
 #[inline(always)]
 fn row_tiles<const R: usize>(lhs: Lhs, panels: &[f32], n: usize, out: &mut [f32], i: usize, start: usize, len: usize) {
     let mut columns_of_rows = vec![[0.0f32; R]; len];
-    for (d, column) in columns_of_rows.iter_mut().enumerate() {
-        for (r, x) in column.iter_mut().enumerate() {
-            *x = lhs.values[(i + r) * lhs.row_stride + (start + d) * lhs.depth_stride];
+    if lhs.row_stride == 1 {
+        // Read transposed: the tile's rows are adjacent values at each depth.
+        for (d, column) in columns_of_rows.iter_mut().enumerate() {
+            column.copy_from_slice(&lhs.values[(start + d) * lhs.depth_stride + i..][..R]);
+        }
+    } else {
+        for (d, column) in columns_of_rows.iter_mut().enumerate() {
+            for (r, x) in column.iter_mut().enumerate() {
+                *x = lhs.values[(i + r) * lhs.row_stride + (start + d) * lhs.depth_stride];
+            }
         }
     }
     let full = n / PANEL;

@@ -150,8 +150,15 @@ struct Saved {
     /// Per step and row, the activated gates (`i f g o` for the LSTM, `r z n`
     /// for the GRU) `[batch, time, gates * hidden]`; empty for Elman cells.
     gates: Vec<f32>,
-    /// LSTM cell states, GRU `h W_hn + b_hn`, `[batch, time, hidden]`; empty for Elman cells.
+    /// LSTM cell states and their `tanh` `[batch, time, 2 * hidden]`, GRU
+    /// `h W_hn + b_hn` `[batch, time, hidden]` ([`extra_width`]); empty for
+    /// Elman cells.
     extra: Vec<f32>,
+}
+
+/// Values per row and step in [`Saved::extra`].
+fn extra_width(cell: Cell, hidden: usize) -> usize {
+    if cell == Cell::Lstm { 2 * hidden } else { hidden }
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -205,7 +212,7 @@ fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
     let mut saved = Saved {
         states: vec![0.0; batch * time * hidden],
         gates: kept(batch * time * width),
-        extra: kept(batch * time * hidden),
+        extra: kept(batch * time * extra_width(cell, hidden)),
     };
     let weights = [
         Packed::new(&inputs.w_ih, inputs.dims.input, width),
@@ -216,7 +223,7 @@ fn forward(inputs: &Inputs, cell: Cell, reverse: bool, save: bool) -> Saved {
         [
             (&mut saved.states, time * hidden),
             (&mut saved.gates, time * width),
-            (&mut saved.extra, time * hidden),
+            (&mut saved.extra, time * extra_width(cell, hidden)),
         ],
         |rows, pieces| forward_rows(inputs, &weights, rows, cell, reverse, pieces),
     );
@@ -300,7 +307,9 @@ fn forward_rows(
                     }
                     if keeps_gates {
                         gates[at..at + width].copy_from_slice(&activated);
-                        extra[state..state + hidden].copy_from_slice(c_b);
+                        let kept = &mut extra[2 * state..2 * (state + hidden)];
+                        kept[..hidden].copy_from_slice(c_b);
+                        kept[hidden..].copy_from_slice(&tanh_c);
                     }
                 }
                 Cell::Gru => {
@@ -446,7 +455,6 @@ impl Pass<'_> {
         let mut dc_carry = vec![0.0f32; batch * hidden];
         let mut d_recurrent = vec![0.0f32; batch * width];
         let mut dh = vec![0.0f32; hidden];
-        let mut tanh_c = vec![0.0f32; hidden];
         for step in (0..time).rev() {
             let t = time_at(step, time, reverse);
             let previous = (step > 0).then(|| time_at(step - 1, time, reverse));
@@ -477,11 +485,11 @@ impl Pass<'_> {
                     }
                     Cell::Lstm => {
                         let gates = &saved.gates[gate_at..gate_at + width];
-                        let c = &saved.extra[at..at + hidden];
-                        let c_prev = previous.map_or(&zeros[..], |p| &saved.extra[state(b, p)..state(b, p) + hidden]);
+                        // The cell state and its tanh, then the step before's cell state.
+                        let tanh_c = &saved.extra[2 * at + hidden..2 * (at + hidden)];
+                        let c_prev =
+                            previous.map_or(&zeros[..], |p| &saved.extra[2 * state(b, p)..2 * state(b, p) + hidden]);
                         let dc_b = &mut dc_carry[local * hidden..(local + 1) * hidden];
-                        tanh_c.copy_from_slice(c);
-                        tanh_in_place(&mut tanh_c);
                         for j in 0..hidden {
                             let (i, f, g, o) = (
                                 gates[j],
