@@ -167,10 +167,11 @@ impl Drop for FlushDenormals {
     }
 }
 
-/// Runs `work` compiled for AVX-512F, or AVX2, when the CPU has them, and
-/// for the baseline instruction set otherwise. For element-wise work with
-/// separate multiplies and adds (Rust never fuses them) and correctly
-/// rounded square roots and divisions, every version gives the same bits.
+/// Runs `work` compiled for AVX-512F, or AVX2 with FMA, when the CPU has
+/// them, and for the baseline instruction set otherwise. For element-wise
+/// work with separate multiplies and adds (Rust never fuses them), explicit
+/// `mul_add`s (a library call on the baseline set) and correctly rounded
+/// square roots and divisions, every version gives the same bits.
 /// `work` and the functions it calls are compiled for the wider set only
 /// when they are `#[inline(always)]` (closures too: `#[inline(always)] || ...`).
 #[inline(always)]
@@ -181,7 +182,7 @@ pub fn widest_simd<T>(work: impl FnOnce() -> T) -> T {
         fn avx512<T>(work: impl FnOnce() -> T) -> T {
             work()
         }
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,fma")]
         fn avx2<T>(work: impl FnOnce() -> T) -> T {
             work()
         }
@@ -189,8 +190,8 @@ pub fn widest_simd<T>(work: impl FnOnce() -> T) -> T {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { avx512(work) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { avx2(work) };
         }
     }

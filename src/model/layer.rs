@@ -30,6 +30,7 @@ use super::kernels::{
     FlushDenormals, HostValues, Packed, column_sums, host, matmul_tn_add, register_host_grads, runs_fused, transpose,
 };
 use super::recurrent::Cell;
+use super::sigmoid::sigmoid_in_place;
 use super::tanh::tanh_in_place;
 
 /// The recurrent layer as a backend operation.
@@ -161,10 +162,6 @@ fn extra_width(cell: Cell, hidden: usize) -> usize {
     if cell == Cell::Lstm { 2 * hidden } else { hidden }
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// The time index of processing step `step`.
 fn time_at(step: usize, time: usize, reverse: bool) -> usize {
     if reverse { time - 1 - step } else { step }
@@ -292,9 +289,8 @@ fn forward_rows(
                     for j in 0..width {
                         activated[j] = x[j] + r[j];
                     }
-                    for j in (0..2 * hidden).chain(3 * hidden..width) {
-                        activated[j] = sigmoid(activated[j]);
-                    }
+                    sigmoid_in_place(&mut activated[..2 * hidden]);
+                    sigmoid_in_place(&mut activated[3 * hidden..]);
                     tanh_in_place(&mut activated[2 * hidden..3 * hidden]);
                     let c_b = &mut c[b * hidden..(b + 1) * hidden];
                     for j in 0..hidden {
@@ -314,9 +310,11 @@ fn forward_rows(
                 }
                 Cell::Gru => {
                     // r, z, then n.
+                    for j in 0..2 * hidden {
+                        activated[j] = x[j] + r[j];
+                    }
+                    sigmoid_in_place(&mut activated[..2 * hidden]);
                     for j in 0..hidden {
-                        activated[j] = sigmoid(x[j] + r[j]);
-                        activated[hidden + j] = sigmoid(x[hidden + j] + r[hidden + j]);
                         activated[2 * hidden + j] = x[2 * hidden + j] + activated[j] * r[2 * hidden + j];
                     }
                     tanh_in_place(&mut activated[2 * hidden..]);

@@ -22,6 +22,7 @@ pub mod layer;
 pub mod norm;
 pub mod recurrent;
 pub mod rnn;
+pub mod sigmoid;
 pub mod softmax;
 pub mod tanh;
 
