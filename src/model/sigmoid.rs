@@ -144,8 +144,9 @@ mod tests {
     use super::*;
     use crate::model::kernels::FlushDenormals;
 
-    /// Compares [`sigmoid_in_place`] with the scalar form on every
-    /// `step`-th bit pattern, with denormals kept and flushed.
+    /// Compares [`sigmoid_in_place`], and the portable [`sigmoid`] the CPUs
+    /// without AVX-512F run, with the scalar form on every `step`-th bit
+    /// pattern, with denormals kept and flushed.
     fn compare_every(step: usize) {
         for flushed in [false, true] {
             let _flush = flushed.then(FlushDenormals::start);
@@ -160,11 +161,14 @@ mod tests {
                 sigmoid_in_place(&mut ours);
                 for (&b, &o) in bits.iter().zip(&ours) {
                     let expected = 1.0 / (1.0 + (-f32::from_bits(b)).exp());
-                    assert!(
-                        o.to_bits() == expected.to_bits() || (o.is_nan() && expected.is_nan()),
-                        "sigmoid({:e}) (bits {b:#x}, flushed {flushed}): {o:e} vs glibc {expected:e}",
-                        f32::from_bits(b)
-                    );
+                    let portable = sigmoid(f32::from_bits(b), &TABLE);
+                    for (what, got) in [("vectors", o), ("portable", portable)] {
+                        assert!(
+                            got.to_bits() == expected.to_bits() || (got.is_nan() && expected.is_nan()),
+                            "sigmoid({:e}) ({what}, bits {b:#x}, flushed {flushed}): {got:e} vs glibc {expected:e}",
+                            f32::from_bits(b)
+                        );
+                    }
                 }
                 first += (bits.len() * step) as u64;
             }
