@@ -8,9 +8,10 @@
 //! the remainder `r`), `2^(k / 32)` from a table of 32 values and the
 //! exponent bits, and a cubic in `r` through fused multiply-adds.
 //! [`sigmoid`] is that computation step for step (read from the machine
-//! code of Debian's libm), with the table built from `exp2` and every
-//! branch computed and selected, so every result has glibc's bits, and the
-//! same bits on a CPU whose glibc would have picked its other variant.
+//! code of Debian's glibc 2.36 libm), with the table built from `exp2` and
+//! every branch computed and selected, so every result has glibc's bits;
+//! on a CPU without FMA, where glibc would pick its other variant, ours
+//! keeps these bits (its `mul_add`s become library calls there).
 //! `every_float_...` in the tests compares it with the scalar form over
 //! every 31st float; the whole range, in both denormal modes, with
 //! `cargo test --lib every_float -- --ignored`.
