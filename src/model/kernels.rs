@@ -580,6 +580,41 @@ pub mod testing {
         }
     }
 
+    /// A named in-place form of an element-wise function.
+    pub type InPlace<'a> = (&'a str, &'a dyn Fn(&mut [f32]));
+
+    /// Asserts that each of `candidates` (a name and an in-place form of the
+    /// function) gives the bits of `reference` on every `step`-th float bit
+    /// pattern, NaN for NaN, with denormals kept and flushed; `name` names
+    /// the function in the failure message.
+    pub fn assert_every_float_matches(step: usize, name: &str, candidates: &[InPlace], reference: impl Fn(f32) -> f32) {
+        for flushed in [false, true] {
+            let _flush = flushed.then(super::FlushDenormals::start);
+            let mut first = 0u64;
+            while first <= u64::from(u32::MAX) {
+                let bits: Vec<u32> = (first..=u64::from(u32::MAX))
+                    .step_by(step)
+                    .take(1 << 16)
+                    .map(|b| b as u32)
+                    .collect();
+                let inputs: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+                let expected: Vec<f32> = inputs.iter().map(|&x| reference(x)).collect();
+                for (what, candidate) in candidates {
+                    let mut ours = inputs.clone();
+                    candidate(&mut ours);
+                    for ((&b, &got), &expected) in bits.iter().zip(&ours).zip(&expected) {
+                        assert!(
+                            got.to_bits() == expected.to_bits() || (got.is_nan() && expected.is_nan()),
+                            "{name}({:e}) ({what}, bits {b:#x}, flushed {flushed}): {got:e} vs glibc {expected:e}",
+                            f32::from_bits(b)
+                        );
+                    }
+                }
+                first += (bits.len() * step) as u64;
+            }
+        }
+    }
+
     /// Asserts `|a - b| < tolerance * (1 + |b|)` element by element.
     pub fn assert_close(a: &[f32], b: &[f32], tolerance: f32, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}");

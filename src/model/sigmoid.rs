@@ -143,37 +143,19 @@ unsafe fn sigmoid_avx512(values: &mut [f32], table: &[u64; 32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::FlushDenormals;
+    use crate::model::kernels::testing::assert_every_float_matches;
 
     /// Compares [`sigmoid_in_place`], and the portable [`sigmoid`] the CPUs
     /// without AVX-512F run, with the scalar form on every `step`-th bit
     /// pattern, with denormals kept and flushed.
     fn compare_every(step: usize) {
-        for flushed in [false, true] {
-            let _flush = flushed.then(FlushDenormals::start);
-            let mut first = 0u64;
-            while first <= u64::from(u32::MAX) {
-                let bits: Vec<u32> = (first..=u64::from(u32::MAX))
-                    .step_by(step)
-                    .take(1 << 16)
-                    .map(|b| b as u32)
-                    .collect();
-                let mut ours: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
-                sigmoid_in_place(&mut ours);
-                for (&b, &o) in bits.iter().zip(&ours) {
-                    let expected = 1.0 / (1.0 + (-f32::from_bits(b)).exp());
-                    let portable = sigmoid(f32::from_bits(b), &TABLE);
-                    for (what, got) in [("vectors", o), ("portable", portable)] {
-                        assert!(
-                            got.to_bits() == expected.to_bits() || (got.is_nan() && expected.is_nan()),
-                            "sigmoid({:e}) ({what}, bits {b:#x}, flushed {flushed}): {got:e} vs glibc {expected:e}",
-                            f32::from_bits(b)
-                        );
-                    }
-                }
-                first += (bits.len() * step) as u64;
-            }
-        }
+        let portable = |values: &mut [f32]| values.iter_mut().for_each(|v| *v = sigmoid(*v, &TABLE));
+        assert_every_float_matches(
+            step,
+            "sigmoid",
+            &[("vectors", &sigmoid_in_place), ("portable", &portable)],
+            |x| 1.0 / (1.0 + (-x).exp()),
+        );
     }
 
     #[test]

@@ -130,33 +130,12 @@ pub fn tanh_in_place(values: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::FlushDenormals;
+    use crate::model::kernels::testing::assert_every_float_matches;
 
     /// Compares [`tanh_in_place`] with `f32::tanh` on every `step`-th bit
     /// pattern, with denormals kept and flushed.
     fn compare_every(step: usize) {
-        for flushed in [false, true] {
-            let _flush = flushed.then(FlushDenormals::start);
-            let mut first = 0u64;
-            while first <= u64::from(u32::MAX) {
-                let bits: Vec<u32> = (first..=u64::from(u32::MAX))
-                    .step_by(step)
-                    .take(1 << 16)
-                    .map(|b| b as u32)
-                    .collect();
-                let mut ours: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
-                tanh_in_place(&mut ours);
-                for (&b, &o) in bits.iter().zip(&ours) {
-                    let expected = f32::from_bits(b).tanh();
-                    assert!(
-                        o.to_bits() == expected.to_bits() || (o.is_nan() && expected.is_nan()),
-                        "tanh({:e}) (bits {b:#x}, flushed {flushed}): {o:e} vs glibc {expected:e}",
-                        f32::from_bits(b)
-                    );
-                }
-                first += (bits.len() * step) as u64;
-            }
-        }
+        assert_every_float_matches(step, "tanh", &[("vectors", &tanh_in_place)], f32::tanh);
     }
 
     #[test]
