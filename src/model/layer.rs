@@ -483,7 +483,7 @@ impl Pass<'_> {
                     }
                     Cell::Lstm => {
                         let gates = &saved.gates[gate_at..gate_at + width];
-                        // The cell state and its tanh, then the step before's cell state.
+                        // This step's tanh(c) and the step before's c (`extra` holds c, then tanh(c)).
                         let tanh_c = &saved.extra[2 * at + hidden..2 * (at + hidden)];
                         let c_prev =
                             previous.map_or(&zeros[..], |p| &saved.extra[2 * state(b, p)..2 * state(b, p) + hidden]);
