@@ -2,13 +2,14 @@
 //!
 //! The recurrent cells' `tanh` went through `f32::tanh`, glibc's `tanhf`
 //! (fdlibm's algorithm over its `expm1f`): one call per element, half the
-//! LSTM's training step in a profile. [`tanh`] is the same algorithm step
-//! for step, the same operations on the same values in the same order, with
-//! every branch computed and the result selected, so LLVM vectorizes a loop
-//! of it and every result has glibc's bits, denormal flushing included (the
-//! branches test the input's bits, as glibc does). `every_float_...` in the
-//! tests compares it with `f32::tanh` over every 31st float; the whole
-//! range, in both modes, in 78 s here (`cargo test --lib every_float -- --ignored`).
+//! LSTM's training step in a profile. [`tanh_in_place`] is the same
+//! algorithm step for step, the same operations on the same values in the
+//! same order, with every branch computed and the result selected, so that
+//! LLVM vectorizes its loops and every result has glibc's bits, denormal
+//! flushing included (the branches test the input's bits, as glibc does).
+//! `every_float_...` in the tests compares it with `f32::tanh` over every
+//! 31st float; the whole range, in both modes, in 77 s here (`cargo test
+//! --lib every_float -- --ignored`).
 
 const LN2_HI: f32 = f32::from_bits(0x3f31_7180);
 const LN2_LO: f32 = f32::from_bits(0x3717_f7d1);
@@ -25,40 +26,62 @@ const Q: [f32; 5] = [
 /// low mantissa bits (integer conversions keep LLVM from vectorizing).
 const ROUND: f32 = 12_582_912.0;
 
-/// The bits of `f32::tanh(x)` (glibc 2.36's `tanhf`, as x86-64 Debian
-/// ships it) without a call.
+/// Values per block of [`tanh_in_place`]: the stages' intermediate values
+/// for a block stay in L1 cache.
+const BLOCK: usize = 128;
+
+/// Every value of `values` replaced by the bits of its `f32::tanh` (glibc
+/// 2.36's `tanhf`, as x86-64 Debian ships it), in the widest vectors the
+/// CPU has.
+///
+/// The computation is one long chain of dependent operations, about 150
+/// cycles from `x` to `tanh(x)`: written as one loop, the core could not
+/// overlap the chains of successive vectors, and ran at a third of its
+/// throughput. Here each block goes through three loops, each a third of
+/// the chain ([`reduce`], [`remainder`], [`finish`]), whose short
+/// iterations the core overlaps.
+pub fn tanh_in_place(values: &mut [f32]) {
+    super::kernels::widest_simd(
+        #[inline(always)]
+        || {
+            let [mut k, mut r, mut c, mut t] = [[0.0f32; BLOCK]; 4];
+            for x in values.chunks_mut(BLOCK) {
+                let n = x.len();
+                let (k, r, c, t) = (&mut k[..n], &mut r[..n], &mut c[..n], &mut t[..n]);
+                for (((k, r), c), &x) in k.iter_mut().zip(r.iter_mut()).zip(c.iter_mut()).zip(x.iter()) {
+                    (*k, *r, *c) = reduce(expm1_argument(x));
+                }
+                for (t, &r) in t.iter_mut().zip(r.iter()) {
+                    *t = remainder(r);
+                }
+                for ((((t, &x), &k), &r), &c) in t.iter_mut().zip(x.iter()).zip(k.iter()).zip(r.iter()).zip(c.iter()) {
+                    *t = expm1(expm1_argument(x), k, r, c, *t);
+                }
+                for (x, &t) in x.iter_mut().zip(t.iter()) {
+                    *x = finish(*x, t);
+                }
+            }
+        },
+    )
+}
+
+/// The argument glibc's `tanhf` passes to `expm1f`: `2|x|` from one up,
+/// `-2|x|` below.
 #[inline(always)]
-pub fn tanh(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let magnitude = bits & 0x7fff_ffff;
+fn expm1_argument(x: f32) -> f32 {
     let a = x.abs();
-    let at_least_one = magnitude >= 0x3f80_0000;
-    let t = expm1(if at_least_one { 2.0 * a } else { -2.0 * a });
-    let z = if at_least_one {
-        1.0 - 2.0 / (t + 2.0)
+    if x.to_bits() & 0x7fff_ffff >= 0x3f80_0000 {
+        2.0 * a
     } else {
-        -t / (t + 2.0)
-    };
-    // |x| >= 22: one minus a tiny number, which rounds to one.
-    let z = if magnitude >= 0x41b0_0000 { 1.0 - 1.0e-30 } else { z };
-    let signed = if bits >> 31 == 0 { z } else { -z };
-    if magnitude >= 0x7f80_0000 {
-        // Infinities and NaN.
-        if bits >> 31 == 0 { 1.0 / x + 1.0 } else { 1.0 / x - 1.0 }
-    } else if magnitude == 0 {
-        x
-    } else if magnitude < 0x2400_0000 {
-        // |x| < 2^-55.
-        x * (1.0 + x)
-    } else {
-        signed
+        -2.0 * a
     }
 }
 
-/// glibc's `expm1f` for the arguments [`tanh`] passes it (finite, below 44
-/// in magnitude), every branch computed.
+/// glibc's `expm1f` argument reduction for the arguments [`tanh_in_place`]
+/// passes it (finite, below 44 in magnitude), every branch computed: `(k,
+/// r, c)` with `x = k ln2 + r + c`.
 #[inline(always)]
-fn expm1(x: f32) -> f32 {
+fn reduce(x: f32) -> (f32, f32, f32) {
     let magnitude = x.to_bits() & 0x7fff_ffff;
     let negative = x.to_bits() >> 31 != 0;
     // Argument reduction, x = k ln2 + r, |r| <= ln2 / 2.
@@ -74,13 +97,61 @@ fn expm1(x: f32) -> f32 {
     let lo = k * LN2_LO;
     let r = if reduced { hi - lo } else { x };
     let c = if reduced { (hi - r) - lo } else { 0.0 };
+    (k, r, c)
+}
+
+/// `expm1f`'s rational approximation on the reduced argument: its `e`.
+#[inline(always)]
+fn remainder(r: f32) -> f32 {
     let half = 0.5 * r;
     let square_half = r * half;
     let r1 = 1.0
         + square_half
             * (Q[0] + square_half * (Q[1] + square_half * (Q[2] + square_half * (Q[3] + square_half * Q[4]))));
     let t = 3.0 - r1 * half;
-    let e = square_half * ((r1 - t) / (6.0 - r * t));
+    square_half * ((r1 - t) / (6.0 - r * t))
+}
+
+/// `tanhf(x)` from `t`, the `expm1f` of its [`expm1_argument`].
+#[inline(always)]
+fn finish(x: f32, t: f32) -> f32 {
+    let bits = x.to_bits();
+    let magnitude = bits & 0x7fff_ffff;
+    let at_least_one = magnitude >= 0x3f80_0000;
+    // One division for both branches: `2 / (t + 2)` or `-t / (t + 2)`.
+    let quotient = (if at_least_one { 2.0 } else { -t }) / (t + 2.0);
+    let z = if at_least_one { 1.0 - quotient } else { quotient };
+    // |x| >= 22: one minus a tiny number, which rounds to one.
+    let z = if magnitude >= 0x41b0_0000 { 1.0 - 1.0e-30 } else { z };
+    let signed = if bits >> 31 == 0 { z } else { -z };
+    if magnitude >= 0x7f80_0000 {
+        // Infinities and NaN: glibc's `1 / x + 1` (`- 1` below zero) is
+        // one with x's sign, or x's NaN quieted, which `x + x` gives.
+        if x.is_nan() {
+            x + x
+        } else if bits >> 31 == 0 {
+            1.0
+        } else {
+            -1.0
+        }
+    } else if magnitude == 0 {
+        x
+    } else if magnitude < 0x2400_0000 {
+        // |x| < 2^-55.
+        x * (1.0 + x)
+    } else {
+        signed
+    }
+}
+
+/// glibc's `expm1f(x)` from its [`reduce`]d argument and [`remainder`]
+/// `e`, every branch computed.
+#[inline(always)]
+fn expm1(x: f32, k: f32, r: f32, c: f32, e: f32) -> f32 {
+    let magnitude = x.to_bits() & 0x7fff_ffff;
+    let negative = x.to_bits() >> 31 != 0;
+    let half = 0.5 * r;
+    let square_half = r * half;
     let unreduced = r - (r * e - square_half);
     let e = (r * (e - c) - c) - square_half;
     let k_int = (k + ROUND).to_bits().wrapping_sub(ROUND.to_bits()) as i32;
@@ -112,19 +183,6 @@ fn expm1(x: f32) -> f32 {
     } else {
         result
     }
-}
-
-/// Every value of `values` replaced by its [`tanh`], in the widest vectors
-/// the CPU has.
-pub fn tanh_in_place(values: &mut [f32]) {
-    super::kernels::widest_simd(
-        #[inline(always)]
-        || {
-            for v in values.iter_mut() {
-                *v = tanh(*v);
-            }
-        },
-    );
 }
 
 #[cfg(test)]
