@@ -313,49 +313,84 @@ fn product(lhs: Lhs, b: &Packed, out: &mut [f32]) {
         let panels = b.block(start, len);
         let mut i = 0;
         while i + 8 <= rows {
-            row_tiles::<8>(lhs, panels, b.n, out, i, start, len);
+            row_tiles::<8>(lhs.block(i, start, 8, len), panels, b.n, &mut out[i * b.n..]);
             i += 8;
         }
         if rows - i >= 4 {
-            row_tiles::<4>(lhs, panels, b.n, out, i, start, len);
+            row_tiles::<4>(lhs.block(i, start, 4, len), panels, b.n, &mut out[i * b.n..]);
             i += 4;
         }
         if rows - i >= 2 {
-            row_tiles::<2>(lhs, panels, b.n, out, i, start, len);
+            row_tiles::<2>(lhs.block(i, start, 2, len), panels, b.n, &mut out[i * b.n..]);
             i += 2;
         }
         if rows - i == 1 {
-            row_tiles::<1>(lhs, panels, b.n, out, i, start, len);
+            row_tiles::<1>(lhs.block(i, start, 1, len), panels, b.n, &mut out[i * b.n..]);
         }
     }
 }
 
-/// Rows `i..i + R` of [`product`] over depth `start..start + len`, one
-/// panel at a time. The rows' values over the block are first copied to
-/// `[len, R]`, the order the tile reads them in, for every panel.
-#[inline(always)]
-fn row_tiles<const R: usize>(lhs: Lhs, panels: &[f32], n: usize, out: &mut [f32], i: usize, start: usize, len: usize) {
-    let mut columns_of_rows = vec![[0.0f32; R]; len];
-    if lhs.row_stride == 1 {
-        // Read transposed: the tile's rows are adjacent values at each depth.
-        for (d, column) in columns_of_rows.iter_mut().enumerate() {
-            column.copy_from_slice(&lhs.values[(start + d) * lhs.depth_stride + i..][..R]);
+impl<'a> Lhs<'a> {
+    /// Rows `i..i + rows` over depth `start..start + len`, read in place.
+    #[inline(always)]
+    fn block(self, i: usize, start: usize, rows: usize, len: usize) -> LhsBlock<'a> {
+        let values = &self.values[i * self.row_stride + start * self.depth_stride..];
+        if rows > 0 && len > 0 {
+            assert!(
+                values.len() > (rows - 1) * self.row_stride + (len - 1) * self.depth_stride,
+                "the block lies in the left operand"
+            );
         }
-    } else {
-        for (d, column) in columns_of_rows.iter_mut().enumerate() {
-            for (r, x) in column.iter_mut().enumerate() {
-                *x = lhs.values[(i + r) * lhs.row_stride + (start + d) * lhs.depth_stride];
-            }
+        LhsBlock {
+            values,
+            row_stride: self.row_stride,
+            depth_stride: self.depth_stride,
+            rows,
+            len,
         }
     }
+}
+
+/// Some rows of the left operand over one depth block of `len` steps:
+/// `(r, d)` is `values[r * row_stride + d * depth_stride]`, in bounds for
+/// `r < rows` and `d < len` ([`Lhs::block`] checks).
+#[derive(Clone, Copy)]
+struct LhsBlock<'a> {
+    values: &'a [f32],
+    row_stride: usize,
+    depth_stride: usize,
+    rows: usize,
+    len: usize,
+}
+
+impl LhsBlock<'_> {
+    /// Value `(r, d)`.
+    #[inline(always)]
+    fn at(&self, r: usize, d: usize) -> f32 {
+        self.values[r * self.row_stride + d * self.depth_stride]
+    }
+
+    /// Pointers to the first value of each of `R` rows.
+    #[inline(always)]
+    fn row_starts<const R: usize>(&self) -> [*const f32; R] {
+        // `wrapping_add` (no bounds claim): `Lhs::block` checked every row that is read.
+        std::array::from_fn(|r| self.values.as_ptr().wrapping_add(r * self.row_stride))
+    }
+}
+
+/// `R` rows of [`product`] (`out` starts at the first) over one depth block,
+/// one panel at a time, the rows' values read in place.
+#[inline(always)]
+fn row_tiles<const R: usize>(lhs: LhsBlock, panels: &[f32], n: usize, out: &mut [f32]) {
+    let len = lhs.len;
     let full = n / PANEL;
     let mut p = 0;
     while p + WIDE <= full {
         let column = p * PANEL;
         wide_tile::<R>(
-            &mut out[i * n + column..],
+            &mut out[column..],
             n,
-            &columns_of_rows,
+            lhs,
             &panels[p * len * PANEL..][..WIDE * len * PANEL],
         );
         p += WIDE;
@@ -364,16 +399,16 @@ fn row_tiles<const R: usize>(lhs: Lhs, panels: &[f32], n: usize, out: &mut [f32]
         let column = p * PANEL;
         let columns = PANEL.min(n - column);
         if columns == PANEL {
-            tile::<R>(&mut out[i * n + column..], n, &columns_of_rows, panel);
+            tile::<R>(&mut out[column..], n, lhs, panel);
         } else {
             // The last, partial panel: through a whole tile with zero columns.
             let mut part = vec![0.0f32; R * PANEL];
             for r in 0..R {
-                part[r * PANEL..][..columns].copy_from_slice(&out[(i + r) * n + column..][..columns]);
+                part[r * PANEL..][..columns].copy_from_slice(&out[r * n + column..][..columns]);
             }
-            tile::<R>(&mut part, PANEL, &columns_of_rows, panel);
+            tile::<R>(&mut part, PANEL, lhs, panel);
             for r in 0..R {
-                out[(i + r) * n + column..][..columns].copy_from_slice(&part[r * PANEL..][..columns]);
+                out[r * n + column..][..columns].copy_from_slice(&part[r * PANEL..][..columns]);
             }
         }
     }
@@ -387,8 +422,8 @@ const WIDE: usize = 3;
 /// at once, so that each value of `lhs` is read once for all of them. The
 /// sums are those of `WIDE` separate tiles.
 #[inline(always)]
-fn wide_tile<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panels: &[f32]) {
-    let len = lhs.len();
+fn wide_tile<const R: usize>(out: &mut [f32], stride: usize, lhs: LhsBlock, panels: &[f32]) {
+    let len = lhs.len;
     assert!(
         panels.len() >= WIDE * len * PANEL,
         "WIDE panels of a row per depth step"
@@ -397,10 +432,11 @@ fn wide_tile<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], p
         out.len() >= (R - 1) * stride + WIDE * PANEL,
         "R rows of WIDE panels' width"
     );
+    assert!(lhs.rows >= R, "R rows of the left operand");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, and the asserts keep every access in `out` and `panels`.
-        return unsafe { wide_tile_avx512(out, stride, lhs, panels) };
+        // SAFETY: the CPU has AVX-512F, and the asserts and `Lhs::block` keep every access in bounds.
+        return unsafe { wide_tile_avx512::<R>(out, stride, lhs, panels) };
     }
     for (c, panel) in panels.chunks_exact(len * PANEL).take(WIDE).enumerate() {
         tile::<R>(&mut out[c * PANEL..], stride, lhs, panel);
@@ -412,14 +448,15 @@ fn wide_tile<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], p
 ///
 /// # Safety
 /// The CPU has AVX-512F, `out` holds `(R - 1) * stride + WIDE * PANEL`
-/// values and `panels` `WIDE * lhs.len() * PANEL`.
+/// values, `panels` `WIDE * lhs.len * PANEL` and `lhs` `R` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn wide_tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panels: &[f32]) {
+unsafe fn wide_tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: LhsBlock, panels: &[f32]) {
     use std::arch::x86_64::{
         _mm512_add_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
     };
-    let len = lhs.len();
+    let len = lhs.len;
+    let rows = lhs.row_starts::<R>();
     let (out, panels) = (out.as_mut_ptr(), panels.as_ptr());
     // SAFETY (every load and store): within the lengths the caller guarantees.
     let mut sums = [[_mm512_setzero_ps(); R]; WIDE];
@@ -428,13 +465,14 @@ unsafe fn wide_tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: 
             *sum = unsafe { _mm512_maskz_loadu_ps(!0, out.add(r * stride + c * PANEL)) };
         }
     }
-    for (d, column) in lhs.iter().enumerate() {
+    for d in 0..len {
         let mut b = [_mm512_setzero_ps(); WIDE];
         for (c, row) in b.iter_mut().enumerate() {
             *row = unsafe { _mm512_maskz_loadu_ps(!0, panels.add((c * len + d) * PANEL)) };
         }
+        let offset = d * lhs.depth_stride;
         for r in 0..R {
-            let x = _mm512_set1_ps(column[r]);
+            let x = _mm512_set1_ps(unsafe { *rows[r].add(offset) });
             for c in 0..WIDE {
                 sums[c][r] = _mm512_add_ps(sums[c][r], _mm512_mul_ps(x, b[c]));
             }
@@ -448,28 +486,29 @@ unsafe fn wide_tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: 
 }
 
 /// One `R` x [`PANEL`] register tile: rows `r * stride..r * stride + PANEL`
-/// of `out` (`r < R`) plus `lhs: [len, R]` (a column of the tile's rows per
-/// depth step) times `panel: [len, PANEL]`, in AVX-512 registers where the
-/// CPU has them. Written out with intrinsics: left to itself, LLVM
-/// vectorized the tile across its rows and ran 13 times slower.
+/// of `out` (`r < R`) plus `lhs` (`R` rows, `len` depth steps) times
+/// `panel: [len, PANEL]`, in AVX-512 registers where the CPU has them.
+/// Written out with intrinsics: left to itself, LLVM vectorized the tile
+/// across its rows and ran 13 times slower.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn tile<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panel: &[f32]) {
-    assert!(panel.len() >= lhs.len() * PANEL, "a panel row per depth step");
+fn tile<const R: usize>(out: &mut [f32], stride: usize, lhs: LhsBlock, panel: &[f32]) {
+    assert!(panel.len() >= lhs.len * PANEL, "a panel row per depth step");
     assert!(out.len() >= (R - 1) * stride + PANEL, "R rows of a panel's width");
+    assert!(lhs.rows >= R, "R rows of the left operand");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, and the asserts keep every access in `out` and `panel`.
-        return unsafe { tile_avx512(out, stride, lhs, panel) };
+        // SAFETY: the CPU has AVX-512F, and the asserts and `Lhs::block` keep every access in bounds.
+        return unsafe { tile_avx512::<R>(out, stride, lhs, panel) };
     }
     let mut acc = [[0.0f32; PANEL]; R];
     for r in 0..R {
         acc[r].copy_from_slice(&out[r * stride..][..PANEL]);
     }
-    for d in 0..lhs.len() {
+    for d in 0..lhs.len {
         let b_row = &panel[d * PANEL..][..PANEL];
         for r in 0..R {
-            let x = lhs[d][r];
+            let x = lhs.at(r, d);
             for l in 0..PANEL {
                 acc[r][l] += x * b_row[l];
             }
@@ -487,24 +526,27 @@ fn tile<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panel:
 /// loop through the stack at three quarters of the speed.
 ///
 /// # Safety
-/// The CPU has AVX-512F, `out` holds `(R - 1) * stride + PANEL` values and
-/// `panel` `lhs.len() * PANEL`.
+/// The CPU has AVX-512F, `out` holds `(R - 1) * stride + PANEL` values,
+/// `panel` `lhs.len * PANEL` and `lhs` `R` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: &[[f32; R]], panel: &[f32]) {
+unsafe fn tile_avx512<const R: usize>(out: &mut [f32], stride: usize, lhs: LhsBlock, panel: &[f32]) {
     use std::arch::x86_64::{
         _mm512_add_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
     };
+    let rows = lhs.row_starts::<R>();
     let (out, panel) = (out.as_mut_ptr(), panel.as_ptr());
     // SAFETY (every load and store): within the lengths the caller guarantees.
     let mut sums = [_mm512_setzero_ps(); R];
     for (r, sum) in sums.iter_mut().enumerate() {
         *sum = unsafe { _mm512_maskz_loadu_ps(!0, out.add(r * stride)) };
     }
-    for (d, column) in lhs.iter().enumerate() {
+    for d in 0..lhs.len {
         let b_row = unsafe { _mm512_maskz_loadu_ps(!0, panel.add(d * PANEL)) };
+        let offset = d * lhs.depth_stride;
         for r in 0..R {
-            sums[r] = _mm512_add_ps(sums[r], _mm512_mul_ps(_mm512_set1_ps(column[r]), b_row));
+            let x = _mm512_set1_ps(unsafe { *rows[r].add(offset) });
+            sums[r] = _mm512_add_ps(sums[r], _mm512_mul_ps(x, b_row));
         }
     }
     for (r, sum) in sums.into_iter().enumerate() {
