@@ -111,23 +111,27 @@ impl Cluster {
         }
     }
 
-    /// The node dies: slurmd, the job steps and their tasks get SIGKILL at once.
+    /// The node dies: slurmd, the job steps and their tasks get SIGKILL at
+    /// once, in one `kill`, the steps first: a step that outlived its task,
+    /// even briefly on a busy machine, reported the task's SIGKILL and Slurm
+    /// failed the task instead of requeueing it after the node failure.
     pub fn kill_node(&self) {
-        let mut pids = self.task_processes();
-        pids.extend(
-            pids.iter()
-                .filter_map(|&pid| parent(pid))
-                .filter(|&p| comm(p).starts_with("slurmstepd"))
-                .collect::<Vec<_>>(),
-        );
+        let tasks = self.task_processes();
+        let mut pids: Vec<u32> = tasks
+            .iter()
+            .filter_map(|&pid| parent(pid))
+            .filter(|&p| comm(p).starts_with("slurmstepd"))
+            .collect();
         pids.extend(
             std::fs::read_to_string(self.dir.path().join("slurmd.pid"))
                 .ok()
                 .and_then(|p| p.trim().parse::<u32>().ok()),
         );
-        for pid in pids {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
+        pids.extend(tasks);
+        let _ = Command::new("kill")
+            .arg("-9")
+            .args(pids.iter().map(u32::to_string))
+            .status();
     }
 
     /// The processes of this cluster's jobs: those whose environment has
