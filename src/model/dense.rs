@@ -1,15 +1,16 @@
 //! A dense layer `x W + b` as one operation whose three matrix products
-//! (forward, and the input's and weight's gradients) run in
-//! `matrixmultiply`'s packed, register-blocked kernels.
+//! (forward, and the input's and weight's gradients) run in our packed,
+//! register-tiled kernels with fused multiply-adds
+//! ([`Packed::fused_matmul_add`]), the left operand read through strides.
 //!
-//! On a BERT layer's shapes (`[1024, 384] x [384, 1536]` and its backward
-//! shapes) `matrixmultiply` ran at 130-190 GFLOP/s on one core here, the
-//! `gemm` crate under burn-flex's matmul at 90-110 (its AVX-512 kernels
-//! need a feature that changes flex's bits for the other models), and
-//! flex's backward materialises the transposes that `matrixmultiply`
-//! reads through strides. Every output element sums over the shared
-//! dimension in the same blocks and order whichever rows a thread takes,
-//! so results do not depend on the thread count.
+//! On a BERT layer's `[1024, 384] x [384, 1536]` on one core of an Intel
+//! Xeon, `matrixmultiply` (used here before) ran at 110-133 GFLOP/s,
+//! `torch.mm` at 164, the `gemm` crate under burn-flex's matmul with its
+//! AVX-512 kernels at 163 (a feature that would change flex's bits for the
+//! other models too) and our tiles' scheme with fused multiply-adds at 137-158;
+//! flex's backward materialises the transposes. Every output element sums
+//! over the shared dimension in order whichever rows a thread takes, so
+//! results do not depend on the thread count.
 
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, TensorMetadata, backend_e
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::kernels::{HostValues, column_sums, host, register_host_grads, runs_fused};
+use super::kernels::{HostValues, Packed, column_sums, host, register_host_grads, runs_fused, transpose};
 
 /// The dense layer as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -120,43 +121,28 @@ impl<'a> View<'a> {
     }
 }
 
-/// `out: [m, n] += a: [m, depth] * b: [depth, n]`, the rows of `out` split
-/// between rayon's threads (a split that leaves every element's sum as it is).
+/// `out: [m, n] += a: [m, depth] * b: [depth, n]`: `b` packed once, then
+/// the rows of `out` split between rayon's threads, each element summing over
+/// `depth` in order with fused multiply-adds ([`Packed::fused_matmul_add`]),
+/// so the split leaves every sum as it is.
 fn product_add(a: View, b: View, out: &mut [f32], depth: usize, n: usize) {
-    let m = out.len() / n;
+    let m = out.len() / n.max(1);
     if m == 0 || n == 0 {
         return;
     }
+    let packed = if b.column_stride == 1 {
+        Packed::new(&b.values[..depth * n], depth, n)
+    } else {
+        // `b` is a row-major `[n, depth]` read transposed.
+        Packed::new(&transpose(&b.values[..depth * n], n, depth), depth, n)
+    };
     let threads = rayon::current_num_threads().max(1);
     let rows_per_task = m.div_ceil(threads).next_multiple_of(8);
     out.par_chunks_mut(rows_per_task * n)
         .enumerate()
         .for_each(|(task, chunk)| {
-            let first = task * rows_per_task;
-            let rows = chunk.len() / n;
-            let a_start = first * a.row_stride;
-            assert!(a_start + (rows - 1) * a.row_stride + (depth.max(1) - 1) * a.column_stride < a.values.len());
-            assert!(depth == 0 || (depth - 1) * b.row_stride + (n - 1) * b.column_stride < b.values.len());
-            // SAFETY: the asserts above keep every element the kernel reads in
-            // `a` and `b`; `chunk` holds exactly `rows x n` elements, row-major.
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    depth,
-                    n,
-                    1.0,
-                    a.values.as_ptr().add(a_start),
-                    a.row_stride as isize,
-                    a.column_stride as isize,
-                    b.values.as_ptr(),
-                    b.row_stride as isize,
-                    b.column_stride as isize,
-                    1.0,
-                    chunk.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
+            let a_start = task * rows_per_task * a.row_stride;
+            packed.fused_matmul_add(&a.values[a_start..], a.row_stride, a.column_stride, chunk);
         });
 }
 
