@@ -7,8 +7,9 @@
 //! Xeon, `matrixmultiply` (used here before) ran at 110-133 GFLOP/s,
 //! `torch.mm` at 164, the `gemm` crate under burn-flex's matmul with its
 //! AVX-512 kernels at 163 (a feature that would change flex's bits for the
-//! other models too) and our tiles' scheme with fused multiply-adds at 137-158;
-//! flex's backward materialises the transposes. Every output element sums
+//! other models too) and our tiles' scheme with fused multiply-adds at
+//! 137-158. A transposed left operand is read in place; a transposed right
+//! operand is transposed once before packing. Every output element sums
 //! over the shared dimension in order whichever rows a thread takes, so
 //! results do not depend on the thread count.
 

@@ -254,30 +254,14 @@ impl Packed {
             out.len() / self.n.max(1),
             "a and out disagree on rows"
         );
-        let lhs = Lhs {
-            values: a,
-            row_stride: self.depth,
-            depth_stride: 1,
-        };
-        widest_simd(
-            #[inline(always)]
-            || product::<false>(lhs, self, out),
-        );
+        self.run::<false>(a, self.depth, 1, out);
     }
 
     /// `out[p, :] += sum_i a[i, p] * b[i, :]` for row-major `a: [depth, k]`,
     /// `out: [k, n]`, `a` read transposed in place; see [`matmul_tn_add`].
     pub fn matmul_tn_add(&self, a: &[f32], k: usize, out: &mut [f32]) {
         assert_eq!(a.len(), self.depth * k, "a is [depth, k]");
-        let lhs = Lhs {
-            values: a,
-            row_stride: 1,
-            depth_stride: k,
-        };
-        widest_simd(
-            #[inline(always)]
-            || product::<false>(lhs, self, out),
-        );
+        self.run::<false>(a, 1, k, out);
     }
 
     /// `out[i, :] += sum_d a[i * row_stride + d * depth_stride] * b[d, :]`
@@ -288,6 +272,12 @@ impl Packed {
     /// in [`Packed::matmul_add`]. For the BERT encoder's dense layers, whose
     /// bits no lock holds.
     pub fn fused_matmul_add(&self, a: &[f32], row_stride: usize, depth_stride: usize, out: &mut [f32]) {
+        self.run::<true>(a, row_stride, depth_stride, out);
+    }
+
+    /// [`product`] of `a` read through its strides, compiled for the
+    /// widest instruction set the CPU has.
+    fn run<const FUSED: bool>(&self, a: &[f32], row_stride: usize, depth_stride: usize, out: &mut [f32]) {
         let lhs = Lhs {
             values: a,
             row_stride,
@@ -295,7 +285,7 @@ impl Packed {
         };
         widest_simd(
             #[inline(always)]
-            || product::<true>(lhs, self, out),
+            || product::<FUSED>(lhs, self, out),
         );
     }
 
@@ -321,9 +311,9 @@ struct Lhs<'a> {
 /// sums over `d` in order, with a multiply and an add per term (a fused
 /// multiply-add with `FUSED`), whatever the blocking, tile shape or
 /// instruction set, so results are bit-for-bit those of a plain loop: a
-/// depth block adds its terms to the sums the block before it stored. Register tiles of 8 rows by
-/// [`WIDE`] panels keep 24 independent sums in registers; the panels left
-/// over go through tiles of one panel.
+/// depth block adds its terms to the sums the block before it stored.
+/// Register tiles of 8 rows by [`WIDE`] panels keep 24 independent sums in
+/// registers; the panels left over go through tiles of one panel.
 #[inline(always)]
 fn product<const FUSED: bool>(lhs: Lhs, b: &Packed, out: &mut [f32]) {
     let rows = out.len() / b.n.max(1);
@@ -555,10 +545,10 @@ fn tile<const R: usize, const FUSED: bool>(out: &mut [f32], stride: usize, lhs: 
 
 /// [`tile`] in AVX-512 registers: a separate multiply and add per term (a
 /// fused multiply-add with `FUSED`), as the portable loop, so both give the
-/// same bits. Loads and stores are
-/// the masked forms with every lane set: the dev profile checks each plain
-/// `_mm512_loadu_ps` (a `read_unaligned`) for overlap, which took the inner
-/// loop through the stack at three quarters of the speed.
+/// same bits. Loads and stores are the masked forms with every lane set: the
+/// dev profile checks each plain `_mm512_loadu_ps` (a `read_unaligned`) for
+/// overlap, which took the inner loop through the stack at three quarters
+/// of the speed.
 ///
 /// # Safety
 /// The CPU has AVX-512F, `out` holds `(R - 1) * stride + PANEL` values,
